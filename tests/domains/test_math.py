@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from widen_dag.domains import math as m
+
+
+def test_gsm8k_test_gold_extracted_for_every_row_as_a_number(datasets_dir):
+    rows = [json.loads(line) for line in (datasets_dir / "gsm8k" / "test.jsonl").open()]
+    golds = [m.extract_gold(r["answer"]) for r in rows]
+    assert len(rows) == 1319
+    assert sum(m.as_number(g) is not None for g in golds) == 1319
+    assert m.extract_gold("She pays 3 * 6 = <<3*6=18>>18 dollars.\n#### 1,800") == "1,800"
+
+
+def test_math500_gold_from_boxed_solution_matches_answer_field_for_all_500(datasets_dir):
+    rows = [json.loads(line) for line in (datasets_dir / "math500" / "test.jsonl").open()]
+    assert len(rows) == 500
+    assert sum(m.is_equivalent(m.extract_gold(r["solution"]), r["answer"]) for r in rows) == 500
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("<thinking>x = 3</thinking><answer>The answer is: \\boxed{\\frac{1}{2}}</answer>", "\\frac{1}{2}"),
+        ("\\boxed{1} then <answer>\\boxed{\\sqrt{\\frac{a}{b}}}</answer>", "\\sqrt{\\frac{a}{b}}"),
+        ("<answer>no box here</answer> earlier \\boxed{7}", "7"),
+        ("so the final answer is 42.", "42"),
+        ("The answer is: $18", "18"),
+        ("<answer>The answer is: \\boxed{3", None),  # unclosed box, no closing tag
+        ("I keep thinking and thinking", None),
+        ("", None),
+    ],
+)
+def test_extract_answer_prefers_boxed_in_answer_block_then_text_then_phrase(text, expected):
+    assert m.extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("pred", "gold"),
+    [("1,000", "1000"), ("$18", "18"), ("18 dollars", "18"), ("12 \\text{ cm}", "12"), ("0.5", "\\frac{1}{2}"),
+     ("1/4", "0.25"), ("\\dfrac{3}{4}", "0.75"), ("-\\frac{1}{2}", "-0.5"), ("x+1", "1+x"),
+     ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})")],
+)
+def test_equivalent_forms_match(pred, gold):
+    assert m.is_equivalent(pred, gold)
+
+
+@pytest.mark.parametrize(("pred", "gold"), [("7", "8"), ("", "0"), ("None", "0"), ("1000", "100"), ("x+2", "x+1")])
+def test_different_or_empty_answers_do_not_match(pred, gold):
+    assert not m.is_equivalent(pred, gold)
+
+
+def test_verify_separates_no_answer_from_wrong():
+    assert m.verify("I think it is about seven", "7").no_answer
+    wrong = m.verify("<answer>\\boxed{8}</answer>", "7")
+    assert not wrong.correct and not wrong.no_answer
+    assert m.verify("<answer>\\boxed{7}</answer>", "7").correct
+
+
+@pytest.mark.parametrize(
+    "pred", ["9" * 5000, "2**2**2**2**2**2", "\\frac{" * 20_000 + "1" + "}" * 20_000, "\\sqrt{" * 3000 + "x", "", "None"]
+)
+def test_adversarial_inputs_return_within_the_verifier_deadline(pred):
+    m.is_equivalent("x^2", "x*x")  # the verifier process is warm, so the deadline alone bounds the call
+    start = time.monotonic()
+    assert m.is_equivalent(pred, "0") is False
+    assert time.monotonic() - start <= m.VERIFY_DEADLINE_S + 0.5
+
+
+def test_long_latex_is_bounded_and_not_equivalent():
+    blob = "\\int_0^1 " * 12_000  # ~100 KB of LaTeX
+    start = time.monotonic()
+    assert m.extract_answer(blob) is None
+    assert m.is_equivalent(blob, "1") is False
+    assert time.monotonic() - start <= m.VERIFY_DEADLINE_S + 0.5
+
+
+def test_verifier_survives_a_killed_worker_process():
+    m.is_equivalent("x+1", "1+x")
+    m._POOL._kill()
+    assert m.is_equivalent("x+1", "1+x")

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from widen_dag.definitions import defs
+
+REPO = Path(__file__).resolve().parents[1]
+SNAPSHOT = Path(__file__).parent / "snapshots" / "asset_graph.json"
+HEAVY = ("torch", "transformers", "vllm", "trl")
+
+
+def asset_graph_snapshot() -> dict:
+    graph = defs.resolve_asset_graph()
+    out = {}
+    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        node = graph.get(key)
+        out[key.to_user_string()] = {
+            "deps": sorted(k.to_user_string() for k in node.parent_keys),
+            "group": node.group_name,
+            "kinds": sorted(node.kinds),
+            "partitioned": node.partitions_def is not None,
+            "has_code_version": node.code_version is not None,
+            "has_description": bool(node.description),
+        }
+    return out
+
+
+def test_definitions_are_loadable():
+    dg.Definitions.validate_loadable(defs)
+
+
+def test_asset_graph_matches_snapshot():
+    current = asset_graph_snapshot()
+    if os.environ.get("UPDATE_SNAPSHOTS"):
+        SNAPSHOT.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+    expected = json.loads(SNAPSHOT.read_text())
+    assert current == expected, "asset graph changed: if intended, rerun with UPDATE_SNAPSHOTS=1 and commit the snapshot"
+
+
+def test_every_asset_has_docstring_group_kinds_and_code_version():
+    for name, node in asset_graph_snapshot().items():
+        assert node["has_description"] and node["has_code_version"] and node["kinds"] and node["group"] != "default", name
+
+
+def test_code_location_imports_no_torch_transformers_or_vllm():
+    code = (
+        "import sys, widen_dag.definitions\n"
+        f"print([m for m in {HEAVY!r} if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
+
+
+def test_dagster_cli_validates_the_workspace():
+    dagster = Path(sys.executable).parent / "dagster"
+    res = subprocess.run([str(dagster), "definitions", "validate", "-w", "workspace.yaml"], capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_gpu_work_is_in_the_gpu_pool():
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        if "pytorch" in node.kinds or "vllm" in node.kinds:
+            assert node.pools == {"gpu"}, key

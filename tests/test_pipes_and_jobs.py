@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from widen_dag.defs.assets.environment import compute_environment
+from widen_dag.defs.assets.problems import raw_problems, stg_problems
+from widen_dag.defs.resources import PipelineResource
+from widen_dag.lake import Lake
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _resources(lake_root: Path) -> dict:
+    return {"pipeline": PipelineResource(profile="tiny", lake_root=str(lake_root)), "pipes_subprocess_client": dg.PipesSubprocessClient()}
+
+
+def test_pipes_worker_round_trip_reports_metadata_and_logs(tmp_path):
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([compute_environment], resources=_resources(tmp_path), instance=instance)
+    assert result.success
+    mat = result.asset_materializations_for_node("compute_environment")[0]
+    assert mat.metadata["device"].value == "cpu"
+    assert mat.metadata["torch"].value.startswith("2.")
+    assert mat.metadata["matmul_gflops"].value > 0
+    messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any(m.startswith("compute environment: {") for m in messages)  # the worker's log, relayed
+
+
+def test_problem_assets_write_the_lake_and_report_counts(tmp_path):
+    res = _resources(tmp_path)
+    for key in ("arithmetic-000", "arithmetic-001"):
+        assert dg.materialize([raw_problems], partition_key=key, resources=res).success
+    result = dg.materialize([raw_problems.to_source_asset(), stg_problems], resources=res, selection=[stg_problems])
+    assert result.success
+    lake = Lake(str(tmp_path))
+    staged = lake.read_table("stg_problems")
+    assert staged.height == 640 and staged["problem_id"].n_unique() == 640
+    mats = {e.materialization.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
+    assert mats["stg_problems"].metadata["dagster/row_count"].value == 640
+    assert mats["problem_quarantine"].metadata["dagster/row_count"].value == 0
+    assert str(mats["stg_problems"].metadata["path"].value).endswith("stg_problems/__all__.parquet")
+
+
+def test_demo_command_runs_every_shard_into_a_persistent_dagster_home(tmp_path):
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "WIDEN_DAG_LAKE": str(tmp_path / "lake")}
+    cli = Path(sys.executable).parent / "widen-dag"
+    res = subprocess.run([str(cli), "demo"], capture_output=True, text=True, cwd=REPO, env=env, timeout=1800)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "demo: SUCCESS" in res.stdout
+    assert (tmp_path / "home" / "dagster.yaml").is_file()
+    with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
+        runs = instance.get_runs()
+        assert [r.job_name for r in runs] == ["demo"] and runs[0].status == dg.DagsterRunStatus.SUCCESS
+    assert Lake(str(tmp_path / "lake")).partitions("raw_problems") == ["arithmetic-000", "arithmetic-001"]
+
+
+def test_cli_rejects_a_bad_profile_with_one_message(tmp_path):
+    cli = Path(sys.executable).parent / "widen-dag"
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home")}
+    res = subprocess.run([str(cli), "demo", "--profile", "tinny"], capture_output=True, text=True, cwd=REPO, env=env)
+    assert res.returncode == 2
+    assert res.stderr.strip().startswith("widen-dag: no profile 'tinny'")
+    assert "Traceback" not in res.stderr

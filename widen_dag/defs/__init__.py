@@ -1,0 +1,23 @@
+"""The thin Dagster layer: assets, checks, jobs, schedules, sensors and resources.
+
+Nothing outside this package imports dagster, and nothing here imports torch: heavy work is
+launched in workers through Dagster Pipes.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+from widen_dag.defs.assets import environment, problems
+from widen_dag.defs.jobs import JOBS
+from widen_dag.defs.resources import PipelineResource
+
+
+def build_definitions() -> dg.Definitions:
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules([problems, environment]),
+        jobs=JOBS,
+        resources={
+            "pipeline": PipelineResource(),
+            "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        },
+    )

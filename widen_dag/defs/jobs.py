@@ -1,0 +1,29 @@
+"""Preset jobs: `smoke` (seconds: problems + the worker round trip) and `demo` (everything)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+SMOKE_SELECTION = dg.AssetSelection.groups("problems") | dg.AssetSelection.assets("compute_environment")
+
+smoke_job = dg.define_asset_job(
+    "smoke",
+    selection=SMOKE_SELECTION,
+    description="Problems and the Pipes worker round trip on the active profile: a check that the install works.",
+)
+
+demo_job = dg.define_asset_job(
+    "demo",
+    selection=dg.AssetSelection.all(),
+    description="The whole pipeline on the active profile (tiny by default), every shard in one run.",
+)
+
+JOBS = [smoke_job, demo_job]
+
+
+def all_shards_tags() -> dict[str, str]:
+    """Run tags that make one run cover every problem shard (single-run backfill policy)."""
+    from widen_dag.defs.partitions import problem_shards
+
+    keys = problem_shards.get_partition_keys()
+    return {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}

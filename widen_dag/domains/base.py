@@ -1,0 +1,67 @@
+"""What every problem domain provides: a task prompt, an answer extractor and a verifier.
+
+A verdict has three outcomes, not two: correct, wrong, and no-answer (nothing could be
+extracted). The paper's headline metric is the no-answer rate, so a missing answer is never
+folded into "wrong".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Verdict:
+    correct: bool
+    no_answer: bool
+    answer: str | None = None
+    detail: str = ""
+
+    @property
+    def reward(self) -> float:
+        return 1.0 if self.correct else 0.0
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One row as a loader read it, before normalisation (``error`` set when unreadable)."""
+
+    row_index: int
+    question: str | None
+    gold: str | None
+    source_id: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+class Domain(Protocol):
+    name: str
+
+    def task_prompt(self, question: str) -> str:
+        """The user turn: instruction with the expected answer format, then the problem."""
+        ...
+
+    def normalize_gold(self, gold: str) -> str:
+        """The gold answer in canonical form; raises ValueError when it does not parse."""
+        ...
+
+    def verify(self, response: str, gold: str) -> Verdict:
+        """Score a model response (tagged thoughts or plain text) against the gold answer."""
+        ...
+
+
+# The node format of SPEC.md section 1, stated once so every domain's prompt agrees with it.
+FORMAT_INSTRUCTION = (
+    "Think step by step in tagged thoughts such as <sub-task>...</sub-task>, "
+    "<thinking>...</thinking> and <double-check>...</double-check>, and finish with "
+    "<answer>...</answer>."
+)
+
+
+def problem_id(domain: str, question: str, gold: str) -> str:
+    """A stable id from the content, so the same problem gets the same id in every run."""
+    digest = hashlib.sha256(json.dumps([domain, question.strip(), gold.strip()]).encode()).hexdigest()
+    return f"{domain[:4]}-{digest[:16]}"

@@ -1,0 +1,256 @@
+"""Math word problems (GSM8K, MATH-500, AIME): gold extraction, answer extraction, equivalence.
+
+Equivalence has a fast exact path for plain numbers (thousands separators, currency and
+units, fractions vs decimals, simple LaTeX) and otherwise asks math-verify. math-verify's
+timeouts use ``signal.alarm``, which only works in a main thread and once froze the whole
+process on ``2**2**2**2**2**2``: so it runs in a separate process, each call with its own
+timeout, under a hard deadline after which the worker is killed and the call is "not
+equivalent". Nothing here evaluates model output with eval/exec.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import re
+import select
+import subprocess
+import sys
+import threading
+from fractions import Fraction
+from typing import Any
+
+from widen_dag.domains.base import FORMAT_INSTRUCTION, RawRecord, Verdict
+
+log = logging.getLogger(__name__)
+
+name = "math"
+VERIFY_DEADLINE_S = 2.0
+_STARTUP_GRACE_S = 20.0
+MAX_EXPR_CHARS = 1_000  # longer "answers" are not answers; math-verify is never asked
+
+_BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_ANSWER_BLOCK_RE = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.DOTALL)
+_ANSWER_IS_RE = re.compile(r"(?:the\s+)?(?:final\s+)?answer\s+is\s*:?\s*([^\n]*)", re.IGNORECASE)
+_GSM8K_GOLD_RE = re.compile(r"####\s*(.+?)\s*$", re.DOTALL)
+_THOUSANDS_RE = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d+)?$")
+_NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
+_FRACTION_RE = re.compile(r"^([+-]?\d+)\s*/\s*([+-]?\d+)$")
+_LATEX_FRAC_RE = re.compile(r"^([+-]?)\\[dt]?frac\s*\{\s*([+-]?\d+)\s*\}\s*\{\s*([+-]?\d+)\s*\}$")
+_UNIT_TAIL_RE = re.compile(r"^(.*?\d)\s*(?:\\text\{\s*[A-Za-z ]+\}|\\mbox\{[A-Za-z ]+\}|[A-Za-z][A-Za-z. ]*)$")
+_PERCENT_RE = re.compile(r"\\?%$")
+
+
+def task_prompt(question: str) -> str:
+    return (
+        "Solve the following math problem. "
+        f"{FORMAT_INSTRUCTION} Inside <answer> write the final answer as \\boxed{{...}}.\n\n"
+        f"Problem: {question.strip()}"
+    )
+
+
+# ---- extraction ---------------------------------------------------------------------------
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (nested braces allowed); None if none closes."""
+    starts = [m.end() for m in _BOXED_RE.finditer(text)]
+    for start in reversed(starts):
+        depth = 1
+        for i in range(start, len(text)):
+            ch = text[i]
+            if ch == "{":
+                depth += 1
+            elif ch == "}":
+                depth -= 1
+                if depth == 0:
+                    return text[start:i].strip()
+    return None
+
+
+def extract_answer(text: str) -> str | None:
+    """The predicted answer: last \\boxed{} in the <answer> block, else in the text, else
+    'The answer is ...'. None means no answer (distinct from a wrong one)."""
+    if not isinstance(text, str) or not text.strip():
+        return None
+    blocks = _ANSWER_BLOCK_RE.findall(text)
+    for block in reversed(blocks):
+        boxed = last_boxed(block)
+        if boxed:
+            return boxed
+    boxed = last_boxed(text)
+    if boxed:
+        return boxed
+    matches = _ANSWER_IS_RE.findall(text)
+    for candidate in reversed(matches):
+        cleaned = candidate.strip().rstrip(".").strip().strip("$").strip()
+        if cleaned and "\\boxed" not in cleaned:  # an unclosed \boxed{ is no answer
+            return cleaned
+    return None
+
+
+def extract_gold(solution_or_answer: str) -> str:
+    """Gold answer from GSM8K's '#### N', a MATH solution's \\boxed{}, or a bare answer."""
+    text = (solution_or_answer or "").strip()
+    if not text:
+        raise ValueError("empty gold answer")
+    m = _GSM8K_GOLD_RE.search(text)
+    if m and "####" in text:
+        gold = m.group(1).strip()
+    else:
+        gold = last_boxed(text) if "\\boxed" in text or "\\fbox" in text else text
+    if not gold:
+        raise ValueError(f"no gold answer in {text[:80]!r}")
+    if len(gold) > MAX_EXPR_CHARS:
+        raise ValueError(f"gold answer of {len(gold)} characters is too long")
+    return gold
+
+
+def normalize_gold(gold: str) -> str:
+    return extract_gold(gold)
+
+
+# ---- equivalence --------------------------------------------------------------------------
+def _plain(s: str) -> str:
+    s = s.strip().strip("$").strip()
+    s = s.replace("\\!", "").replace("\\,", "").replace("\\ ", " ").replace("\\$", "")
+    s = re.sub(r"^\\text\{(.*)\}$", r"\1", s)
+    s = s.lstrip("$").rstrip(".").strip()
+    return s
+
+
+def as_number(s: str) -> Fraction | None:
+    """A plain number (with thousands separators, currency, units, %) as an exact Fraction."""
+    s = _plain(s)
+    if not s or len(s) > 64:
+        return None
+    percent = bool(_PERCENT_RE.search(s))
+    if percent:
+        return None  # '18%' is ambiguous (18 or 0.18): leave it to math-verify
+    unit = _UNIT_TAIL_RE.match(s)
+    if unit:
+        s = unit.group(1).strip()
+    if _THOUSANDS_RE.match(s):
+        s = s.replace(",", "")
+    try:
+        if _NUMBER_RE.match(s):
+            return Fraction(s)
+        m = _FRACTION_RE.match(s)
+        if m and int(m.group(2)) != 0:
+            return Fraction(int(m.group(1)), int(m.group(2)))
+        m = _LATEX_FRAC_RE.match(s)
+        if m and int(m.group(3)) != 0:
+            value = Fraction(int(m.group(2)), int(m.group(3)))
+            return -value if m.group(1) == "-" else value
+    except (ValueError, ZeroDivisionError):
+        return None
+    return None
+
+
+class _VerifierProcess:
+    """One long-lived ``python -m widen_dag.domains.math_verify_worker`` child.
+
+    A child process rather than multiprocessing: nothing depends on the caller's
+    ``__main__`` guard, and an overrunning call is ended by killing the child outright.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def _get(self) -> subprocess.Popen[bytes]:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "widen_dag.domains.math_verify_worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+        return self._proc
+
+    def _kill(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def call(self, pred: str, gold: str, deadline: float) -> bool:
+        with self._lock:
+            proc = self._get()
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                proc.stdin.write(json.dumps({"pred": pred, "gold": gold}).encode() + b"\n")
+                proc.stdin.flush()
+            except (BrokenPipeError, OSError):
+                self._kill()
+                return False
+            # The first call also pays for the child's start-up (importing sympy).
+            limit = deadline + (_STARTUP_GRACE_S if not getattr(proc, "_warm", False) else 0.0)
+            ready, _, _ = select.select([proc.stdout], [], [], limit)
+            if not ready:
+                log.warning("math-verify overran %.1fs on %r vs %r: counted as not equivalent", limit, pred[:60], gold[:60])
+                self._kill()
+                return False
+            line = proc.stdout.readline()
+            if not line:
+                self._kill()
+                return False
+            proc._warm = True  # type: ignore[attr-defined]
+            return bool(json.loads(line).get("equivalent", False))
+
+    def close(self) -> None:
+        with self._lock:
+            self._kill()
+
+
+_POOL = _VerifierProcess()
+atexit.register(_POOL.close)
+
+
+def is_equivalent(pred: str, gold: str) -> bool:
+    """Whether a predicted answer equals the gold one (exact for numbers, symbolic otherwise).
+
+    Bounded: returns within about 2 s whatever the input.
+    """
+    if not isinstance(pred, str) or not isinstance(gold, str):
+        return False
+    pred, gold = pred.strip(), gold.strip()
+    if not pred or not gold or pred.lower() == "none" or len(pred) > MAX_EXPR_CHARS:
+        return False
+    a, b = as_number(pred), as_number(gold)
+    if a is not None and b is not None:
+        return a == b
+    if _plain(pred) == _plain(gold):
+        return True
+    return _POOL.call(pred, gold, VERIFY_DEADLINE_S)
+
+
+def verify(response: str, gold: str, question: str | None = None) -> Verdict:
+    answer = extract_answer(response)
+    if answer is None:
+        return Verdict(correct=False, no_answer=True, detail="no answer found")
+    ok = is_equivalent(answer, gold)
+    return Verdict(correct=ok, no_answer=False, answer=answer, detail="equivalent" if ok else f"expected {gold}")
+
+
+def records_from_rows(rows: list[Any], question_field: str, answer_field: str, id_field: str | None) -> list[RawRecord]:
+    """Map rows of a JSONL/Parquet file to raw records using the configured field names."""
+    out = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            out.append(RawRecord(i, None, None, error=f"row is a {type(row).__name__}, not an object"))
+            continue
+        q, a = row.get(question_field), row.get(answer_field)
+        missing = [f for f, v in ((question_field, q), (answer_field, a)) if v is None]
+        meta = {k: v for k, v in row.items() if k not in (question_field, answer_field) and isinstance(v, (str, int, float, bool))}
+        sid = row.get(id_field) if id_field else None
+        out.append(
+            RawRecord(
+                i,
+                q if isinstance(q, str) else (None if q is None else str(q)),
+                a if isinstance(a, str) else (None if a is None else str(a)),
+                source_id=None if sid is None else str(sid),
+                meta=meta,
+                error=f"missing field(s): {', '.join(missing)}" if missing else None,
+            )
+        )
+    return out

@@ -1,0 +1,239 @@
+"""Loading problem shards and staging them: normalise, dedupe, split, quarantine bad rows.
+
+``load_shard`` never raises on a bad row: an unreadable line becomes a row with
+``load_error`` set, and ``stage_problems`` turns every bad row into a quarantine row with
+a reason, so one broken record never stops a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math as _math
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from widen_dag.domains import arithmetic, blocksworld, get_domain
+from widen_dag.domains import math as math_domain
+from widen_dag.domains.base import RawRecord, problem_id
+from widen_dag.profiles import DatasetConfig, ProblemsConfig
+
+RAW_SCHEMA = {
+    "dataset": pl.String,
+    "shard": pl.String,
+    "row_index": pl.Int64,
+    "domain": pl.String,
+    "source_id": pl.String,
+    "question": pl.String,
+    "gold_raw": pl.String,
+    "meta": pl.String,
+    "load_error": pl.String,
+}
+STAGED_SCHEMA = {
+    "problem_id": pl.String,
+    "domain": pl.String,
+    "source": pl.String,
+    "source_id": pl.String,
+    "split": pl.String,
+    "question": pl.String,
+    "gold": pl.String,
+    "meta": pl.String,
+}
+QUARANTINE_SCHEMA = {
+    "dataset": pl.String,
+    "shard": pl.String,
+    "row_index": pl.Int64,
+    "reason": pl.String,
+    "question_preview": pl.String,
+}
+
+
+class ProblemSourceError(ValueError):
+    """A problem source that cannot be read at all (missing file, wrong format)."""
+
+
+def shard_key(dataset: str, index: int) -> str:
+    return f"{dataset}-{index:03d}"
+
+
+def parse_shard_key(key: str) -> tuple[str, int]:
+    dataset, _, index = key.rpartition("-")
+    if not dataset or not index.isdigit():
+        raise ValueError(f"partition key {key!r} is not '<dataset>-<shard index>'")
+    return dataset, int(index)
+
+
+def _read_jsonl(path: Path) -> list[RawRecord | dict[str, Any]]:
+    rows: list[RawRecord | dict[str, Any]] = []
+    with path.open("rb") as fh:
+        for i, raw in enumerate(fh):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                rows.append(RawRecord(i, None, None, error=f"undecodable bytes (utf-8) at byte {err.start}"))
+                continue
+            if not line.strip():
+                rows.append(RawRecord(i, None, None, error="empty line"))
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                rows.append(RawRecord(i, None, None, error=f"invalid JSON: {err.msg} at column {err.colno}"))
+    return rows
+
+
+def _file_records(source: Any) -> list[RawRecord]:
+    path = Path(source.path)
+    if not path.is_file():
+        raise ProblemSourceError(f"problem file {path} does not exist (relative paths are read from {Path.cwd()})")
+    if path.suffix == ".parquet":
+        rows: list[Any] = pl.read_parquet(path).to_dicts()
+    elif path.suffix in (".jsonl", ".json"):
+        rows = _read_jsonl(path)
+    else:
+        raise ProblemSourceError(f"problem file {path}: expected .jsonl or .parquet")
+    parsed = [r for r in rows if not isinstance(r, RawRecord)]
+    mapped = iter(math_domain.records_from_rows(parsed, source.question_field, source.answer_field, source.id_field))
+    out = []
+    for i, r in enumerate(rows):
+        rec = r if isinstance(r, RawRecord) else next(mapped)
+        out.append(RawRecord(i, rec.question, rec.gold, rec.source_id, rec.meta, rec.error))
+    return out[: source.limit] if source.limit else out
+
+
+def _hub_records(source: Any) -> list[RawRecord]:
+    import datasets  # only for online users; the tiny profile never comes here
+
+    ds = datasets.load_dataset(source.name, source.config, split=source.split, revision=source.revision)
+    rows = [dict(r) for r in ds]
+    records = math_domain.records_from_rows(rows, source.question_field, source.answer_field, None)
+    return records[: source.limit] if source.limit else records
+
+
+def dataset_records(dataset: DatasetConfig, seed: int) -> list[RawRecord]:
+    src = dataset.source
+    if src.kind == "arithmetic":
+        # Seeded by profile seed and dataset name, so each dataset draws its own problems.
+        ds_seed = seed * 1_000_003 + int(hashlib.sha256(dataset.name.encode()).hexdigest()[:8], 16)
+        problems = arithmetic.generate(src.n_problems, src.steps, src.max_operand, ds_seed)
+        return [
+            RawRecord(i, p.question, p.gold, meta={"steps": [s.equation() for s in p.steps]})
+            for i, p in enumerate(problems)
+        ]
+    if src.kind == "file":
+        return _file_records(src)
+    if src.kind == "planbench":
+        recs = blocksworld.records_from_planbench(src.path)
+        return recs[: src.limit] if src.limit else recs
+    if src.kind == "hub":
+        return _hub_records(src)
+    raise ProblemSourceError(f"unknown source kind {src.kind!r}")
+
+
+def load_shard(dataset: DatasetConfig, shard_index: int, seed: int) -> pl.DataFrame:
+    """The rows of one shard (row i goes to shard i mod shards), as ``RAW_SCHEMA``."""
+    if not 0 <= shard_index < dataset.shards:
+        raise ValueError(f"dataset {dataset.name!r} has {dataset.shards} shard(s); no shard {shard_index}")
+    key = shard_key(dataset.name, shard_index)
+    rows = []
+    for rec in dataset_records(dataset, seed):
+        if rec.row_index % dataset.shards != shard_index:
+            continue
+        rows.append(
+            {
+                "dataset": dataset.name,
+                "shard": key,
+                "row_index": rec.row_index,
+                "domain": dataset.domain,
+                "source_id": rec.source_id,
+                "question": rec.question,
+                "gold_raw": rec.gold,
+                "meta": json.dumps(rec.meta, default=str, sort_keys=True),
+                "load_error": rec.error,
+            }
+        )
+    return pl.DataFrame(rows, schema=RAW_SCHEMA)
+
+
+def _in_eval(pid: str, split_seed: int, eval_fraction: float) -> bool:
+    h = int(hashlib.sha256(f"{split_seed}:{pid}".encode()).hexdigest()[:12], 16)
+    return h / float(1 << 48) < eval_fraction
+
+
+def _bad_gold(gold: str) -> bool:
+    try:
+        return _math.isnan(float(gold)) or _math.isinf(float(gold))
+    except ValueError:
+        return gold.strip().lower() in ("none", "null")
+
+
+def stage_problems(raw: pl.DataFrame, cfg: ProblemsConfig, roles: dict[str, str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(staged problems, quarantine). Bad rows are quarantined with a reason, never raised."""
+    staged: list[dict[str, Any]] = []
+    quarantine: list[dict[str, Any]] = []
+    by_id: dict[str, str] = {}
+    by_source: dict[tuple[str, str], str] = {}
+
+    def reject(row: dict[str, Any], reason: str) -> None:
+        q = row.get("question") or ""
+        quarantine.append(
+            {"dataset": row["dataset"], "shard": row["shard"], "row_index": row["row_index"], "reason": reason, "question_preview": q[:120]}
+        )
+
+    for row in raw.sort(["dataset", "row_index"]).iter_rows(named=True):
+        if row["load_error"]:
+            reject(row, row["load_error"])
+            continue
+        question, gold_raw = row["question"], row["gold_raw"]
+        if question is None or not question.strip():
+            reject(row, "empty question")
+            continue
+        if len(question) > cfg.max_question_chars:
+            reject(row, f"question of {len(question)} characters is over max_question_chars={cfg.max_question_chars}")
+            continue
+        if "\ufffd" in question:
+            reject(row, "question holds undecodable bytes (U+FFFD)")
+            continue
+        if gold_raw is None or not gold_raw.strip():
+            reject(row, "empty gold answer")
+            continue
+        if len(gold_raw) > max(cfg.max_gold_chars, 20_000) or _bad_gold(gold_raw):
+            reject(row, f"gold answer does not parse: {gold_raw[:40]!r}")
+            continue
+        domain = get_domain(row["domain"])
+        try:
+            gold = domain.normalize_gold(gold_raw)
+        except ValueError as err:
+            reject(row, f"gold answer does not parse: {err}")
+            continue
+        if len(gold) > cfg.max_gold_chars or _bad_gold(gold):
+            reject(row, f"gold answer does not parse: {gold[:40]!r}")
+            continue
+        pid = problem_id(row["domain"], question, gold)
+        source_key = (row["dataset"], row["source_id"]) if row["source_id"] is not None else None
+        if source_key and source_key in by_source and by_source[source_key] != pid:
+            reject(row, f"duplicate source id {row['source_id']!r} with different content")
+            continue
+        if pid in by_id:
+            reject(row, f"duplicate of {pid} (first seen in {by_id[pid]})")
+            continue
+        by_id[pid] = row["shard"]
+        if source_key:
+            by_source[source_key] = pid
+        role = roles.get(row["dataset"], "split")
+        split = role if role != "split" else ("eval" if _in_eval(pid, cfg.split_seed, cfg.eval_fraction) else "train")
+        staged.append(
+            {
+                "problem_id": pid,
+                "domain": row["domain"],
+                "source": row["dataset"],
+                "source_id": row["source_id"],
+                "split": split,
+                "question": question,
+                "gold": gold,
+                "meta": row["meta"],
+            }
+        )
+    return pl.DataFrame(staged, schema=STAGED_SCHEMA), pl.DataFrame(quarantine, schema=QUARANTINE_SCHEMA)

@@ -1,0 +1,237 @@
+"""Where the pipeline's data lives: one Parquet file per (asset, partition) under a root URI.
+
+The root is a local folder by default and any fsspec URI (``s3://bucket/prefix``,
+``memory://x`` in tests) at scale; every read and write goes through the same fsspec code.
+Writes are atomic: the bytes go to a hidden temporary name first and are renamed into
+place, so a crash mid-write never leaves a file that looks complete. For a local root a
+DuckDB catalog file (``<root>/widen_lake.duckdb``) keeps one view per asset, so
+``duckdb lake/widen_lake.duckdb -c 'select * from stg_problems'`` queries any stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import fsspec
+import polars as pl
+from fsspec.implementations.local import LocalFileSystem
+
+CATALOG_FILE = "widen_lake.duckdb"
+UNPARTITIONED = "__all__"
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PARTITION_RE = re.compile(r"^[A-Za-z0-9_.=-]+$")
+
+
+class LakeError(RuntimeError):
+    """A lake path or name that cannot be used."""
+
+
+def _check_name(asset: str) -> str:
+    if not _NAME_RE.match(asset):
+        raise LakeError(f"asset name {asset!r} is not a valid identifier (letters, digits, _)")
+    return asset
+
+
+def _check_partition(partition: str | None) -> str:
+    key = UNPARTITIONED if partition is None else partition
+    if not _PARTITION_RE.match(key):
+        raise LakeError(f"partition key {key!r} may only hold letters, digits, '_', '-', '.', '='")
+    return key
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a write produced: where, a content hash (the asset's data version), how many rows."""
+
+    uri: str
+    sha256: str
+    rows: int
+
+
+@dataclass(frozen=True)
+class Lake:
+    """Maps (asset, partition) to Parquet paths under ``root`` and writes them atomically."""
+
+    root: str
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        fs, _ = fsspec.core.url_to_fs(self.root)
+        return fs
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, LocalFileSystem)
+
+    @property
+    def _base(self) -> str:
+        _, path = fsspec.core.url_to_fs(self.root)
+        return path.rstrip("/")
+
+    def uri(self, *parts: str) -> str:
+        """A full URI (with protocol) for a path below the root, as DuckDB and users see it."""
+        path = "/".join([self._base, *parts])
+        protocol = self.fs.protocol
+        protocol = protocol[0] if isinstance(protocol, (tuple, list)) else protocol
+        return path if protocol in ("file", "local") else f"{protocol}://{path.lstrip('/')}"
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self._base, *parts])
+
+    # ---- tables -------------------------------------------------------------------------
+    def table_path(self, asset: str, partition: str | None = None) -> str:
+        return self._path(_check_name(asset), f"{_check_partition(partition)}.parquet")
+
+    def table_uri(self, asset: str, partition: str | None = None) -> str:
+        return self.uri(_check_name(asset), f"{_check_partition(partition)}.parquet")
+
+    def write_table(self, asset: str, df: pl.DataFrame, partition: str | None = None) -> Written:
+        """Write ``df`` as the (asset, partition) Parquet file atomically."""
+        buf = io.BytesIO()
+        df.write_parquet(buf, compression="zstd", statistics=True)
+        data = buf.getvalue()
+        self.write_bytes(self.table_path(asset, partition), data)
+        self.refresh_catalog(asset)
+        return Written(self.table_uri(asset, partition), hashlib.sha256(data).hexdigest(), df.height)
+
+    def has_table(self, asset: str, partition: str | None = None) -> bool:
+        return self.fs.exists(self.table_path(asset, partition))
+
+    def partitions(self, asset: str) -> list[str]:
+        """Partition keys with a committed file (temporary files are never listed)."""
+        folder = self._path(_check_name(asset))
+        if not self.fs.exists(folder):
+            return []
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(folder, detail=False)]
+        return sorted(n[: -len(".parquet")] for n in names if n.endswith(".parquet") and not n.startswith("."))
+
+    def read_table(self, asset: str, partition: str | None = None) -> pl.DataFrame:
+        path = self.table_path(asset, partition)
+        if not self.fs.exists(path):
+            raise LakeError(f"{asset}[{_check_partition(partition)}] has not been written to {self.uri()}")
+        with self.fs.open(path, "rb") as fh:
+            return pl.read_parquet(fh)
+
+    def read_all(self, asset: str, partitions: list[str] | None = None) -> pl.DataFrame:
+        """All (or the named) partitions of an asset, concatenated."""
+        keys = self.partitions(asset) if partitions is None else partitions
+        if not keys:
+            raise LakeError(f"{asset} has no partitions in {self.uri()}")
+        return pl.concat([self.read_table(asset, k) for k in keys], how="diagonal_relaxed")
+
+    # ---- raw files and folders ------------------------------------------------------------
+    def dir_path(self, *parts: str) -> str:
+        return self._path(*parts)
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write to a hidden sibling, then rename: readers never see a partial file."""
+        fs = self.fs
+        parent, name = path.rsplit("/", 1)
+        fs.makedirs(parent, exist_ok=True)
+        tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex}"
+        try:
+            with fs.open(tmp, "wb") as fh:
+                fh.write(data)
+            if isinstance(fs, LocalFileSystem):
+                os.replace(tmp, path)  # atomic on POSIX
+            else:
+                fs.mv(tmp, path)  # object stores: the PUT of the final key is itself atomic
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                if fs.exists(tmp):
+                    fs.rm(tmp)
+
+    @contextlib.contextmanager
+    def staged_dir(self, *parts: str) -> Iterator[Path]:
+        """A local folder to fill (e.g. a checkpoint); published under ``parts`` only on success.
+
+        The final folder appears in one rename, so a crash mid-save leaves at most a hidden
+        ``.staging-*`` folder, never a checkpoint that looks complete.
+        """
+        if not self.is_local:
+            raise LakeError("staged_dir needs a local lake root; sync remote checkpoints with fsspec")
+        final = Path(self._path(*parts))
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = final.parent / f".staging-{final.name}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+        try:
+            yield staging
+            if final.exists():
+                trash = final.parent / f".trash-{final.name}-{uuid.uuid4().hex[:8]}"
+                final.rename(trash)
+                staging.rename(final)
+                _rmtree(trash)
+            else:
+                staging.rename(final)
+        finally:
+            if staging.exists():
+                _rmtree(staging)
+
+    # ---- DuckDB ---------------------------------------------------------------------------
+    def assets(self) -> list[str]:
+        if not self.fs.exists(self._base):
+            return []
+        out = []
+        for p in self.fs.ls(self._base, detail=False):
+            name = p.rstrip("/").rsplit("/", 1)[-1]
+            if _NAME_RE.match(name) and self.partitions(name):
+                out.append(name)
+        return sorted(out)
+
+    def view_sql(self, asset: str) -> str:
+        glob = self.uri(_check_name(asset), "*.parquet")
+        return (
+            f'CREATE OR REPLACE VIEW "{asset}" AS '
+            f"SELECT * FROM read_parquet('{glob}', union_by_name = true)"
+        )
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB connection with one view per asset written so far."""
+        con = duckdb.connect()
+        if not self.is_local:
+            con.register_filesystem(self.fs)
+        for asset in self.assets():
+            con.execute(self.view_sql(asset))
+        return con
+
+    @property
+    def catalog_path(self) -> Path | None:
+        return Path(self._path(CATALOG_FILE)) if self.is_local else None
+
+    def refresh_catalog(self, asset: str | None = None) -> None:
+        """Keep the on-disk DuckDB catalog's views in step with what was written."""
+        path = self.catalog_path
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        names = [asset] if asset else self.assets()
+        for attempt in range(50):  # another process may hold the file's write lock briefly
+            try:
+                with duckdb.connect(str(path)) as con:
+                    for name in names:
+                        con.execute(self.view_sql(name))
+                return
+            except duckdb.IOException:
+                time.sleep(0.1 * (attempt + 1))
+        raise LakeError(f"could not update the DuckDB catalog {path}: it stayed locked")
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def default_lake_root() -> str:
+    """``$WIDEN_DAG_LAKE`` or ``./lake`` (gitignored) in the working directory."""
+    return os.environ.get("WIDEN_DAG_LAKE") or str(Path.cwd() / "lake")
