@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 
 from widen_dag.domains import math as math_domain
-from widen_dag.domains.base import FORMAT_INSTRUCTION, Verdict
+from widen_dag.domains.base import Verdict
 
 name = "arithmetic"
 
@@ -44,14 +44,16 @@ class ArithmeticProblem:
     steps: tuple[Step, ...]
 
 
-def generate(n: int, steps: int = 2, max_operand: int = 9, seed: int = 0) -> list[ArithmeticProblem]:
-    """``n`` distinct problems of ``steps`` operations on operands in [1, max_operand].
+def generate(n: int, steps: int = 2, max_operand: int = 9, seed: int = 0, ops: str = "+-*") -> list[ArithmeticProblem]:
+    """``n`` distinct problems of ``steps`` operations (drawn from ``ops``) on operands in [1, max_operand].
 
     Intermediate results stay non-negative; a product is only drawn while the running
     value is small, so answers stay in a range a tiny model can learn.
     """
     if n <= 0 or steps <= 0 or max_operand < 2:
         raise ValueError("n and steps must be positive and max_operand >= 2")
+    if not ops or set(ops) - set(_OPS) or "+" not in ops:
+        raise ValueError(f"ops must be a string of {''.join(_OPS)} including '+', got {ops!r}")
     rng = random.Random(seed)
     seen: set[str] = set()
     out: list[ArithmeticProblem] = []
@@ -65,8 +67,8 @@ def generate(n: int, steps: int = 2, max_operand: int = 9, seed: int = 0) -> lis
         chain: list[Step] = []
         sentences = [f"{who} has {start} {item}."]
         for _ in range(steps):
-            ops = ["+", "-"] + (["*"] if value <= max_operand else [])
-            op = rng.choice(ops)
+            allowed = [o for o in "+-" if o in ops] + (["*"] if "*" in ops and value <= max_operand else [])
+            op = rng.choice(allowed)
             right = rng.randint(2 if op == "*" else 1, max_operand)
             if op == "-" and right > value:
                 op = "+"
@@ -84,7 +86,8 @@ def generate(n: int, steps: int = 2, max_operand: int = 9, seed: int = 0) -> lis
 
 
 def task_prompt(question: str) -> str:
-    return f"Solve the problem. {FORMAT_INSTRUCTION} Inside <answer> write \\boxed{{number}}.\n\n{question.strip()}"
+    # Short on purpose: the tiny models pay for every prompt token in CPU training time.
+    return f"Solve in tagged thoughts, then <answer>\\boxed{{number}}</answer>.\n{question.strip()}"
 
 
 def normalize_gold(gold: str) -> str:

@@ -35,6 +35,7 @@ STAGED_SCHEMA = {
     "problem_id": pl.String,
     "domain": pl.String,
     "source": pl.String,
+    "shard": pl.String,
     "source_id": pl.String,
     "split": pl.String,
     "question": pl.String,
@@ -117,7 +118,7 @@ def dataset_records(dataset: DatasetConfig, seed: int) -> list[RawRecord]:
     if src.kind == "arithmetic":
         # Seeded by profile seed and dataset name, so each dataset draws its own problems.
         ds_seed = seed * 1_000_003 + int(hashlib.sha256(dataset.name.encode()).hexdigest()[:8], 16)
-        problems = arithmetic.generate(src.n_problems, src.steps, src.max_operand, ds_seed)
+        problems = arithmetic.generate(src.n_problems, src.steps, src.max_operand, ds_seed, src.ops)
         return [
             RawRecord(i, p.question, p.gold, meta={"steps": [s.equation() for s in p.steps]})
             for i, p in enumerate(problems)
@@ -229,6 +230,7 @@ def stage_problems(raw: pl.DataFrame, cfg: ProblemsConfig, roles: dict[str, str]
                 "problem_id": pid,
                 "domain": row["domain"],
                 "source": row["dataset"],
+                "shard": row["shard"],
                 "source_id": row["source_id"],
                 "split": split,
                 "question": question,

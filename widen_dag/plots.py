@@ -1,0 +1,40 @@
+"""Small PNG plots for asset metadata (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def line_plot_png(series: dict[str, list[tuple[float, float]]], title: str, xlabel: str, ylabel: str) -> bytes:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    for name, points in series.items():
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, label=name)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if len(series) > 1:
+        ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def markdown_image(png: bytes, alt: str) -> str:
+    """Inline PNG for a Markdown metadata value (the Dagster UI renders it)."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"

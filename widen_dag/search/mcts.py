@@ -1,0 +1,146 @@
+"""MCTS over typed thoughts (SPEC.md section 1), as rollouts that yield their expansions.
+
+A rollout is a generator: it descends by UCT and, at the first unexpanded node, yields the
+generation requests for all of that node's children (one request per child type, n samples
+each) and receives the samples back. Written this way, one tree can run alone or many
+trees can advance in lock-step (widen_dag.search.lockstep) with the same code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+
+from widen_dag.domains import get_domain
+from widen_dag.llm.base import GenerationRequest, Sample
+from widen_dag.profiles import SearchConfig
+from widen_dag.search.thoughts import REFLECTION_TEXT, choose_prefill, close_tag, open_tag, wrap
+from widen_dag.search.tree import Node, Tree
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """Requests for one node's children, and the model role each goes to."""
+
+    node: Node
+    child_types: list[str]
+    prefills: list[str]
+    roles: list[str]
+    requests: list[GenerationRequest]
+
+
+@dataclass(frozen=True)
+class SearchContext:
+    cfg: SearchConfig
+    chat_prompt: Callable[[str], str]  # user turn -> prompt text up to the assistant turn
+    count_tokens: Callable[[list[str]], list[int]]
+    temperature: float
+    top_p: float
+    max_tokens_per_node: int
+    has_critic: bool
+    seed: int
+
+
+def request_seed(seed: int, tree_id: str, node_index: int, child_type: str) -> int:
+    """A per-request sampling seed: the same node gets the same samples in any batch."""
+    digest = hashlib.sha256(f"{seed}:{tree_id}:{node_index}:{child_type}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def plan_expansion(tree: Tree, node: Node, ctx: SearchContext) -> Expansion | None:
+    """Requests for all children of ``node``, or None when it is a dead end (limits, no children)."""
+    cfg = ctx.cfg
+    graph = cfg.action_graph.get(node.node_type, {})
+    if not graph or node.depth >= cfg.max_depth or node.path_tokens >= cfg.max_path_tokens:
+        return None
+    domain = get_domain(tree.domain)
+    head = ctx.chat_prompt(domain.task_prompt(tree.question)) + tree.path_text(node)
+    budget = max(1, min(ctx.max_tokens_per_node, cfg.max_path_tokens - node.path_tokens))
+    child_types, prefills, roles, requests = [], [], [], []
+    for child_type, count in graph.items():
+        if child_type == "reflection":
+            continue  # reflections are fixed text, added on wrong answers
+        prefill = choose_prefill(child_type, tree.rng)
+        role = "critic" if ctx.has_critic and child_type in cfg.critic_node_types else "policy"
+        child_types.append(child_type)
+        prefills.append(prefill)
+        roles.append(role)
+        requests.append(GenerationRequest(
+            prompt=head + open_tag(child_type) + prefill, n=count, temperature=ctx.temperature, top_p=ctx.top_p,
+            max_tokens=budget, stop=(close_tag(child_type),), include_stop=True,
+            seed=request_seed(ctx.seed, tree.tree_id, node.index, child_type),
+        ))
+    if not requests:
+        return None
+    return Expansion(node, child_types, prefills, roles, requests)
+
+
+def apply_expansion(tree: Tree, exp: Expansion, results: list[list[Sample]], ctx: SearchContext) -> None:
+    """Create the children from the samples; answers are verified as they are created."""
+    domain = get_domain(tree.domain)
+    texts: list[tuple[str, str, str, Sample]] = []
+    for child_type, prefill, role, samples in zip(exp.child_types, exp.prefills, exp.roles, results, strict=True):
+        for s in samples:
+            body = open_tag(child_type) + prefill + s.text
+            texts.append((child_type, role, body, s))
+    counts = ctx.count_tokens([t[2] for t in texts])
+    for (child_type, role, body, s), n_tok in zip(texts, counts, strict=True):
+        closed = body.endswith(close_tag(child_type))
+        child = tree.add_child(exp.node, child_type, role, body, n_tok, finish_reason=s.finish_reason)
+        over = child.path_tokens > ctx.cfg.max_path_tokens
+        if not closed or over:
+            # Cut off by the node's or the path's token budget: the path ends as a no-answer.
+            child.is_terminal, child.no_answer, child.reward = True, True, 0.0
+        elif child_type == "answer":
+            verdict = domain.verify(body, tree.gold, tree.question)
+            child.is_terminal = True
+            child.reward = verdict.reward
+            child.answer = verdict.answer
+            child.no_answer = verdict.no_answer
+    exp.node.expanded = True
+
+
+def rollout(tree: Tree, ctx: SearchContext) -> Generator[Expansion, list[list[Sample]], None]:
+    """One rollout: descend, expanding as needed, until a terminal node; then back up."""
+    node = tree.root
+    while not node.is_terminal:
+        if not node.expanded:
+            exp = plan_expansion(tree, node, ctx)
+            if exp is None:
+                node.is_terminal, node.no_answer, node.reward = True, True, 0.0
+                break
+            results = yield exp
+            apply_expansion(tree, exp, results, ctx)
+        node = tree.uct_child(node, ctx.cfg.exploration_c)
+    reward = node.reward or 0.0
+    tree.backprop(node, reward)
+    tree.rollouts += 1
+    if reward == 1.0:
+        tree.correct.add(node.index)
+    elif node.node_type == "answer":
+        parent = tree.reflection_parent(node)
+        # One reflection per check: a second wrong answer below it adds nothing new.
+        if not any(tree.nodes[i].node_type == "reflection" for i in parent.children):
+            n_tok = ctx.count_tokens([wrap("reflection", REFLECTION_TEXT)])[0]
+            refl = tree.add_child(parent, "reflection", "fixed", wrap("reflection", REFLECTION_TEXT), n_tok)
+            if refl.path_tokens >= ctx.cfg.max_path_tokens:
+                refl.is_terminal, refl.no_answer, refl.reward = True, True, 0.0
+
+
+def stop_reason(tree: Tree, cfg: SearchConfig) -> str | None:
+    """Why this tree is done, or None to keep searching.
+
+    solved: k_max correct answers, or R rollouts with at least k_min; budget: give up after
+    give_up_factor * R rollouts with some correct but fewer than k_min; failed: none correct.
+    """
+    found = len(tree.correct)
+    if found >= cfg.k_max:
+        return "solved"
+    if tree.rollouts >= cfg.rollouts and found >= cfg.k_min:
+        return "solved"
+    if tree.rollouts >= cfg.give_up_factor * cfg.rollouts:
+        return "budget" if found else "failed"
+    if tree.root.is_terminal:
+        return "budget" if found else "failed"
+    return None

@@ -1,0 +1,81 @@
+"""Typed thoughts (SPEC.md section 1): node types, their tags and prefill phrases.
+
+One place for the node format, shared by the search, the tiny models' training texts and
+the dataset exports, so that all of them write and read exactly the same tags.
+"""
+
+from __future__ import annotations
+
+import random
+
+ROOT = "root"
+NODE_TYPES = ("sub_task", "thinking", "hypothesis", "double_check", "reflection", "thinking_from_scratch", "answer")
+
+TAGS = {
+    "sub_task": "sub-task",
+    "thinking": "thinking",
+    "hypothesis": "hypothesis",
+    "double_check": "double-check",
+    "reflection": "reflection",
+    "thinking_from_scratch": "thinking_from_scratch",
+    "answer": "answer",
+}
+
+PREFILLS: dict[str, tuple[str, ...]] = {
+    "sub_task": ("Firstly, I need to break down this task.", "Let me split the problem into steps."),
+    "thinking": ("Let me compute.", "Next,"),
+    "hypothesis": ("Suppose", "Let me assume"),
+    "double_check": ("Let's check the result.", "Let me verify."),
+    "thinking_from_scratch": ("Let me start over.", "Let me solve it again from the beginning."),
+    "answer": ("The answer is:",),
+}
+
+# `reflection` needs no model call: its text is this fixed sentence.
+REFLECTION_TEXT = "Wait! something is wrong, let's think again."
+
+
+def open_tag(node_type: str) -> str:
+    return f"<{TAGS[node_type]}>"
+
+
+def close_tag(node_type: str) -> str:
+    return f"</{TAGS[node_type]}>"
+
+
+def all_tag_strings() -> list[str]:
+    return [t for nt in NODE_TYPES for t in (open_tag(nt), close_tag(nt))]
+
+
+def wrap(node_type: str, body: str) -> str:
+    """The node's full text as it appears in a path: ``<tag>body</tag>``."""
+    return f"{open_tag(node_type)}{body}{close_tag(node_type)}"
+
+
+def choose_prefill(node_type: str, rng: random.Random) -> str:
+    if node_type == "reflection":
+        return REFLECTION_TEXT
+    return rng.choice(PREFILLS[node_type])
+
+
+_TAG_RE = None
+
+
+def is_well_formed(text: str) -> bool:
+    """Every thought tag closed in order, nothing outside tags, and a final <answer> block.
+
+    The answer check is syntactic (a block exists and is closed); whether it holds an
+    extractable answer is the domain's business.
+    """
+    import re
+
+    global _TAG_RE
+    if _TAG_RE is None:
+        names = "|".join(re.escape(TAGS[t]) for t in NODE_TYPES)
+        _TAG_RE = re.compile(rf"<({names})>(.*?)</\1>", re.DOTALL)
+    pos = 0
+    last = None
+    for m in _TAG_RE.finditer(text):
+        if text[pos : m.start()].strip():
+            return False
+        pos, last = m.end(), m.group(1)
+    return last == TAGS["answer"] and not text[pos:].strip()

@@ -1,0 +1,154 @@
+"""The tiny models of the embedded profile, built here with no model hub.
+
+* a byte-level BPE tokenizer trained on the synthetic corpus (tokenizers library), every
+  thought tag a single token, with a chat template;
+* a small Llama-architecture model (about 1M parameters);
+* training texts: tagged solutions of the arithmetic domain in exactly the node format of
+  the search (widen_dag.search.thoughts), including wrong steps that a double-check catches
+  and a reflection repairs, so the policy imitates the format and makes real mistakes; and
+  plain untagged solutions for the student base.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from pathlib import Path
+
+from widen_dag.domains import arithmetic
+from widen_dag.domains.arithmetic import ArithmeticProblem
+from widen_dag.search.thoughts import REFLECTION_TEXT, all_tag_strings, choose_prefill, wrap
+
+USER, ASSISTANT, END = "<|user|>", "<|assistant|>", "<|end|>"
+PAD, BOS, UNK = "<pad>", "<s>", "<unk>"
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+
+# ---- texts --------------------------------------------------------------------------------
+def _plan(p: ArithmeticProblem) -> str:
+    return f"Start with {p.start}, then " + ", then ".join(f"{s.op} {s.right}" for s in p.steps) + "."
+
+
+def _slip(result: int, rng: random.Random) -> int:
+    wrong = result + rng.choice([-2, -1, 1, 2, 10, -10])
+    return wrong if wrong >= 0 and wrong != result else result + 1
+
+
+def tagged_solution(p: ArithmeticProblem, rng: random.Random, error_rate: float) -> str:
+    """A solution in the search's node format; with probability ``error_rate`` one step
+    is computed wrong, caught by a double-check, and redone after a reflection."""
+    slip_at = rng.randrange(len(p.steps)) if rng.random() < error_rate else -1
+    parts = [wrap("sub_task", f"{choose_prefill('sub_task', rng)} {_plan(p)}")]
+    for i, s in enumerate(p.steps):
+        if i == slip_at:
+            wrong = _slip(s.result, rng)
+            parts.append(wrap("thinking", f"{choose_prefill('thinking', rng)} {s.left} {s.op} {s.right} = {wrong}"))
+            parts.append(wrap("double_check", f"{choose_prefill('double_check', rng)} {s.left} {s.op} {s.right} = {s.result}, not {wrong}."))
+            parts.append(wrap("reflection", REFLECTION_TEXT))
+            parts.append(wrap("thinking_from_scratch", f"{choose_prefill('thinking_from_scratch', rng)} {s.equation()}"))
+        else:
+            parts.append(wrap("thinking", f"{choose_prefill('thinking', rng)} {s.equation()}"))
+    last = p.steps[-1]
+    parts.append(wrap("double_check", f"{choose_prefill('double_check', rng)} {last.equation()}"))
+    parts.append(wrap("answer", f"{choose_prefill('answer', rng)} \\boxed{{{p.gold}}}"))
+    return "".join(parts)
+
+
+def plain_solution(p: ArithmeticProblem) -> str:
+    """An untagged solution, for the student base."""
+    return " ".join(f"{s.equation()}." for s in p.steps) + f" The answer is \\boxed{{{p.gold}}}."
+
+
+def synthetic_problems(n: int, steps: int, max_operand: int, seed: int, exclude: Iterable[str] = (), ops: str = "+-*") -> list[ArithmeticProblem]:
+    """Training problems for the tiny models, never one of ``exclude`` (the staged problems)."""
+    banned = set(exclude)
+    pool = arithmetic.generate(n + len(banned), steps, max_operand, seed, ops)
+    return [p for p in pool if p.question not in banned][:n]
+
+
+# ---- tokenizer ----------------------------------------------------------------------------
+def train_tokenizer(corpus: Iterable[str], vocab_size: int, out_dir: Path):
+    """Byte-level BPE; tags and chat markers are single tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    # GPT-2 style pre-splitting keeps " 12" together, so small numbers become single tokens:
+    # shorter sequences, and a table of number facts a tiny model learns faster than digits.
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    specials = [PAD, BOS, UNK, USER, ASSISTANT, END]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    from tokenizers import AddedToken
+
+    # Tags are ordinary (non-special) added tokens: one id each, and they survive decoding,
+    # so stop strings like "</thinking>" match in generated text.
+    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in all_tag_strings()])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=END, pad_token=PAD, unk_token=UNK,
+        additional_special_tokens=[USER, ASSISTANT],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.padding_side = "left"
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+# ---- model --------------------------------------------------------------------------------
+def new_model(tokenizer, hidden_size: int, intermediate_size: int, num_layers: int, num_heads: int, max_positions: int, seed: int):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        use_cache=True,
+    )
+    return LlamaForCausalLM(config)
+
+
+def n_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def n_parameters_from_config(path: Path) -> int:
+    """Parameter count of a saved checkpoint, from its safetensors header (no torch load)."""
+    from safetensors import safe_open
+
+    total = 0
+    for f in Path(path).glob("*.safetensors"):
+        with safe_open(str(f), framework="np") as st:
+            for key in st.keys():
+                shape = st.get_slice(key).get_shape()
+                n = 1
+                for d in shape:
+                    n *= d
+                total += n
+    return total
+
+
+def short_hash(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,154 @@
+"""Worker: the `policy_model` and `student_base` assets.
+
+``python -m widen_dag.workers.models policy|student``
+
+Tiny profile (``source: bootstrap``): train a tokenizer and a small Llama here (TRL SFT on
+synthetic arithmetic solutions), measure the held-out single-sample accuracy and the
+well-formed rate with the profile's generation backend, and save an ordinary HF checkpoint
+(safetensors, tokenizer.json, chat template) to the lake. Real profiles: record the named
+model (id, revision or path) without training.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from widen_dag.domains import arithmetic
+from widen_dag.evaluate import EvalProblem, sample_and_score, summarize
+from widen_dag.llm import backend_from_profile
+from widen_dag.plots import line_plot_png, markdown_image
+from widen_dag.train import bootstrap
+from widen_dag.train.sft import resolve_device, train_sft
+from widen_dag.workers.common import Worker, open_worker
+
+MODEL_DIRS = {"policy": ("models", "policy_model"), "student": ("models", "student_base")}
+EVAL_SEED_OFFSET = 424_242  # held-out problems drawn apart from the training problems
+
+
+def model_dir(worker: Worker, which: str) -> Path:
+    return Path(worker.lake.dir_path(*MODEL_DIRS[which]))
+
+
+def _excluded_questions(worker: Worker) -> list[str]:
+    """Staged problems (train and eval) never appear in the tiny models' training sets."""
+    if worker.lake.has_table("stg_problems"):
+        return worker.lake.read_table("stg_problems")["question"].to_list()
+    return []
+
+
+def _heldout(cfg, seed: int, exclude: set[str]) -> list[EvalProblem]:
+    pool = arithmetic.generate(cfg.eval_problems * 2 + len(exclude), cfg.steps, cfg.max_operand, seed + EVAL_SEED_OFFSET, cfg.ops)
+    picked = [p for p in pool if p.question not in exclude][: cfg.eval_problems]
+    return [EvalProblem(f"heldout-{i}", "arithmetic", p.question, p.gold) for i, p in enumerate(picked)]
+
+
+def _rows(problems, text_fn) -> list[dict[str, str]]:
+    return [{"prompt": bootstrap.USER + arithmetic.task_prompt(p.question) + bootstrap.END + bootstrap.ASSISTANT,
+             "completion": text_fn(p)} for p in problems]
+
+
+def build_tiny(worker: Worker, which: str) -> dict:
+    import torch
+    from transformers import AutoTokenizer
+
+    profile = worker.profile
+    cfg = profile.models.bootstrap
+    seed = profile.seed + (0 if which == "policy" else 1)
+    device = resolve_device(profile.train.device)
+    exclude = _excluded_questions(worker)
+    problems = bootstrap.synthetic_problems(cfg.train_problems, cfg.steps, cfg.max_operand, seed, exclude, cfg.ops)
+    rng = random.Random(seed)
+    if which == "policy":
+        rows = _rows(problems, lambda p: bootstrap.tagged_solution(p, rng, cfg.error_rate))
+        steps = cfg.policy_steps
+    else:
+        rows = _rows(problems, bootstrap.plain_solution)
+        steps = cfg.student_steps
+    torch.manual_seed(seed)
+    with worker.lake.staged_dir(*MODEL_DIRS[which]) as out, tempfile.TemporaryDirectory() as scratch:
+        if which == "policy":
+            corpus = [r["prompt"] + r["completion"] for r in rows[:4000]]
+            # The student shares the tokenizer, so its plain texts shape the vocabulary too.
+            corpus += [bootstrap.plain_solution(p) for p in problems[:2000]]
+            tokenizer = bootstrap.train_tokenizer(corpus, cfg.vocab_size, out)
+        else:
+            policy_dir = model_dir(worker, "policy")
+            if not (policy_dir / "tokenizer.json").is_file():
+                raise RuntimeError(f"student_base needs policy_model's tokenizer at {policy_dir}: materialize policy_model first")
+            tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+            tokenizer.save_pretrained(out)
+        model = bootstrap.new_model(tokenizer, cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.num_heads,
+                                    cfg.max_position_embeddings, seed)
+        worker.log(f"{which}: {bootstrap.n_parameters(model):,} parameters, {steps} steps x {cfg.batch_size} on {device}")
+        stats = train_sft(model, tokenizer, rows, output_dir=scratch, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
+                          max_length=cfg.max_position_embeddings, max_steps=steps, scheduler="linear", warmup_ratio=0.03,
+                          device=device, seed=seed, log_every=max(1, steps // 10), on_log=worker.log)
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        (out / "widen_dag_model.json").write_text(json.dumps({"role": which, "source": "bootstrap", "seed": seed, "steps": steps}))
+        del model
+        metrics = evaluate_saved(worker, out, _heldout(cfg, profile.seed, set(exclude)), cfg.eval_max_tokens)
+    loss_png = line_plot_png({"train loss": [(float(s), v) for s, v in stats.losses]}, f"{which} SFT", "step", "loss")
+    return {
+        "path": str(model_dir(worker, which)),
+        "source": "bootstrap",
+        "parameters": bootstrap.n_parameters_from_config(model_dir(worker, which)),
+        "train_steps": steps,
+        "train_examples": stats.examples,
+        "train_seconds": round(stats.seconds, 1),
+        "train_tokens_per_s": round(stats.tokens_per_s, 1),
+        "final_loss": stats.final_loss,
+        "loss_curve": {"raw_value": markdown_image(loss_png, f"{which} loss"), "type": "md"},
+        **metrics,
+    }
+
+
+def evaluate_saved(worker: Worker, path: Path, problems: list[EvalProblem], max_tokens: int) -> dict:
+    gen = worker.profile.generation
+    start = time.perf_counter()
+    backend = backend_from_profile(gen, str(path), seed=worker.profile.seed)
+    try:
+        rows = sample_and_score(backend, problems, n=1, temperature=gen.temperature, top_p=gen.top_p, max_tokens=max_tokens)
+        stats = backend.stats.as_dict()
+    finally:
+        backend.close()
+    summary = summarize(rows)
+    examples = "\n\n".join(f"**{r['problem_id']}** ({'correct' if r['correct'] else 'wrong'}): `{r['response'][:400]}`" for r in rows[:3])
+    worker.log(f"held-out accuracy {summary['accuracy']:.3f}, well-formed {summary['well_formed_rate']:.3f} on {summary['n']} problems")
+    return {
+        "heldout_problems": summary["n"],
+        "heldout_accuracy": round(summary["accuracy"], 4),
+        "heldout_no_answer_rate": round(summary["no_answer_rate"], 4),
+        "well_formed_rate": round(summary["well_formed_rate"], 4),
+        "mean_response_tokens": round(summary["mean_tokens"], 1),
+        "eval_backend": gen.backend,
+        "eval_seconds": round(time.perf_counter() - start, 1),
+        "eval_generated_tokens_per_s": stats["generated_tokens_per_s"],
+        "samples": {"raw_value": examples, "type": "md"},
+    }
+
+
+def record_named(worker: Worker, which: str) -> dict:
+    ref = worker.profile.models.policy if which == "policy" else worker.profile.models.student
+    return {"source": ref.source, "model": ref.name, "revision": ref.revision or "(default branch)",
+            "trust_remote_code": ref.trust_remote_code}
+
+
+def main() -> None:
+    which = sys.argv[1] if len(sys.argv) > 1 else ""
+    if which not in MODEL_DIRS:
+        raise SystemExit(f"usage: python -m widen_dag.workers.models {{{'|'.join(MODEL_DIRS)}}}")
+    with open_worker() as worker:
+        ref = worker.profile.models.policy if which == "policy" else worker.profile.models.student
+        metadata = build_tiny(worker, which) if ref.source == "bootstrap" else record_named(worker, which)
+        version = json.dumps({k: metadata.get(k) for k in ("path", "model", "revision", "train_steps", "final_loss")}, default=str)
+        worker.pipes.report_asset_materialization(metadata=metadata, data_version=bootstrap.short_hash(version))
+
+
+if __name__ == "__main__":
+    main()

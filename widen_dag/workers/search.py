@@ -1,0 +1,151 @@
+"""Worker: the `search_trees` asset for one or more problem shards.
+
+``python -m widen_dag.workers.search <shard> [<shard> ...]``
+
+Searches the train-split problems of each shard with lock-step MCTS, checkpointing every
+finished tree, and publishes the shard's node table. Rerun after a crash, it reuses the
+finished trees and searches only the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+
+from widen_dag.llm import backend_from_profile
+from widen_dag.search.lockstep import LockstepSearch, ProblemSpec, SearchStats, tree_id_for
+from widen_dag.search.mcts import SearchContext
+from widen_dag.search.store import TreeStore, config_hash, tree_frame, tree_summary
+from widen_dag.search.tree import render_markdown
+from widen_dag.workers.common import Worker, open_worker
+from widen_dag.workers.models import model_dir
+
+
+def model_path(worker: Worker, role: str) -> tuple[str, str | None, bool]:
+    """(path or id, revision, trust_remote_code) of the policy or critic."""
+    ref = worker.profile.models.policy if role == "policy" else worker.profile.models.critic
+    assert ref is not None
+    if ref.source == "bootstrap":
+        path = model_dir(worker, "policy")
+        if not (path / "config.json").is_file():
+            raise RuntimeError(f"no policy model at {path}: materialize policy_model first")
+        return str(path), None, False
+    return str(ref.name), ref.revision, ref.trust_remote_code
+
+
+def model_fingerprint(path: str) -> str:
+    """Content of a local checkpoint's config + weights sizes, or the hub id: part of the resume key."""
+    p = Path(path)
+    if not p.is_dir():
+        return path
+    files = sorted(p.glob("*.safetensors"))
+    return json.dumps([(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files])
+
+
+def shard_problems(worker: Worker, shard: str) -> list[ProblemSpec]:
+    staged = worker.lake.read_table("stg_problems")
+    rows = staged.filter((pl.col("shard") == shard) & (pl.col("split") == "train")).sort("problem_id")
+    return [ProblemSpec(r["problem_id"], r["domain"], r["question"], r["gold"]) for r in rows.iter_rows(named=True)]
+
+
+def search_shards(worker: Worker, shards: list[str]) -> dict:
+    profile = worker.profile
+    gen, cfg = profile.generation, profile.search
+    seed = profile.seed + cfg.seed
+    policy_path, revision, trust = model_path(worker, "policy")
+    backends = {"policy": backend_from_profile(gen, policy_path, seed=seed, revision=revision, trust_remote_code=trust)}
+    critic_path = None
+    if profile.models.critic is not None:
+        critic_path, c_rev, c_trust = model_path(worker, "critic")
+        backends["critic"] = backend_from_profile(gen, critic_path, seed=seed, revision=c_rev, trust_remote_code=c_trust)
+    policy = backends["policy"]
+    ctx = SearchContext(cfg=cfg, chat_prompt=policy.chat_prompt, count_tokens=policy.count_tokens,
+                        temperature=gen.temperature, top_p=gen.top_p, max_tokens_per_node=gen.max_tokens_per_node,
+                        has_critic="critic" in backends, seed=seed)
+    key = config_hash(cfg.model_dump(), gen.temperature, gen.top_p, gen.max_tokens_per_node, gen.backend, seed,
+                      model_fingerprint(policy_path), critic_path and model_fingerprint(critic_path))
+    per_shard = []
+    totals = SearchStats()
+    sample_tree = None
+    try:
+        for shard in shards:
+            store = TreeStore(worker.lake, shard, key)
+            problems = shard_problems(worker, shard)
+            done = store.finished()
+            todo = [p for p in problems if tree_id_for(p.problem_id, seed) not in done]
+            reused = len(problems) - len(todo)
+            worker.log(f"{shard}: {len(problems)} problems, {reused} trees reused from checkpoints, {len(todo)} to search")
+            last_log = [time.perf_counter()]
+
+            def progress(stats: SearchStats, shard=shard, total=len(todo)) -> None:
+                if time.perf_counter() - last_log[0] > 10:
+                    last_log[0] = time.perf_counter()
+                    worker.log(f"{shard}: {stats.trees}/{total} trees, {stats.nodes} nodes, "
+                               f"{stats.nodes_per_s:.1f} nodes/s, batch {stats.mean_batch_size:.0f}")
+
+            stats = LockstepSearch(backends, ctx, on_progress=progress).run(todo, store.save)
+            nodes, trees = store.load()
+            written = store.publish(nodes)
+            per_shard.append({"shard": shard, "problems": len(problems), "reused": reused, "path": written.uri,
+                              "sha256": written.sha256, "trees": trees})
+            for name in ("trees", "nodes", "rollouts", "batches", "sequences"):
+                setattr(totals, name, getattr(totals, name) + getattr(stats, name))
+            totals.seconds += stats.seconds
+            if sample_tree is None and trees.height:
+                solved = trees.filter(pl.col("correct") > 0).sort("nodes")
+                pick = (solved if solved.height else trees).row(solved.height // 2 if solved.height else 0, named=True)
+                sample_tree = nodes.filter(pl.col("tree_id") == pick["tree_id"])
+        engine = policy.stats
+    finally:
+        for b in backends.values():
+            b.close()
+    all_trees = pl.concat([s["trees"] for s in per_shard])
+    n_problems = sum(s["problems"] for s in per_shard)
+    n_reused = sum(s["reused"] for s in per_shard)
+    outcome_md = "\n".join(f"| {o} | {c} |" for o, c in sorted(all_trees.group_by("outcome").len().rows()))
+    per_tree = all_trees.sort("tree_id").head(50)
+    per_tree_md = "| tree | rollouts | correct | outcome | nodes |\n|---|---|---|---|---|\n" + "\n".join(
+        f"| {r['tree_id'][:24]} | {r['rollouts']} | {r['correct']} | {r['outcome']} | {r['nodes']} |" for r in per_tree.iter_rows(named=True))
+    metadata = {
+        "shards": ", ".join(shards),
+        "path": per_shard[-1]["path"] if per_shard else "",
+        "trees": all_trees.height,
+        "dagster/row_count": int(all_trees["nodes"].sum()) if all_trees.height else 0,
+        "reused_trees": n_reused,
+        "reused_pct": round(100.0 * n_reused / n_problems, 1) if n_problems else 0.0,
+        "searched_trees": totals.trees,
+        "searched_nodes": totals.nodes,
+        "search_seconds": round(totals.seconds, 1),
+        "nodes_per_s": round(totals.nodes_per_s, 2),
+        "generated_tokens_per_s": round(engine.generated_tokens / totals.seconds, 1) if totals.seconds else 0.0,
+        "mean_batch_size": round(totals.mean_batch_size, 1),
+        "prefix_cache_hit_rate": round(engine.prefix_cache_hit_rate, 4),
+        "solved_trees": int((all_trees["outcome"] == "solved").sum()),
+        "outcomes": {"raw_value": "| outcome | trees |\n|---|---|\n" + outcome_md, "type": "md"},
+        "per_tree": {"raw_value": per_tree_md, "type": "md"},
+        "sample_tree": {"raw_value": render_markdown(sample_tree.to_dicts()) if sample_tree is not None else "(no trees)",
+                        "type": "md"},
+        "resume_key": key,
+    }
+    version = "+".join(s["sha256"][:16] for s in per_shard)
+    return {"metadata": metadata, "data_version": version}
+
+
+def main() -> None:
+    shards = sys.argv[1:]
+    if not shards:
+        raise SystemExit("usage: python -m widen_dag.workers.search <shard> [<shard> ...]")
+    with open_worker() as worker:
+        out = search_shards(worker, shards)
+        worker.pipes.report_asset_materialization(metadata=out["metadata"], data_version=out["data_version"])
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["search_shards", "shard_problems", "tree_frame", "tree_summary"]
