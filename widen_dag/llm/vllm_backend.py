@@ -56,6 +56,11 @@ class VLLMBackend:
             kwargs["data_parallel_size"] = data_parallel_size
         if on_cuda:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        else:
+            # Per-request seeds on CPU fail when a prompt is prefilled in chunks (vLLM rewinds the
+            # request's generator offset, which CPU generators lack): never split a prompt.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(16_384, max_model_len)
         self.llm = LLM(**kwargs)
         self.stats = EngineStats()
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from widen_dag.domains import get_domain
 from widen_dag.llm.base import GenerationRequest, Sample
 from widen_dag.profiles import SearchConfig
-from widen_dag.search.thoughts import REFLECTION_TEXT, choose_prefill, close_tag, open_tag, wrap
+from widen_dag.search.thoughts import NODE_TYPES, REFLECTION_TEXT, choose_prefill, close_tag, open_tag, wrap
 from widen_dag.search.tree import Node, Tree
 
 
@@ -48,6 +48,13 @@ def request_seed(seed: int, tree_id: str, node_index: int, child_type: str) -> i
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+def stop_strings(node_type: str) -> tuple[str, ...]:
+    """The node's closing tag first; any other closing tag also stops it (a malformed node
+    that then ends as a no-answer), instead of running on to the token limit."""
+    own = close_tag(node_type)
+    return (own, *(close_tag(t) for t in NODE_TYPES if close_tag(t) != own))
+
+
 def plan_expansion(tree: Tree, node: Node, ctx: SearchContext) -> Expansion | None:
     """Requests for all children of ``node``, or None when it is a dead end (limits, no children)."""
     cfg = ctx.cfg
@@ -68,7 +75,7 @@ def plan_expansion(tree: Tree, node: Node, ctx: SearchContext) -> Expansion | No
         roles.append(role)
         requests.append(GenerationRequest(
             prompt=head + open_tag(child_type) + prefill, n=count, temperature=ctx.temperature, top_p=ctx.top_p,
-            max_tokens=budget, stop=(close_tag(child_type),), include_stop=True,
+            max_tokens=budget, stop=stop_strings(child_type), include_stop=True,
             seed=request_seed(ctx.seed, tree.tree_id, node.index, child_type),
         ))
     if not requests:

@@ -1,0 +1,33 @@
+"""The search stage: MCTS trees per problem shard, run by a Pipes worker in pool `gpu`."""
+
+import sys
+
+import dagster as dg
+from widen_dag.defs.partitions import problem_shards
+from widen_dag.defs.resources import PipelineResource
+
+
+@dg.asset(
+    group_name="search",
+    kinds={"vllm", "pytorch", "parquet"},
+    code_version="search_trees-v1",
+    partitions_def=problem_shards,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    pool="gpu",
+    deps=["stg_problems", "policy_model"],
+    # A crashed or killed worker is retried; finished trees are reused from checkpoints.
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=10),
+)
+def search_trees(context: dg.AssetExecutionContext, pipeline: PipelineResource,
+                 pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+    """MCTS over typed thoughts for the train problems of each shard (SPEC section 1): one node
+    table per shard (tree_id, node_id, parent_id, depth, node_type, model, text, n_tokens,
+    visits, value_sum, is_terminal, reward, answer). Many trees advance in lock-step so the
+    backend always sees a full batch; every finished tree is checkpointed, so a rerun after
+    a crash reuses it. Metadata: throughput, prefix-cache hit rate, per-tree outcomes and one
+    sample tree rendered as an outline."""
+    return pipes_subprocess_client.run(
+        command=[sys.executable, "-m", "widen_dag.workers.search", *context.partition_keys],
+        context=context,
+        extras=pipeline.worker_extras(),
+    ).get_materialize_result()
