@@ -71,7 +71,7 @@ def _run(backend, profile, problems, active: int):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default="lake/models/policy_model")
-    ap.add_argument("--problems", type=int, default=32)
+    ap.add_argument("--problems", type=int, default=160)
     ap.add_argument("--profile", default="tiny")
     args = ap.parse_args()
     if not (Path(args.model) / "config.json").is_file():

@@ -56,7 +56,21 @@ def test_demo_command_runs_every_shard_into_a_persistent_dagster_home(tmp_path):
     with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
         runs = instance.get_runs()
         assert [r.job_name for r in runs] == ["demo"] and runs[0].status == dg.DagsterRunStatus.SUCCESS
-    assert Lake(str(tmp_path / "lake")).partitions("raw_problems") == ["arithmetic-000", "arithmetic-001"]
+    lake = Lake(str(tmp_path / "lake"))
+    assert lake.partitions("raw_problems") == ["arithmetic-000", "arithmetic-001"]
+    assert lake.partitions("search_trees") == ["arithmetic-000", "arithmetic-001"]
+    with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
+        policy = instance.get_latest_materialization_event(dg.AssetKey("policy_model")).asset_materialization
+        search = instance.get_latest_materialization_event(dg.AssetKey("search_trees")).asset_materialization
+    # The tiny policy's targets: search matters (20-70% single-sample) and the format holds.
+    assert 0.2 <= policy.metadata["heldout_accuracy"].value <= 0.7
+    assert policy.metadata["well_formed_rate"].value >= 0.95
+    assert search.metadata["trees"].value > 0 and search.metadata["solved_trees"].value > 0
+    nodes = lake.read_all("search_trees")
+    assert nodes["node_id"].n_unique() == nodes.height
+    staged = lake.read_table("stg_problems")
+    searched = set(nodes["problem_id"])
+    assert searched <= set(staged.filter(staged["split"] == "train")["problem_id"])  # eval problems never searched
 
 
 def test_cli_rejects_a_bad_profile_with_one_message(tmp_path):

@@ -201,7 +201,7 @@ class Lake:
         if not self.is_local:
             con.register_filesystem(self.fs)
         for asset in self.assets():
-            con.execute(self.view_sql(asset))
+            ddl(con, self.view_sql(asset))
         return con
 
     @property
@@ -219,11 +219,16 @@ class Lake:
             try:
                 with duckdb.connect(str(path)) as con:
                     for name in names:
-                        con.execute(self.view_sql(name))
+                        ddl(con, self.view_sql(name))
                 return
             except duckdb.IOException:
                 time.sleep(0.1 * (attempt + 1))
         raise LakeError(f"could not update the DuckDB catalog {path}: it stayed locked")
+
+
+def ddl(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Run a statement to completion (DuckDB 2 keeps an unfetched result open otherwise)."""
+    con.execute(sql).fetchall()
 
 
 def _rmtree(path: Path) -> None:

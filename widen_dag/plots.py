@@ -38,3 +38,23 @@ def line_plot_png(series: dict[str, list[tuple[float, float]]], title: str, xlab
 def markdown_image(png: bytes, alt: str) -> str:
     """Inline PNG for a Markdown metadata value (the Dagster UI renders it)."""
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def length_distribution_png(groups: dict[str, dict[str, list[float]]], title: str) -> bytes:
+    """One panel per domain: histograms of shortest / median / longest correct path lengths."""
+    plt = _figure()
+    n = max(1, len(groups))
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.2), dpi=100, squeeze=False)
+    for ax, (domain, series) in zip(axes[0], groups.items(), strict=False):
+        for name, values in series.items():
+            if values:
+                ax.hist(values, bins=30, alpha=0.5, label=name)
+        ax.set_title(f"{title}: {domain}")
+        ax.set_xlabel("tokens (student tokenizer)")
+        ax.set_ylabel("problems")
+        ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()

@@ -39,6 +39,7 @@ STAGED_SCHEMA = {
     "source_id": pl.String,
     "split": pl.String,
     "question": pl.String,
+    "prompt": pl.String,
     "gold": pl.String,
     "meta": pl.String,
 }
@@ -234,6 +235,7 @@ def stage_problems(raw: pl.DataFrame, cfg: ProblemsConfig, roles: dict[str, str]
                 "source_id": row["source_id"],
                 "split": split,
                 "question": question,
+                "prompt": domain.task_prompt(question),
                 "gold": gold,
                 "meta": row["meta"],
             }

@@ -32,7 +32,7 @@ class VLLMBackend:
             raise RuntimeError(f"backend device 'cuda' requested for {model} but torch sees no CUDA device")
         if not on_cuda:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, math.ceil(cpu_kvcache_gib))))
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its warnings go to stdout and bury our output
         from vllm import LLM
 
         self.model_name = model

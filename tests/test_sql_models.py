@@ -1,0 +1,184 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from widen_dag import sqlmodels
+from widen_dag.lake import Lake
+from widen_dag.search.store import NODE_SCHEMA
+
+
+# ---- the layer ----------------------------------------------------------------------------
+def test_models_deps_descriptions_and_code_versions_come_from_the_sql_files():
+    models = sqlmodels.load_models()
+    assert set(models) == {"tree_paths", "path_stats", "length_profile", "sft_dataset", "preference_pairs"}
+    assert models["tree_paths"].deps == ("node_lengths", "search_trees")  # CTEs (nodes, walk) are not deps
+    assert models["preference_pairs"].deps == ("stg_problems", "tree_paths")
+    assert models["tree_paths"].description.startswith("One row per root -> terminal path")
+    assert sqlmodels.order(models, list(models))[0] == "tree_paths"
+    checks = sqlmodels.load_checks(models)
+    assert {c.model for c in checks} == {"sft_dataset", "preference_pairs"} and all(c.blocking for c in checks)
+
+
+def _write(dir_: Path, name: str, sql: str) -> None:
+    dir_.mkdir(parents=True, exist_ok=True)
+    (dir_ / f"{name}.sql").write_text(sql)
+
+
+def test_code_version_follows_the_sql(tmp_path):
+    _write(tmp_path, "a", "-- first\nSELECT 1 AS x")
+    v1 = sqlmodels.load_models(tmp_path)["a"].code_version
+    _write(tmp_path, "a", "-- first\nSELECT 2 AS x")
+    assert sqlmodels.load_models(tmp_path)["a"].code_version != v1
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [("SELECT 1; SELECT 2", "a.sql: must hold exactly one SELECT"), ("DELETE FROM t", "a.sql: must hold exactly one SELECT"),
+     ("SELEC 1 FROM", "a.sql: not valid SQL")],
+)
+def test_a_file_that_is_not_one_select_is_rejected_by_name(tmp_path, sql, message):
+    _write(tmp_path, "a", sql)
+    with pytest.raises(sqlmodels.SqlModelError, match=message):
+        sqlmodels.load_models(tmp_path)
+
+
+def test_cycles_and_checks_without_a_model_are_rejected(tmp_path):
+    _write(tmp_path, "a", "SELECT * FROM b")
+    _write(tmp_path, "b", "SELECT * FROM a")
+    with pytest.raises(sqlmodels.SqlModelError, match="cycle"):
+        sqlmodels.load_models(tmp_path)
+    (tmp_path / "b.sql").write_text("SELECT 1 AS x")
+    _write(tmp_path / "checks", "c", "SELECT 1")
+    with pytest.raises(sqlmodels.SqlModelError, match="needs a '-- model: <name>' header"):
+        sqlmodels.load_checks(sqlmodels.load_models(tmp_path), tmp_path)
+
+
+def test_cte_named_like_a_table_is_not_a_dependency(tmp_path):
+    _write(tmp_path, "a", "WITH stg_problems AS (SELECT 1 AS x) SELECT * FROM stg_problems JOIN search_trees ON true")
+    assert sqlmodels.load_models(tmp_path)["a"].deps == ("search_trees",)
+
+
+# ---- the rules on hand-built trees --------------------------------------------------------
+def _node(tree, idx, parent, ntype, tokens, *, reward=None, terminal=False, no_answer=False):
+    return {"tree_id": tree, "problem_id": tree.split("-")[0], "node_id": f"{tree}/{idx}",
+            "parent_id": None if parent is None else f"{tree}/{parent}", "depth": 0, "node_type": ntype,
+            "model": "policy", "text": f"<{ntype}>{tree}:{idx}</{ntype}>" if idx else "", "n_tokens": tokens,
+            "visits": 1, "value_sum": 0.0, "is_terminal": terminal, "reward": reward, "answer": None,
+            "no_answer": no_answer, "finish_reason": "stop"}
+
+
+def _trees() -> pl.DataFrame:
+    rows = [
+        # P1: correct paths of 25 and 45 tokens; wrong paths sharing 3, 1 and 1 nodes with the shortest.
+        _node("P1-s0", 0, None, "root", 0), _node("P1-s0", 1, 0, "sub_task", 10), _node("P1-s0", 2, 1, "thinking", 10),
+        _node("P1-s0", 3, 2, "answer", 5, reward=1.0, terminal=True), _node("P1-s0", 4, 2, "answer", 5, reward=0.0, terminal=True),
+        _node("P1-s0", 5, 1, "thinking", 30), _node("P1-s0", 6, 5, "answer", 5, reward=1.0, terminal=True),
+        _node("P1-s0", 7, 0, "sub_task", 8), _node("P1-s0", 8, 7, "answer", 4, reward=0.0, terminal=True),
+        _node("P1-s0", 9, 7, "thinking", 20, terminal=True, no_answer=True, reward=0.0),
+        # P2: only correct paths -> SFT row, no pair. Two equal lengths: the tie goes to the smaller path id.
+        _node("P2-s0", 0, None, "root", 0), _node("P2-s0", 1, 0, "sub_task", 10),
+        _node("P2-s0", 2, 1, "answer", 5, reward=1.0, terminal=True), _node("P2-s0", 3, 1, "answer", 5, reward=1.0, terminal=True),
+        # P3: an eval problem: never in training data.
+        _node("P3-s0", 0, None, "root", 0), _node("P3-s0", 1, 0, "answer", 5, reward=1.0, terminal=True),
+        _node("P3-s0", 2, 0, "answer", 5, reward=0.0, terminal=True),
+        # P5: the only wrong path shares the sub_task with the chosen one.
+        _node("P5-s0", 0, None, "root", 0), _node("P5-s0", 1, 0, "sub_task", 10),
+        _node("P5-s0", 2, 1, "answer", 5, reward=1.0, terminal=True), _node("P5-s0", 3, 1, "answer", 7, reward=0.0, terminal=True),
+    ]
+    return pl.DataFrame(rows, schema=NODE_SCHEMA)
+
+
+@pytest.fixture()
+def small_lake(tmp_path) -> Lake:
+    lake = Lake(str(tmp_path / "lake"))
+    nodes = _trees()
+    lake.write_table("search_trees", nodes, "hand-000")
+    # Student tokens differ from the policy's n_tokens: the SQL must use the student's.
+    lake.write_table("node_lengths", nodes.select("node_id", (pl.col("n_tokens") * 2).cast(pl.Int32).alias("student_tokens")))
+    lake.write_table("stg_problems", pl.DataFrame({
+        "problem_id": ["P1", "P2", "P3", "P5"], "domain": "arithmetic", "split": ["train", "train", "eval", "train"],
+        "prompt": ["solve P1", "solve P2", "solve P3", "solve P5"]}))
+    return lake
+
+
+def _run(lake, selection="longest"):
+    models = sqlmodels.load_models()
+    return {n: df for n, df, _ in sqlmodels.run_models(lake, models, list(models), {"sft_selection": selection})}
+
+
+def test_tree_paths_rebuild_every_root_to_terminal_path(small_lake):
+    paths = _run(small_lake)["tree_paths"]
+    p1 = {r["path_id"]: r for r in paths.filter(pl.col("problem_id") == "P1").iter_rows(named=True)}
+    assert set(p1) == {"P1-s0/3", "P1-s0/4", "P1-s0/6", "P1-s0/8", "P1-s0/9"}
+    assert p1["P1-s0/6"]["node_ids"] == ["P1-s0/0", "P1-s0/1", "P1-s0/5", "P1-s0/6"]
+    assert p1["P1-s0/6"]["path_text"] == "<sub_task>P1-s0:1</sub_task><thinking>P1-s0:5</thinking><answer>P1-s0:6</answer>"
+    assert p1["P1-s0/6"]["tokens"] == 90 and p1["P1-s0/6"]["depth"] == 3  # student tokens (x2)
+    assert p1["P1-s0/6"]["correct"] and not p1["P1-s0/4"]["correct"]
+    assert p1["P1-s0/9"]["no_answer"] and not p1["P1-s0/8"]["no_answer"]
+
+
+def test_sft_takes_the_longest_correct_path_per_train_problem(small_lake):
+    sft = _run(small_lake)["sft_dataset"].sort("problem_id")
+    assert sft["path_id"].to_list() == ["P1-s0/6", "P2-s0/2", "P5-s0/2"]  # P2: tie -> smaller id; P3 is eval
+    msgs = sft.row(0, named=True)["messages"]
+    assert msgs[0] == {"role": "user", "content": "solve P1"} and msgs[1]["role"] == "assistant"
+    assert _run(small_lake, "shortest")["sft_dataset"].sort("problem_id")["path_id"].to_list() == ["P1-s0/3", "P2-s0/2", "P5-s0/2"]
+    assert _run(small_lake, "all_correct")["sft_dataset"].height == 5
+
+
+def test_pairs_take_the_shortest_correct_and_the_earliest_diverging_shortest_wrong(small_lake):
+    pairs = _run(small_lake)["preference_pairs"].filter(pl.col("pairing") == "balanced").sort("problem_id")
+    assert pairs["problem_id"].to_list() == ["P1", "P5"]  # P2 has no wrong path, P3 is eval
+    p1, p5 = pairs.row(0, named=True), pairs.row(1, named=True)
+    assert p1["chosen_path_id"] == "P1-s0/3"
+    # P1-s0/8 and /9 both share only the root with the chosen path; /8 is shorter.
+    assert p1["rejected_path_id"] == "P1-s0/8"
+    assert (p1["common_prefix_nodes"], p1["common_prefix_tokens"], p1["common_prefix_chars"]) == (0, 0, 0)
+    assert p5["rejected_path_id"] == "P5-s0/3"
+    assert p5["common_prefix_nodes"] == 1 and p5["common_prefix_tokens"] == 20
+    assert p5["common_prefix_chars"] == len("<sub_task>P5-s0:1</sub_task>")
+    assert p1["prompt"] == [{"role": "user", "content": "solve P1"}]
+    assert p1["chosen"][0]["content"].endswith("<answer>P1-s0:3</answer>")
+
+
+def test_exports_load_with_hf_datasets(small_lake):
+    import datasets
+
+    _run(small_lake)
+    sft = datasets.load_dataset("parquet", data_files=small_lake.table_path("sft_dataset"), split="train")
+    pairs = datasets.load_dataset("parquet", data_files=small_lake.table_path("preference_pairs"), split="train")
+    assert sft[0]["messages"][1]["role"] == "assistant"
+    assert {"prompt", "chosen", "rejected", "problem_id", "tree_id", "chosen_node_ids"} <= set(pairs.column_names)
+
+
+def test_checks_pass_on_good_data_and_catch_a_poisoned_pair(small_lake):
+    _run(small_lake)
+    models = sqlmodels.load_models()
+    con = small_lake.connect()
+    for check in sqlmodels.load_checks(models):
+        assert sqlmodels.run_check(con, check).height == 0, check.name
+    pairs = small_lake.read_table("preference_pairs")
+    poisoned = pairs.with_columns(pl.col("chosen").alias("rejected"), pl.col("chosen_path_id").alias("rejected_path_id"))
+    small_lake.write_table("preference_pairs", poisoned)
+    con = small_lake.connect()
+    failing = {c.name: sqlmodels.run_check(con, c).height for c in sqlmodels.load_checks(models)}
+    assert failing["preference_pairs__distinct_nonempty"] == pairs.height
+    assert failing["preference_pairs__labels"] == pairs.height
+
+
+def test_dagster_multi_asset_materializes_a_subset_with_its_checks(small_lake):
+    from widen_dag.defs.assets.datasets import dbt_like_sql
+    from widen_dag.defs.resources import PipelineResource
+
+    res = {"pipeline": PipelineResource(profile="tiny", lake_root=small_lake.root)}
+    result = dg.materialize([dbt_like_sql], resources=res, selection=["tree_paths", "preference_pairs"])
+    assert result.success
+    keys = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert keys == {"tree_paths", "preference_pairs"}
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {"preference_pairs__distinct_nonempty": True, "preference_pairs__labels": True,
+                      "preference_pairs__no_eval_problems": True}

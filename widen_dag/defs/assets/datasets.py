@@ -1,0 +1,81 @@
+"""Data products from the trees: token lengths (Python) and the dbt-like SQL models over DuckDB."""
+
+from pathlib import Path
+
+import polars as pl
+
+import dagster as dg
+from widen_dag import lengths, sqlmodels
+from widen_dag.defs.metadata import markdown_preview, table_metadata
+from widen_dag.defs.resources import PipelineResource
+from widen_dag.plots import length_distribution_png, markdown_image
+
+MODELS = sqlmodels.load_models()
+CHECKS = sqlmodels.load_checks(MODELS)
+
+
+@dg.asset(group_name="datasets", kinds={"polars", "parquet"}, code_version="node_lengths-v1",
+          deps=["search_trees", "student_base"])
+def node_lengths(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+    """Length of every tree node in the student's tokenizer (fast tokenizer, batched), joined
+    by the SQL models: Thoughts Length Balance is measured in the tokens the student trains on."""
+    profile, lake = pipeline.load_profile(), pipeline.lake()
+    ref = profile.models.student
+    source = str(Path(lake.dir_path("models", "student_base"))) if ref.source == "bootstrap" else ref.name
+    tokenizer = lengths.load_student_tokenizer(source, ref.revision)
+    nodes = lake.read_all("search_trees")
+    df = lengths.node_lengths(nodes, tokenizer)
+    written = lake.write_table("node_lengths", df)
+    context.log.info(f"{df.height} nodes tokenized with {source}")
+    return dg.MaterializeResult(metadata=table_metadata(df, written, tokenizer=source,
+                                                        mean_tokens=float(df["student_tokens"].mean() or 0)),
+                                data_version=dg.DataVersion(written.sha256))
+
+
+def _extra_metadata(name: str, df: pl.DataFrame) -> dict:
+    if name == "length_profile" and df.height:
+        groups = {d: {"shortest": g["shortest_tokens"].to_list(), "median": g["median_tokens"].to_list(),
+                      "longest": g["longest_tokens"].to_list()}
+                  for (d,), g in df.group_by("domain", maintain_order=True)}
+        png = length_distribution_png(groups, "correct path lengths")
+        return {"length_plot": dg.MetadataValue.md(markdown_image(png, "length profile")),
+                "mean_shortest": float(df["shortest_tokens"].mean()), "mean_longest": float(df["longest_tokens"].mean())}
+    if name == "preference_pairs" and df.height:
+        return {"pairs_by_pairing": dg.MetadataValue.json(dict(df.group_by("pairing").len().rows())),
+                "mean_common_prefix_tokens": float(df["common_prefix_tokens"].mean())}
+    if name == "tree_paths" and df.height:
+        return {"correct_paths": int(df["correct"].sum()), "no_answer_paths": int(df["no_answer"].sum())}
+    return {}
+
+
+@dg.multi_asset(
+    name="dbt_like_sql",
+    specs=[
+        dg.AssetSpec(m.name, deps=list(m.deps), description=m.description, group_name="datasets",
+                     kinds={"duckdb", "sql", "parquet"}, code_version=m.code_version, skippable=True)
+        for m in MODELS.values()
+    ],
+    check_specs=[dg.AssetCheckSpec(c.name, asset=c.model, description=c.description, blocking=c.blocking) for c in CHECKS],
+    can_subset=True,
+)
+def dbt_like_sql(context: dg.AssetExecutionContext, pipeline: PipelineResource):
+    """Runs the selected SQL models of dbt_like_sql/ in dependency order over one DuckDB
+    connection, writes each to the lake, then runs the checks on it."""
+    profile, lake = pipeline.load_profile(), pipeline.lake()
+    selected = [k.path[-1] for k in context.selected_asset_keys]
+    params = {"sft_selection": profile.data.sft_selection}
+    con = lake.connect()
+    selected_checks = {k.name for k in context.selected_asset_check_keys}
+    for name, df, written in sqlmodels.run_models(lake, MODELS, selected, params, con):
+        context.log.info(f"{name}: {df.height} rows -> {written.uri}")
+        yield dg.MaterializeResult(asset_key=name, metadata={**table_metadata(df, written), **_extra_metadata(name, df)},
+                                   data_version=dg.DataVersion(written.sha256))
+        for check in CHECKS:
+            if check.model != name or check.name not in selected_checks:
+                continue
+            failing = sqlmodels.run_check(con, check, params)
+            yield dg.AssetCheckResult(
+                asset_key=name, check_name=check.name, passed=failing.height == 0,
+                severity=dg.AssetCheckSeverity.ERROR if check.blocking else dg.AssetCheckSeverity.WARN,
+                metadata={"failing_rows": failing.height, "sample": dg.MetadataValue.md(markdown_preview(failing))},
+            )

@@ -1,0 +1,170 @@
+"""The dbt-like SQL layer: one SELECT per ``dbt_like_sql/*.sql`` file, run over DuckDB.
+
+* the file stem is the model (asset) name; a leading ``--`` comment block is its description;
+* dependencies are the tables the SELECT reads, found with sqlglot (CTE names excluded);
+* every asset in the lake is visible to SQL under its own name (a DuckDB view over its
+  Parquet), so Python assets and SQL models mix freely;
+* a model's code_version is a hash of its SQL;
+* ``checks/*.sql`` must return zero rows; a header line ``-- model: <name>`` names the model
+  it checks and ``-- blocking: true`` makes a failure stop the downstream run.
+
+No Dagster here: widen_dag.defs.assets.sql wraps this in one multi-asset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+from collections.abc import Iterator
+from typing import Any
+
+import duckdb
+import polars as pl
+import sqlglot
+from sqlglot import exp
+
+from widen_dag.lake import Lake, Written, ddl
+
+SQL_DIR = Path(__file__).resolve().parents[1] / "dbt_like_sql"
+_HEADER_RE = re.compile(r"^--\s?(.*)$")
+_META_RE = re.compile(r"^(model|blocking|description)\s*:\s*(.+)$", re.IGNORECASE)
+
+
+class SqlModelError(ValueError):
+    """A model file that is not one SELECT, or a graph that cannot run; names the file."""
+
+
+@dataclass(frozen=True)
+class SqlModel:
+    name: str
+    path: Path
+    sql: str
+    description: str
+    deps: tuple[str, ...]
+    code_version: str
+    params: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class SqlCheck:
+    name: str
+    model: str
+    path: Path
+    sql: str
+    description: str
+    blocking: bool
+
+
+def _header(text: str) -> tuple[list[str], dict[str, str]]:
+    lines, meta = [], {}
+    for line in text.splitlines():
+        m = _HEADER_RE.match(line.strip())
+        if not m:
+            break
+        body = m.group(1).strip()
+        kv = _META_RE.match(body)
+        if kv:
+            meta[kv.group(1).lower()] = kv.group(2).strip()
+        else:
+            lines.append(body)
+    return lines, meta
+
+
+def _parse_select(path: Path, sql: str) -> exp.Expression:
+    try:
+        statements = [s for s in sqlglot.parse(sql, read="duckdb") if s is not None]
+    except sqlglot.errors.ParseError as err:
+        raise SqlModelError(f"{path.name}: not valid SQL: {str(err).splitlines()[0]}") from None
+    if len(statements) != 1 or not isinstance(statements[0], exp.Query):
+        raise SqlModelError(f"{path.name}: must hold exactly one SELECT statement")
+    return statements[0]
+
+
+def table_refs(tree: exp.Expression) -> set[str]:
+    """Tables a query reads, without its own CTE names and table functions."""
+    ctes = {c.alias_or_name for c in tree.find_all(exp.CTE)}
+    return {t.name for t in tree.find_all(exp.Table) if t.name and t.name not in ctes and not t.args.get("db")}
+
+
+def load_models(sql_dir: Path = SQL_DIR) -> dict[str, SqlModel]:
+    models = {}
+    for path in sorted(sql_dir.glob("*.sql")):
+        sql = path.read_text()
+        tree = _parse_select(path, sql)
+        lines, _ = _header(sql)
+        params = tuple(sorted(set(re.findall(r"\$([a-z_]+)", sql))))
+        models[path.stem] = SqlModel(
+            name=path.stem, path=path, sql=sql, description="\n".join(lines).strip() or f"SQL model {path.stem}",
+            deps=tuple(sorted(table_refs(tree))), code_version=hashlib.sha256(sql.encode()).hexdigest()[:16], params=params,
+        )
+    order(models, list(models))  # fail early on cycles
+    return models
+
+
+def load_checks(models: dict[str, SqlModel], sql_dir: Path = SQL_DIR) -> list[SqlCheck]:
+    checks = []
+    for path in sorted((sql_dir / "checks").glob("*.sql")):
+        sql = path.read_text()
+        _parse_select(path, sql)
+        lines, meta = _header(sql)
+        model = meta.get("model")
+        if not model:
+            raise SqlModelError(f"checks/{path.name}: needs a '-- model: <name>' header line")
+        if model not in models:
+            raise SqlModelError(f"checks/{path.name}: names unknown model {model!r}")
+        checks.append(SqlCheck(path.stem, model, path, sql, " ".join(lines).strip() or path.stem,
+                               meta.get("blocking", "false").lower() == "true"))
+    return checks
+
+
+def order(models: dict[str, SqlModel], selected: list[str]) -> list[str]:
+    """Selected models in dependency order (dependencies outside the selection are inputs)."""
+    graph = {name: [d for d in models[name].deps if d in selected] for name in selected}
+    try:
+        return list(TopologicalSorter(graph).static_order())
+    except CycleError as err:
+        raise SqlModelError(f"SQL models form a cycle: {' -> '.join(err.args[1])}") from None
+
+
+def _bind(sql: str, params: dict[str, Any]) -> str:
+    def sub(m: re.Match[str]) -> str:
+        key = m.group(1)
+        if key not in params:
+            raise SqlModelError(f"SQL parameter ${key} has no value")
+        value = params[key]
+        if isinstance(value, str):
+            return "'" + value.replace("'", "''") + "'"
+        return repr(value)
+
+    return re.sub(r"\$([a-z_]+)", sub, sql)
+
+
+def run_models(lake: Lake, models: dict[str, SqlModel], selected: list[str], params: dict[str, Any] | None = None,
+               con: duckdb.DuckDBPyConnection | None = None) -> Iterator[tuple[str, pl.DataFrame, Written]]:
+    """Run ``selected`` in dependency order over one connection, writing each to the lake
+    as soon as it is computed; yields (name, result, where it was written)."""
+    con = con or lake.connect()
+    params = params or {}
+    for name in order(models, selected):
+        missing = [d for d in models[name].deps if d not in selected and not _has_relation(con, d)]
+        if missing:
+            raise SqlModelError(f"{name}: reads {', '.join(missing)}, which has not been materialized")
+        df = con.sql(_bind(models[name].sql, params)).pl()
+        written = lake.write_table(name, df)
+        ddl(con, lake.view_sql(name))  # downstream models in this run read the new version
+        yield name, df, written
+
+
+def run_check(con: duckdb.DuckDBPyConnection, check: SqlCheck, params: dict[str, Any] | None = None) -> pl.DataFrame:
+    return con.sql(_bind(check.sql, params or {})).pl()
+
+
+def _has_relation(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    rows = con.execute(
+        "select count(*) from (select view_name as n from duckdb_views() union all select table_name from duckdb_tables()) where n = ?",
+        [name],
+    ).fetchall()
+    return rows[0][0] > 0
