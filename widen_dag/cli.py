@@ -49,23 +49,38 @@ def _demo_job():
     return _job("demo")
 
 
-def run_job(name: str) -> bool:
+def _dpo_variants_job():
+    return _job("dpo_variants")
+
+
+def _execute(target, tags: dict[str, str], label: str) -> tuple[bool, str]:
     import dagster as dg
 
+    start = time.perf_counter()
+    with dg.execute_job(dg.reconstructable(target), instance=dg.DagsterInstance.get(), tags=tags) as result:
+        ok, run_id = result.success, result.run_id
+    print(f"\n{label}: {'SUCCESS' if ok else 'FAILURE'} in {time.perf_counter() - start:.0f}s (run {run_id})")
+    return ok, run_id
+
+
+def run_job(name: str) -> bool:
+    """`smoke`: one run. `demo`: the shard-partitioned pipeline in one run, then one run per
+    DPO variant partition (a job may hold only one partitioning)."""
     from widen_dag.defs.jobs import all_shards_tags
+    from widen_dag.profiles import load_profile
 
     home = init_home()
-    target = {"smoke": _smoke_job, "demo": _demo_job}[name]
-    instance = dg.DagsterInstance.get()
     start = time.perf_counter()
-    with dg.execute_job(dg.reconstructable(target), instance=instance, tags=all_shards_tags()) as result:
-        ok = result.success
-        run_id = result.run_id
-    elapsed = time.perf_counter() - start
-    print(f"\n{name}: {'SUCCESS' if ok else 'FAILURE'} in {elapsed:.0f}s (run {run_id})")
+    ok, run_id = _execute(_smoke_job if name == "smoke" else _demo_job, all_shards_tags(), name)
+    if ok and name == "demo":
+        for variant in load_profile().train.dpo.variants:
+            ok, _ = _execute(_dpo_variants_job, {"dagster/partition": variant}, f"dpo_variants[{variant}]")
+            if not ok:
+                break
+    print(f"\n{name}: {'SUCCESS' if ok else 'FAILURE'} in {time.perf_counter() - start:.0f}s")
     print(f"Runs are stored in {home}. Open the UI with:\n"
           f"  DAGSTER_HOME={home} .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000\n"
-          f"then http://127.0.0.1:3000/runs/{run_id}")
+          f"then http://127.0.0.1:3000/runs")
     return ok
 
 

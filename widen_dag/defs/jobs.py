@@ -12,13 +12,22 @@ smoke_job = dg.define_asset_job(
     description="Problems and the Pipes worker round trip on the active profile: a check that the install works.",
 )
 
+VARIANT_ASSETS = dg.AssetSelection.assets("dpo_checkpoint")
+
 demo_job = dg.define_asset_job(
     "demo",
-    selection=dg.AssetSelection.all(),
-    description="The whole pipeline on the active profile (tiny by default), every shard in one run.",
+    selection=dg.AssetSelection.all() - VARIANT_ASSETS.downstream(),
+    description="Everything up to the SFT checkpoint on the active profile (tiny by default), every shard in one "
+    "run; `widen-dag demo` follows it with one `dpo_variants` run per ablation variant.",
 )
 
-JOBS = [smoke_job, demo_job]
+dpo_variants_job = dg.define_asset_job(
+    "dpo_variants",
+    selection=VARIANT_ASSETS.downstream(),
+    description="The DPO ablation rows and what is computed from them, one run per variant partition.",
+)
+
+JOBS = [smoke_job, demo_job, dpo_variants_job]
 
 
 def all_shards_tags() -> dict[str, str]:

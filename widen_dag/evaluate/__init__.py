@@ -5,6 +5,7 @@ Pure Python over a generation backend; the domains' verifiers give the verdicts.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import statistics
 from dataclasses import dataclass
@@ -27,11 +28,15 @@ class EvalProblem:
 
 
 def sample_and_score(backend: Backend, problems: list[EvalProblem], *, n: int, temperature: float, top_p: float,
-                     max_tokens: int) -> list[dict[str, Any]]:
-    """n samples per problem; one row per sample with its verdict and lengths."""
+                     max_tokens: int, seed: int = 0) -> list[dict[str, Any]]:
+    """n samples per problem; one row per sample with its verdict and lengths.
+
+    Each problem's request carries its own seed, so scores do not depend on batching.
+    """
     requests = [
         GenerationRequest(prompt=backend.chat_prompt(get_domain(p.domain).task_prompt(p.question)), n=n,
-                          temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+                          temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                          seed=int(hashlib.sha256(f"{seed}:{p.problem_id}".encode()).hexdigest()[:8], 16))
         for p in problems
     ]
     rows = []

@@ -224,6 +224,8 @@ class DPOConfig(_Strict):
 class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
+    # > 1: the training workers run under `accelerate launch --num_processes N` (one per GPU).
+    num_processes: int = Field(1, ge=1)
     sft: SFTConfig = SFTConfig()
     dpo: DPOConfig = DPOConfig()
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from dagster_pipes import PipesContext, open_dagster_pipes
+from dagster_pipes import PipesContext, PipesDefaultContextLoader, PipesEnvVarParamsLoader, open_dagster_pipes
 
 from widen_dag.lake import Lake
 from widen_dag.profiles import Profile, load_profile
@@ -22,9 +24,35 @@ class Worker:
         self.pipes.log.info(message)
 
 
+def process_rank() -> int:
+    """This process's rank under `accelerate launch` / torchrun (0 when run alone)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+class _SilentPipes:
+    """For ranks > 0 of a multi-process launch: same extras, nothing reported twice."""
+
+    def __init__(self, extras: dict) -> None:
+        self.extras = extras
+        self.log = logging.getLogger("widen_dag.worker")
+
+    def report_asset_materialization(self, *args, **kwargs) -> None:
+        pass
+
+
 @contextlib.contextmanager
 def open_worker() -> Iterator[Worker]:
-    """Pipes context + the profile and lake named in the launching asset's extras."""
+    """Pipes context + the profile and lake named in the launching asset's extras.
+
+    Under a multi-process launch only rank 0 talks to Dagster; the other ranks read the
+    same context (profile, lake) and train silently.
+    """
+    if process_rank() > 0:
+        params = PipesEnvVarParamsLoader().load_context_params()
+        with PipesDefaultContextLoader().load_context(params) as data:
+            extras = dict(data.get("extras") or {})
+        yield Worker(_SilentPipes(extras), load_profile(extras.get("profile")), Lake(extras["lake_root"]))  # type: ignore[arg-type]
+        return
     with open_dagster_pipes() as pipes:
         extras = pipes.extras
         yield Worker(pipes, load_profile(extras.get("profile")), Lake(extras["lake_root"]))

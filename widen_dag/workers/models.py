@@ -113,7 +113,8 @@ def evaluate_saved(worker: Worker, path: Path, problems: list[EvalProblem], max_
     start = time.perf_counter()
     backend = backend_from_profile(gen, str(path), seed=worker.profile.seed)
     try:
-        rows = sample_and_score(backend, problems, n=1, temperature=gen.temperature, top_p=gen.top_p, max_tokens=max_tokens)
+        rows = sample_and_score(backend, problems, n=1, temperature=gen.temperature, top_p=gen.top_p, max_tokens=max_tokens,
+                                seed=worker.profile.seed)
         stats = backend.stats.as_dict()
     finally:
         backend.close()

@@ -1,0 +1,121 @@
+"""Training on a tiny random model: the prefix mask's two properties, bad data, save/reload."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from widen_dag.domains import arithmetic
+from widen_dag.train import bootstrap
+from widen_dag.train.dpo import PairDataError, PrefixMaskCollator, common_prefix_length, dpo_config, train_dpo, validate_pairs
+from widen_dag.train.sft import train_sft
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    rng = random.Random(0)
+    problems = arithmetic.generate(200, 2, 9, seed=3, ops="+-")
+    corpus = [arithmetic.task_prompt(p.question) + bootstrap.tagged_solution(p, rng, 0.3) for p in problems]
+    tok = bootstrap.train_tokenizer(corpus, 400, out)
+    model = bootstrap.new_model(tok, 64, 128, 2, 2, 512, seed=0)
+    model.save_pretrained(out, safe_serialization=True)
+    return out, tok
+
+
+def _pairs(n=4):
+    shared = "<sub-task>Start with 3, then + 4.</sub-task><thinking>Let me compute. 3 + 4 = 7</thinking>"
+    return [{"problem_id": f"p{i}", "prompt": [{"role": "user", "content": f"Ann has 3 apples {i}."}],
+             "chosen": [{"role": "assistant", "content": shared + "<answer>The answer is: \\boxed{7}</answer>"}],
+             "rejected": [{"role": "assistant", "content": shared + "<double-check>Let me verify. 3 + 4 = 8</double-check>"}]}
+            for i in range(n)]
+
+
+def _loss(model_dir, tok, losses, weights, prefix_mask: bool, tmp_path):
+    import datasets
+    from transformers import AutoModelForCausalLM
+    from trl import DPOTrainer
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    ref = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():  # make policy and reference differ, so the DPO margin is not zero
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    cfg = dpo_config(str(tmp_path), beta=0.1, learning_rate=1e-3, batch_size=4, max_length=256, label_smoothing=0.0,
+                     sft_weight=0.0, steps=1, warmup_ratio=0.0, device="cpu", seed=0, log_every=1)
+    cfg.loss_type, cfg.loss_weights = losses, weights
+    collator_cls = PrefixMaskCollator if prefix_mask else DataCollatorForPreference
+    collator = collator_cls(pad_token_id=tok.pad_token_id, max_length=256, truncation_mode="keep_start")
+    rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in _pairs()]
+    trainer = DPOTrainer(model=model, ref_model=ref, args=cfg, train_dataset=datasets.Dataset.from_list(rows),
+                         processing_class=tok, data_collator=collator)
+    examples = [trainer.train_dataset[i] for i in range(len(rows))]
+    batch = collator(examples)
+    model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, batch)
+    return float(loss), examples, batch, model
+
+
+def test_prefix_mask_leaves_the_dpo_loss_unchanged(tiny, tmp_path):
+    path, tok = tiny
+    plain, *_ = _loss(path, tok, ["sigmoid"], None, False, tmp_path)
+    masked, examples, *_ = _loss(path, tok, ["sigmoid"], None, True, tmp_path)
+    assert all(common_prefix_length(e["chosen_ids"], e["rejected_ids"]) > 5 for e in examples)  # there is a prefix to mask
+    assert masked == pytest.approx(plain, abs=1e-5)
+
+
+def test_prefix_mask_changes_the_sft_term_by_exactly_the_masked_tokens(tiny, tmp_path):
+    path, tok = tiny
+    plain, examples, batch, model = _loss(path, tok, ["sft"], [1.0], False, tmp_path)
+    masked, _, mbatch, _ = _loss(path, tok, ["sft"], [1.0], True, tmp_path)
+    n = len(examples)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"][:n], attention_mask=batch["attention_mask"][:n]).logits
+    logps = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, batch["input_ids"][:n, 1:, None])[..., 0]
+    full_mask = batch["completion_mask"][:n, 1:].bool()
+    kept_mask = mbatch["completion_mask"][:n, 1:].bool()
+    assert kept_mask.sum() < full_mask.sum()
+    dropped = full_mask & ~kept_mask
+    assert dropped.sum().item() == sum(common_prefix_length(e["chosen_ids"], e["rejected_ids"]) for e in examples)
+    assert plain == pytest.approx(float(-logps[full_mask].mean()), abs=1e-5)
+    assert masked == pytest.approx(float(-logps[kept_mask].mean()), abs=1e-5)
+    assert masked != pytest.approx(plain, abs=1e-4)
+
+
+def test_bad_pairs_fail_before_training_with_the_row():
+    with pytest.raises(PairDataError, match="empty"):
+        validate_pairs([])
+    bad = _pairs(2)
+    bad[1]["rejected"] = bad[1]["chosen"]
+    with pytest.raises(PairDataError, match=r"pair 1 \(p1\): chosen and rejected are identical"):
+        validate_pairs(bad)
+
+
+def test_sft_then_joint_masked_dpo_train_save_and_reload_to_generate(tiny, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path, _ = tiny
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    rows = [{"prompt": p["prompt"], "completion": p["chosen"]} for p in _pairs(8)]
+    stats = train_sft(model, tok, rows, output_dir=str(tmp_path / "sft"), learning_rate=1e-3, batch_size=4,
+                      max_length=256, epochs=1, device="cpu")
+    assert stats.steps == 2 and stats.tokens_per_s > 0
+    ref = AutoModelForCausalLM.from_pretrained(path)
+    d = train_dpo(model, ref, tok, _pairs(8), output_dir=str(tmp_path / "dpo"), beta=0.1, learning_rate=1e-4, batch_size=4,
+                  max_length=24, epochs=1, label_smoothing=0.1, sft_weight=1.0, prefix_mask=True)
+    assert d.steps == 2 and d.masked_prefix_tokens > 0 and d.losses
+    assert d.truncated_pairs == 8  # max_length 24 is shorter than prompt + completion: counted, not hidden
+    model.save_pretrained(tmp_path / "ckpt", safe_serialization=True)
+    tok.save_pretrained(tmp_path / "ckpt")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", use_safetensors=True)
+    assert again.config.use_cache
+    ids = tok(tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False),
+              return_tensors="pt", add_special_tokens=False)
+    out = again.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape[1] > ids["input_ids"].shape[1]

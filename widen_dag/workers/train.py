@@ -1,0 +1,170 @@
+"""Worker: the `sft_checkpoint` and `dpo_checkpoint` assets.
+
+``python -m widen_dag.workers.train sft``
+``python -m widen_dag.workers.train dpo <variant>``
+
+Checkpoints are saved as HF folders (safetensors, tokenizer, chat template) through the
+lake's staged folders: a run killed mid-save leaves no checkpoint that looks complete. Each
+carries ``widen_dag_checkpoint.json``: the config, the content hashes of the data it was
+trained on, and its metrics, which `widen-dag trace` reads back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from widen_dag.plots import line_plot_png, markdown_image
+from widen_dag.train.sft import resolve_device, train_sft
+from widen_dag.workers.common import Worker, open_worker, process_rank
+from widen_dag.workers.models import model_dir
+
+MANIFEST = "widen_dag_checkpoint.json"
+
+
+def checkpoint_dir(worker: Worker, name: str) -> Path:
+    return Path(worker.lake.dir_path("checkpoints", name))
+
+
+def table_sha(worker: Worker, asset: str) -> str:
+    with worker.lake.fs.open(worker.lake.table_path(asset), "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
+def student_source(worker: Worker) -> str:
+    ref = worker.profile.models.student
+    if ref.source == "bootstrap":
+        path = model_dir(worker, "student")
+        if not (path / "config.json").is_file():
+            raise RuntimeError(f"no student at {path}: materialize student_base first")
+        return str(path)
+    return str(ref.name)
+
+
+def _load(path: str, device: str, trust: bool = False):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=trust).to(device)
+    return model, tokenizer
+
+
+def _save(worker: Worker, name: str, model, tokenizer, manifest: dict[str, Any]) -> Path:
+    if process_rank() > 0:  # under accelerate, rank 0 alone writes the checkpoint
+        return checkpoint_dir(worker, name)
+    with worker.lake.staged_dir("checkpoints", name) as out:
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+    return checkpoint_dir(worker, name)
+
+
+def _curve(losses: list[tuple[int, float]], title: str) -> dict:
+    png = line_plot_png({"loss": [(float(s), v) for s, v in losses]}, title, "step", "loss")
+    return {"raw_value": markdown_image(png, title), "type": "md"}
+
+
+def run_sft(worker: Worker) -> dict:
+    profile = worker.profile
+    cfg = profile.train.sft
+    device = resolve_device(profile.train.device)
+    data = worker.lake.read_table("sft_dataset")
+    if data.is_empty():
+        raise ValueError("sft_dataset is empty: the search found no correct path on any train problem")
+    rows = [{"prompt": [m[0]], "completion": [m[1]]} for m in data["messages"].to_list()]
+    source = student_source(worker)
+    model, tokenizer = _load(source, device, profile.models.student.trust_remote_code)
+    from widen_dag.train.dpo import chat_length
+
+    lengths = [chat_length(tokenizer, r["prompt"] + r["completion"]) for r in rows]
+    truncated = sum(n > cfg.max_length for n in lengths)
+    with tempfile.TemporaryDirectory() as scratch:
+        stats = train_sft(model, tokenizer, rows, output_dir=scratch, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
+                          max_length=cfg.max_length, epochs=cfg.epochs, warmup_ratio=cfg.warmup_ratio, scheduler="cosine",
+                          device=device, seed=profile.train.seed, on_log=worker.log)
+    inputs = {"sft_dataset": table_sha(worker, "sft_dataset")}
+    manifest = {"kind": "sft", "base": source, "inputs": inputs, "config": cfg.model_dump(), "rows": len(rows),
+                "problem_ids": data["problem_id"].to_list(), "metrics": {"final_loss": stats.final_loss,
+                                                                         "tokens_per_s": stats.tokens_per_s}}
+    path = _save(worker, "sft", model, tokenizer, manifest)
+    return {
+        "path": str(path), "base_model": source, "device": device, "train_rows": len(rows),
+        "truncated_rows": truncated, "steps": stats.steps, "train_seconds": round(stats.seconds, 1),
+        "tokens_per_s": round(stats.tokens_per_s, 1), "final_loss": stats.final_loss,
+        "loss_curve": _curve(stats.losses, "SFT loss"), "input_data_versions": {"raw_value": inputs, "type": "json"},
+        "config": {"raw_value": cfg.model_dump(), "type": "json"},
+    }
+
+
+def pair_rows(pairs: pl.DataFrame, balanced: bool) -> list[dict[str, Any]]:
+    chosen = pairs.filter(pl.col("pairing") == ("balanced" if balanced else "default"))
+    return chosen.select("problem_id", "prompt", "chosen", "rejected").to_dicts()
+
+
+def run_dpo(worker: Worker, variant: str) -> dict:
+    from widen_dag.train.dpo import train_dpo
+
+    profile = worker.profile
+    cfg = profile.train.dpo
+    if variant not in cfg.variants:
+        raise ValueError(f"unknown DPO variant {variant!r}: the profile defines {', '.join(cfg.variants)}")
+    v = cfg.variants[variant]
+    device = resolve_device(profile.train.device)
+    sft_path = checkpoint_dir(worker, "sft")
+    if not (sft_path / MANIFEST).is_file():
+        raise RuntimeError(f"no SFT checkpoint at {sft_path}: materialize sft_checkpoint first")
+    rows = pair_rows(worker.lake.read_table("preference_pairs"), v.balanced)
+    model, tokenizer = _load(str(sft_path), device)
+    ref_model, _ = _load(str(sft_path), device)  # the reference is the SFT model, frozen
+    with tempfile.TemporaryDirectory() as scratch:
+        stats = train_dpo(model, ref_model, tokenizer, rows, output_dir=scratch, beta=cfg.beta, learning_rate=cfg.learning_rate,
+                          batch_size=cfg.batch_size, max_length=cfg.max_length, epochs=cfg.epochs,
+                          label_smoothing=v.label_smoothing, sft_weight=v.sft_weight, prefix_mask=v.prefix_mask,
+                          warmup_ratio=cfg.warmup_ratio, device=device, seed=profile.train.seed, on_log=worker.log)
+    sft_manifest = json.loads((sft_path / MANIFEST).read_text())
+    inputs = {"preference_pairs": table_sha(worker, "preference_pairs"), "sft_checkpoint": sft_manifest["inputs"]}
+    manifest = {"kind": "dpo", "variant": variant, "base": str(sft_path), "inputs": inputs,
+                "config": {**cfg.model_dump(exclude={"variants"}), **v.model_dump()}, "rows": len(rows),
+                "problem_ids": [r["problem_id"] for r in rows],
+                "metrics": {"final_loss": stats.losses[-1][1] if stats.losses else None, "s_per_step": stats.s_per_step}}
+    path = _save(worker, f"dpo-{variant}", model, tokenizer, manifest)
+    return {
+        "path": str(path), "variant": variant, "device": device, "pairs": len(rows), "steps": stats.steps,
+        "truncated_pairs": stats.truncated_pairs, "masked_prefix_tokens": stats.masked_prefix_tokens,
+        "train_seconds": round(stats.seconds, 1), "s_per_step": round(stats.s_per_step, 3),
+        "final_loss": stats.losses[-1][1] if stats.losses else None, "rewards_accuracy": stats.rewards_accuracy,
+        "loss_curve": _curve(stats.losses, f"DPO ({variant}) loss"),
+        "input_data_versions": {"raw_value": inputs, "type": "json"},
+        "config": {"raw_value": manifest["config"], "type": "json"},
+    }
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if not args or args[0] not in ("sft", "dpo") or (args[0] == "dpo" and len(args) < 2):
+        raise SystemExit("usage: python -m widen_dag.workers.train sft | dpo <variant>")
+    with open_worker() as worker:
+        if args[0] == "sft":
+            meta = run_sft(worker)
+            worker.pipes.report_asset_materialization(metadata=meta, data_version=_version(meta))
+        else:
+            if len(args) != 2:
+                raise SystemExit("one DPO variant per run: its asset partition")
+            meta = run_dpo(worker, args[1])
+            worker.pipes.report_asset_materialization(metadata=meta, data_version=_version(meta))
+
+
+def _version(meta: dict) -> str:
+    return hashlib.sha256(json.dumps([meta["path"], meta["input_data_versions"], meta["final_loss"]], default=str).encode()).hexdigest()[:16]
+
+
+if __name__ == "__main__":
+    main()
