@@ -91,7 +91,8 @@ def dpo_config(output_dir: str, *, beta: float, learning_rate: float, batch_size
                log_every: int):
     from trl import DPOConfig
 
-    on_cpu = device == "cpu"
+    from widen_dag.train.sft import trainer_defaults
+
     losses = ["sigmoid", "sft"] if sft_weight > 0 else ["sigmoid"]
     return DPOConfig(
         output_dir=output_dir,
@@ -106,16 +107,7 @@ def dpo_config(output_dir: str, *, beta: float, learning_rate: float, batch_size
         label_smoothing=label_smoothing,
         loss_type=losses,
         loss_weights=[1.0, sft_weight] if sft_weight > 0 else None,
-        bf16=False if on_cpu else None,
-        gradient_checkpointing=False,  # TRL turns it on by default: ~11x slower on CPU
-        use_cpu=on_cpu,
-        report_to=[],
-        save_strategy="no",
-        logging_steps=log_every,
-        disable_tqdm=True,
-        seed=seed,
-        data_seed=seed,
-        dataloader_num_workers=0,
+        **trainer_defaults(device, seed, log_every),
     )
 
 

@@ -30,6 +30,23 @@ class TrainStats:
         return self.losses[-1][1] if self.losses else None
 
 
+def trainer_defaults(device: str, seed: int, log_every: int) -> dict[str, Any]:
+    """Trainer arguments SFT and DPO share: CPU switches, no checkpoints mid-run, seeds."""
+    on_cpu = device == "cpu"
+    return {
+        "bf16": False if on_cpu else None,  # TRL turns bf16 on by default, even on CPU
+        "gradient_checkpointing": False,  # ... and gradient checkpointing: ~11x slower on CPU
+        "use_cpu": on_cpu,
+        "report_to": [],
+        "save_strategy": "no",
+        "logging_steps": log_every,
+        "disable_tqdm": True,
+        "seed": seed,
+        "data_seed": seed,
+        "dataloader_num_workers": 0,
+    }
+
+
 def resolve_device(pref: str) -> str:
     import torch
 
@@ -78,7 +95,6 @@ def train_sft(
     bad = [i for i, r in enumerate(rows) if not r.get("completion")]
     if bad:
         raise ValueError(f"SFT rows {bad[:5]} have an empty completion")
-    on_cpu = device == "cpu"
     steps = max_steps or max(1, math.ceil(len(rows) * epochs / batch_size))
     config = SFTConfig(
         output_dir=output_dir,
@@ -89,17 +105,8 @@ def train_sft(
         warmup_steps=int(warmup_ratio * steps),
         lr_scheduler_type=scheduler,
         weight_decay=0.0,
-        bf16=False if on_cpu else None,
-        gradient_checkpointing=False,
-        use_cpu=on_cpu,
-        report_to=[],
-        save_strategy="no",
-        logging_steps=log_every,
-        disable_tqdm=True,
-        seed=seed,
-        data_seed=seed,
-        dataloader_num_workers=0,
         packing=False,
+        **trainer_defaults(device, seed, log_every),
         eos_token=tokenizer.eos_token,
         pad_token=tokenizer.pad_token,
     )

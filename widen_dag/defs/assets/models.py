@@ -1,18 +1,8 @@
 """Model assets: the search policy and the student base, built or named by the profile."""
 
-import sys
-
 import dagster as dg
 from widen_dag.defs.resources import PipelineResource
-
-
-def _run_models_worker(context: dg.AssetExecutionContext, pipeline: PipelineResource,
-                       client: dg.PipesSubprocessClient, which: str) -> dg.MaterializeResult:
-    return client.run(
-        command=[sys.executable, "-m", "widen_dag.workers.models", which],
-        context=context,
-        extras=pipeline.worker_extras(),
-    ).get_materialize_result()
+from widen_dag.defs.workers import run_worker
 
 
 @dg.asset(
@@ -29,7 +19,7 @@ def policy_model(context: dg.AssetExecutionContext, pipeline: PipelineResource,
     Llama trained here with TRL SFT on synthetic tagged arithmetic solutions (wrong steps
     included, caught by double-checks and reflections); metadata holds its held-out
     single-sample accuracy and well-formed rate. Real profiles: the named HF model."""
-    return _run_models_worker(context, pipeline, pipes_subprocess_client, "policy")
+    return run_worker(context, pipeline, pipes_subprocess_client, "models", "policy")
 
 
 @dg.asset(
@@ -45,4 +35,4 @@ def student_base(context: dg.AssetExecutionContext, pipeline: PipelineResource,
     """The student before post-training. Tiny profile: the policy's architecture and tokenizer,
     trained briefly on plain untagged solutions, so the training stages have something to
     improve. Real profiles: the named HF model."""
-    return _run_models_worker(context, pipeline, pipes_subprocess_client, "student")
+    return run_worker(context, pipeline, pipes_subprocess_client, "models", "student")

@@ -1,10 +1,9 @@
 """The search stage: MCTS trees per problem shard, run by a Pipes worker in pool `gpu`."""
 
-import sys
-
 import dagster as dg
 from widen_dag.defs.partitions import problem_shards
 from widen_dag.defs.resources import PipelineResource
+from widen_dag.defs.workers import run_worker
 
 
 @dg.asset(
@@ -26,8 +25,4 @@ def search_trees(context: dg.AssetExecutionContext, pipeline: PipelineResource,
     backend always sees a full batch; every finished tree is checkpointed, so a rerun after
     a crash reuses it. Metadata: throughput, prefix-cache hit rate, per-tree outcomes and one
     sample tree rendered as an outline."""
-    return pipes_subprocess_client.run(
-        command=[sys.executable, "-m", "widen_dag.workers.search", *context.partition_keys],
-        context=context,
-        extras=pipeline.worker_extras(),
-    ).get_materialize_result()
+    return run_worker(context, pipeline, pipes_subprocess_client, "search", *context.partition_keys)

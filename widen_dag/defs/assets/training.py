@@ -1,19 +1,9 @@
 """Training: SFT on the length-balanced set, then the DPO ablation rows, as checkpoint assets."""
 
-import sys
-
 import dagster as dg
 from widen_dag.defs.resources import PipelineResource
+from widen_dag.defs.workers import run_worker
 from widen_dag.profiles import load_profile
-
-def train_command(pipeline: PipelineResource, *args: str) -> list[str]:
-    """The worker command; under `accelerate launch` when the profile trains on several GPUs."""
-    n = pipeline.load_profile().train.num_processes
-    worker = ["-m", "widen_dag.workers.train", *args]
-    if n > 1:
-        return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), *worker]
-    return [sys.executable, *worker]
-
 
 # The rows of the paper's ablation; a variant is configuration only (profile train.dpo.variants).
 dpo_variants = dg.StaticPartitionsDefinition(list(load_profile().train.dpo.variants))
@@ -32,9 +22,8 @@ def sft_checkpoint(context: dg.AssetExecutionContext, pipeline: PipelineResource
     """The student after SFT (TRL SFTTrainer, loss on the assistant response only) on the
     longest correct path of each problem. An HF checkpoint (safetensors) in the lake with a
     manifest of the data versions it was trained on; metadata: loss curve, tokens/s, config."""
-    return pipes_subprocess_client.run(
-        command=train_command(pipeline, "sft"), context=context, extras=pipeline.worker_extras(),
-    ).get_materialize_result()
+    return run_worker(context, pipeline, pipes_subprocess_client, "train", "sft",
+                      num_processes=pipeline.load_profile().train.num_processes)
 
 
 @dg.asset(
@@ -52,7 +41,5 @@ def dpo_checkpoint(context: dg.AssetExecutionContext, pipeline: PipelineResource
     SFT model as reference: `dpo` (sigmoid DPO, default pairs), `balanced` (+ shortest-correct
     chosen), `cdpo` (+ label smoothing), `joint` (+ alpha x SFT term), `joint_masked` (+ the
     shared-prefix mask on both terms)."""
-    return pipes_subprocess_client.run(
-        command=train_command(pipeline, "dpo", context.partition_key),
-        context=context, extras=pipeline.worker_extras(),
-    ).get_materialize_result()
+    return run_worker(context, pipeline, pipes_subprocess_client, "train", "dpo", context.partition_key,
+                      num_processes=pipeline.load_profile().train.num_processes)
