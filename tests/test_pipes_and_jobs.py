@@ -11,6 +11,7 @@ from widen_dag.defs.assets.environment import compute_environment
 from widen_dag.defs.assets.problems import raw_problems, stg_problems
 from widen_dag.defs.resources import PipelineResource
 from widen_dag.lake import Lake
+from widen_dag.profiles import load_profile
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +56,10 @@ def test_demo_command_runs_every_shard_into_a_persistent_dagster_home(tmp_path):
     assert (tmp_path / "home" / "dagster.yaml").is_file()
     with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
         runs = instance.get_runs()
-        assert [r.job_name for r in runs] == ["demo"] and runs[0].status == dg.DagsterRunStatus.SUCCESS
+        variants = list(load_profile("tiny").train.dpo.variants)
+        assert sorted(r.job_name for r in runs) == sorted(["demo"] + ["dpo_variants"] * len(variants))
+        assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+        assert sorted(r.tags.get("dagster/partition") for r in runs if r.job_name == "dpo_variants") == sorted(variants)
     lake = Lake(str(tmp_path / "lake"))
     assert lake.partitions("raw_problems") == ["arithmetic-000", "arithmetic-001"]
     assert lake.partitions("search_trees") == ["arithmetic-000", "arithmetic-001"]
