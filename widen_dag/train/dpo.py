@@ -119,6 +119,8 @@ def train_dpo(model: Any, ref_model: Any, tokenizer: Any, rows: list[dict[str, A
     from transformers import TrainerCallback
     from trl import DPOTrainer
 
+    from widen_dag.train.sft import quiet
+
     validate_pairs(rows)
     steps = max(1, math.ceil(len(rows) * epochs / batch_size))
     config = dpo_config(output_dir, beta=beta, learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
@@ -142,6 +144,7 @@ def train_dpo(model: Any, ref_model: Any, tokenizer: Any, rows: list[dict[str, A
         collator = PrefixMaskCollator(pad_token_id=tokenizer.pad_token_id, max_length=max_length, truncation_mode="keep_start")
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=config, train_dataset=datasets.Dataset.from_list(keep),
                          processing_class=tokenizer, data_collator=collator, callbacks=[_Log()])
+    quiet(trainer)
     for r in keep:  # counted on the untruncated token sequences, so truncation is never silent
         longest = max(chat_length(tokenizer, r["prompt"] + r[k]) for k in ("chosen", "rejected"))
         stats.truncated_pairs += longest > max_length

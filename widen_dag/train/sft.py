@@ -47,6 +47,13 @@ def trainer_defaults(device: str, seed: int, log_every: int) -> dict[str, Any]:
     }
 
 
+def quiet(trainer: Any) -> None:
+    """Drop the Trainer's stdout printer: losses reach Dagster through our own log callback."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+
+
 def resolve_device(pref: str) -> str:
     import torch
 
@@ -118,6 +125,7 @@ def train_sft(
         processing_class=tokenizer,
         callbacks=[_logging_callback(stats, on_log)],
     )
+    quiet(trainer)
     # Tokens actually trained on (prompt + completion, after truncation), for tokens/s.
     lengths = [min(len(ids), max_length) for ids in trainer.train_dataset["input_ids"]]
     start = time.perf_counter()
