@@ -57,7 +57,7 @@ def test_demo_command_runs_every_shard_into_a_persistent_dagster_home(tmp_path):
     with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
         runs = instance.get_runs()
         variants = list(load_profile("tiny").train.dpo.variants)
-        assert sorted(r.job_name for r in runs) == sorted(["demo"] + ["dpo_variants"] * len(variants))
+        assert sorted(r.job_name for r in runs) == sorted(["demo", "evaluation"] + ["dpo_variants"] * len(variants))
         assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
         assert sorted(r.tags.get("dagster/partition") for r in runs if r.job_name == "dpo_variants") == sorted(variants)
     lake = Lake(str(tmp_path / "lake"))
@@ -78,6 +78,11 @@ def test_demo_command_runs_every_shard_into_a_persistent_dagster_home(tmp_path):
     for name in ("tree_paths", "sft_dataset", "preference_pairs", "length_profile"):
         assert lake.read_table(name).height > 0, name
     _check_checkpoints(tmp_path / "lake" / "checkpoints")
+    report = lake.read_table("ablation_report")
+    assert set(report.columns) >= {"variant", "eval_set", "n", "accuracy", "no_answer_rate", "mean_tokens"}
+    assert sorted(report["variant"]) == sorted(["base", "distill_baseline", "sft", *variants])
+    assert (report["n"] >= 200).all()  # the held-out set is large enough for the comparison
+    assert "Ablation (the paper's Table 5 layout)" in res.stdout and "| +mask |" in res.stdout
 
 
 def _check_checkpoints(folder: Path) -> None:
@@ -89,7 +94,7 @@ def _check_checkpoints(folder: Path) -> None:
     from widen_dag.llm import GenerationRequest, create_backend
     from widen_dag.profiles import load_profile
 
-    names = ["sft"] + [f"dpo-{v}" for v in load_profile("tiny").train.dpo.variants]
+    names = ["distill", "sft"] + [f"dpo-{v}" for v in load_profile("tiny").train.dpo.variants]
     assert sorted(p.name for p in folder.iterdir()) == sorted(names)  # nothing half-saved lies beside them
     for name in names:
         manifest = json.loads((folder / name / "widen_dag_checkpoint.json").read_text())

@@ -53,6 +53,22 @@ def _dpo_variants_job():
     return _job("dpo_variants")
 
 
+def _evaluation_job():
+    return _job("evaluation")
+
+
+def print_ablation_table() -> None:
+    from widen_dag.evaluate import report
+    from widen_dag.lake import Lake, default_lake_root
+
+    lake = Lake(default_lake_root())
+    if lake.has_table("ablation_report"):
+        summary = lake.read_table("ablation_report")
+        print("\nAblation (the paper's Table 5 layout):\n" + report.markdown_table(summary))
+        print("\n".join(f"- {n}" for n in report.direction_notes(summary)))
+        print(f"\nParquet: {lake.table_uri('ablation_report')}")
+
+
 def _execute(target, tags: dict[str, str], label: str) -> tuple[bool, str]:
     import dagster as dg
 
@@ -77,10 +93,14 @@ def run_job(name: str) -> bool:
             ok, _ = _execute(_dpo_variants_job, {"dagster/partition": variant}, f"dpo_variants[{variant}]")
             if not ok:
                 break
+        if ok:
+            ok, _ = _execute(_evaluation_job, {}, "evaluation")
+        if ok:
+            print_ablation_table()
     print(f"\n{name}: {'SUCCESS' if ok else 'FAILURE'} in {time.perf_counter() - start:.0f}s")
     print(f"Runs are stored in {home}. Open the UI with:\n"
           f"  DAGSTER_HOME={home} .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000\n"
-          f"then http://127.0.0.1:3000/runs")
+          f"then http://127.0.0.1:3000/runs (runs) and http://127.0.0.1:3000/assets/ablation_report (the table)")
     return ok
 
 

@@ -7,14 +7,14 @@ launched in workers through Dagster Pipes.
 from __future__ import annotations
 
 import dagster as dg
-from widen_dag.defs.assets import datasets, environment, models, problems, search, training
+from widen_dag.defs.assets import datasets, environment, evaluation, models, problems, search, training
 from widen_dag.defs.jobs import JOBS
 from widen_dag.defs.resources import PipelineResource
 
 
 def build_definitions() -> dg.Definitions:
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([problems, environment, models, search, datasets, training]),
+        assets=dg.load_assets_from_modules([problems, environment, models, search, datasets, training, evaluation]),
         asset_checks=dg.load_asset_checks_from_modules([datasets]),
         jobs=JOBS,
         resources={

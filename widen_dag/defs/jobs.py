@@ -17,17 +17,24 @@ VARIANT_ASSETS = dg.AssetSelection.assets("dpo_checkpoint")
 demo_job = dg.define_asset_job(
     "demo",
     selection=dg.AssetSelection.all() - VARIANT_ASSETS.downstream(),
-    description="Everything up to the SFT checkpoint on the active profile (tiny by default), every shard in one "
-    "run; `widen-dag demo` follows it with one `dpo_variants` run per ablation variant.",
+    description="Everything up to the SFT and distillation checkpoints on the active profile (tiny by default), "
+    "every shard in one run; `widen-dag demo` follows it with one `dpo_variants` run per ablation variant and "
+    "one `evaluation` run.",
 )
 
 dpo_variants_job = dg.define_asset_job(
     "dpo_variants",
-    selection=VARIANT_ASSETS.downstream(),
-    description="The DPO ablation rows and what is computed from them, one run per variant partition.",
+    selection=VARIANT_ASSETS,
+    description="The DPO ablation rows, one run per variant partition.",
 )
 
-JOBS = [smoke_job, demo_job, dpo_variants_job]
+evaluation_job = dg.define_asset_job(
+    "evaluation",
+    selection=VARIANT_ASSETS.downstream() - VARIANT_ASSETS,
+    description="Every checkpoint on the held-out problems, then the ablation table (after all variants).",
+)
+
+JOBS = [smoke_job, demo_job, dpo_variants_job, evaluation_job]
 
 
 def all_shards_tags() -> dict[str, str]:

@@ -186,8 +186,25 @@ class SearchConfig(_Strict):
         return self
 
 
+class DistillConfig(_Strict):
+    """The distillation bottleneck row: SFT on long CoT from a reasoning model.
+
+    ``synthetic``: an over-thinking teacher that pads correct solutions with habitual
+    reflections and repetitions (the tiny profile). ``file``: a JSONL/Parquet of long-CoT
+    responses with question and response fields (e.g. an export of Sky-T1's data).
+    """
+
+    source: Literal["synthetic", "file"] = "synthetic"
+    path: str | None = None
+    question_field: str = "question"
+    response_field: str = "response"
+    reflections: int = Field(6, ge=0)
+    seed: int = 0
+
+
 class DatasetsConfig(_Strict):
     sft_selection: Literal["longest", "shortest", "all_correct"] = "longest"
+    distill: DistillConfig = DistillConfig()
 
 
 class SFTConfig(_Strict):
@@ -231,6 +248,9 @@ class TrainConfig(_Strict):
 
 
 class EvalConfig(_Strict):
+    # vLLM for real models; the tiny profile uses transformers: at ~1M parameters HF generate is
+    # as fast here and skips vLLM's ~20 s engine start per checkpoint.
+    backend: Literal["vllm", "transformers"] = "vllm"
     test_at_n: int = Field(4, ge=1)
     temperature: float = Field(0.7, ge=0)
     max_new_tokens: int = Field(1024, gt=0)

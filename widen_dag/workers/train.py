@@ -1,6 +1,6 @@
 """Worker: the `sft_checkpoint` and `dpo_checkpoint` assets.
 
-``python -m widen_dag.workers.train sft``
+``python -m widen_dag.workers.train sft`` (or ``distill``: the long-CoT baseline)
 ``python -m widen_dag.workers.train dpo <variant>``
 
 Checkpoints are saved as HF folders (safetensors, tokenizer, chat template) through the
@@ -72,13 +72,14 @@ def _curve(losses: list[tuple[int, float]], title: str) -> dict:
     return {"raw_value": markdown_image(png, title), "type": "md"}
 
 
-def run_sft(worker: Worker) -> dict:
+def run_sft(worker: Worker, dataset: str = "sft_dataset", name: str = "sft") -> dict:
+    """SFT of the student on ``dataset`` (messages), saved as checkpoint ``name``."""
     profile = worker.profile
     cfg = profile.train.sft
     device = resolve_device(profile.train.device)
-    data = worker.lake.read_table("sft_dataset")
+    data = worker.lake.read_table(dataset)
     if data.is_empty():
-        raise ValueError("sft_dataset is empty: the search found no correct path on any train problem")
+        raise ValueError(f"{dataset} is empty: nothing to train on")
     rows = [{"prompt": [m[0]], "completion": [m[1]]} for m in data["messages"].to_list()]
     source = student_source(worker)
     model, tokenizer = _load(source, device, profile.models.student.trust_remote_code)
@@ -90,16 +91,16 @@ def run_sft(worker: Worker) -> dict:
         stats = train_sft(model, tokenizer, rows, output_dir=scratch, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
                           max_length=cfg.max_length, epochs=cfg.epochs, warmup_ratio=cfg.warmup_ratio, scheduler="cosine",
                           device=device, seed=profile.train.seed, on_log=worker.log)
-    inputs = {"sft_dataset": table_sha(worker, "sft_dataset")}
-    manifest = {"kind": "sft", "base": source, "inputs": inputs, "config": cfg.model_dump(), "rows": len(rows),
+    inputs = {dataset: table_sha(worker, dataset)}
+    manifest = {"kind": name, "base": source, "inputs": inputs, "config": cfg.model_dump(), "rows": len(rows),
                 "problem_ids": data["problem_id"].to_list(), "metrics": {"final_loss": stats.final_loss,
                                                                          "tokens_per_s": stats.tokens_per_s}}
-    path = _save(worker, "sft", model, tokenizer, manifest)
+    path = _save(worker, name, model, tokenizer, manifest)
     return {
         "path": str(path), "base_model": source, "device": device, "train_rows": len(rows),
         "truncated_rows": truncated, "steps": stats.steps, "train_seconds": round(stats.seconds, 1),
         "tokens_per_s": round(stats.tokens_per_s, 1), "final_loss": stats.final_loss,
-        "loss_curve": _curve(stats.losses, "SFT loss"), "input_data_versions": {"raw_value": inputs, "type": "json"},
+        "loss_curve": _curve(stats.losses, f"{name} SFT loss"), "input_data_versions": {"raw_value": inputs, "type": "json"},
         "config": {"raw_value": cfg.model_dump(), "type": "json"},
     }
 
@@ -149,11 +150,11 @@ def run_dpo(worker: Worker, variant: str) -> dict:
 
 def main() -> None:
     args = sys.argv[1:]
-    if not args or args[0] not in ("sft", "dpo") or (args[0] == "dpo" and len(args) < 2):
-        raise SystemExit("usage: python -m widen_dag.workers.train sft | dpo <variant>")
+    if not args or args[0] not in ("sft", "distill", "dpo") or (args[0] == "dpo" and len(args) < 2):
+        raise SystemExit("usage: python -m widen_dag.workers.train sft | distill | dpo <variant>")
     with open_worker() as worker:
-        if args[0] == "sft":
-            meta = run_sft(worker)
+        if args[0] in ("sft", "distill"):
+            meta = run_sft(worker) if args[0] == "sft" else run_sft(worker, "distill_dataset", "distill")
             worker.pipes.report_asset_materialization(metadata=meta, data_version=_version(meta))
         else:
             if len(args) != 2:

@@ -1,0 +1,74 @@
+"""Evaluation: every checkpoint on the held-out problems, and the paper's ablation table."""
+
+import json
+
+import polars as pl
+
+import dagster as dg
+from widen_dag.defs.metadata import table_metadata
+from widen_dag.defs.resources import PipelineResource
+from widen_dag.defs.workers import run_worker
+from widen_dag.domains import get_domain
+from widen_dag.evaluate import report
+from widen_dag.plots import markdown_image
+from widen_dag.train import distill
+
+
+@dg.asset(group_name="datasets", kinds={"polars", "parquet"}, code_version="distill_dataset-v1", deps=["stg_problems"])
+def distill_dataset(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+    """Long chain-of-thought SFT data for the distillation-bottleneck row. Tiny profile: a
+    synthetic over-thinking teacher (correct solutions padded with "Wait, ..." and
+    "Alternatively, ..." and repeated steps); real profiles: the long-CoT file they name."""
+    profile, lake = pipeline.load_profile(), pipeline.lake()
+    cfg = profile.data.distill
+    if cfg.source == "synthetic":
+        rows = distill.synthetic_rows(lake.read_table("stg_problems"), cfg.reflections, cfg.seed)
+    else:
+        if not cfg.path:
+            raise dg.Failure("data.distill.path: a file source needs a path")
+        rows = distill.file_rows(cfg.path, cfg.question_field, cfg.response_field, get_domain("math").task_prompt)
+    df = pl.DataFrame(rows)
+    written = lake.write_table("distill_dataset", df)
+    chars = df["messages"].list.get(1).struct.field("content").str.len_chars()
+    return dg.MaterializeResult(metadata=table_metadata(df, written, source=cfg.source, mean_response_chars=float(chars.mean())),
+                                data_version=dg.DataVersion(written.sha256))
+
+
+@dg.asset(group_name="training", kinds={"pytorch", "safetensors"}, code_version="distill_checkpoint-v1", pool="gpu",
+          deps=["distill_dataset", "student_base"], retry_policy=dg.RetryPolicy(max_retries=1, delay=10))
+def distill_checkpoint(context: dg.AssetExecutionContext, pipeline: PipelineResource,
+                       pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+    """The student SFT'd on distilled long CoT instead of on the trees (same SFT config): the
+    bottleneck the paper starts from, one more row of the ablation table."""
+    return run_worker(context, pipeline, pipes_subprocess_client, "train", "distill",
+                      num_processes=pipeline.load_profile().train.num_processes)
+
+
+@dg.asset(group_name="evaluation", kinds={"pytorch", "parquet"}, code_version="eval_results-v1", pool="gpu",
+          deps=["student_base", "distill_checkpoint", "sft_checkpoint", "dpo_checkpoint", "stg_problems"],
+          retry_policy=dg.RetryPolicy(max_retries=1, delay=10))
+def eval_results(context: dg.AssetExecutionContext, pipeline: PipelineResource,
+                 pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+    """Every checkpoint (base, distillation baseline, SFT, each DPO variant) on every eval set:
+    one row per sample with verdict, tokens and reflection count, Test@N samples per problem."""
+    return run_worker(context, pipeline, pipes_subprocess_client, "evaluate")
+
+
+@dg.asset(group_name="evaluation", kinds={"polars", "parquet"}, code_version="ablation_report-v1", deps=["eval_results"])
+def ablation_report(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+    """The paper's Table 5 layout (base, distill_baseline, SFT, +DPO, +balance, +cDPO, +joint,
+    +mask; cells accuracy (no-answer %)) with a bar chart, and as Parquet with columns variant,
+    eval_set, n, accuracy, no_answer_rate, mean_tokens (metadata key `path`)."""
+    lake = pipeline.lake()
+    summary = report.summarize_results(lake.read_table("eval_results"))
+    written = lake.write_table("ablation_report", summary)
+    table = report.markdown_table(summary)
+    notes = report.direction_notes(summary)
+    context.log.info("\n" + table + "\n" + "\n".join(notes))
+    return dg.MaterializeResult(
+        metadata={**table_metadata(summary, written), "table": dg.MetadataValue.md(table),
+                  "bar_chart": dg.MetadataValue.md(markdown_image(report.bar_chart_png(summary), "ablation")),
+                  "direction": dg.MetadataValue.md("\n".join(f"- {n}" for n in notes)),
+                  "rows": dg.MetadataValue.json(json.loads(summary.write_json()))},
+        data_version=dg.DataVersion(written.sha256),
+    )

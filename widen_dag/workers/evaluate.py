@@ -1,0 +1,104 @@
+"""Worker: the `eval_results` asset.
+
+``python -m widen_dag.workers.evaluate``
+
+Every checkpoint of the ablation (student base, the long-CoT distillation baseline, SFT on
+the trees, each DPO variant; real profiles add the untouched base model) answers every
+held-out problem ``test_at_n`` times at the eval temperature. One row per sample goes to the
+lake with its verdict, length and reflection count; the metadata summarises per checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import polars as pl
+
+from widen_dag.evaluate import EvalProblem, sample_and_score, summarize
+from widen_dag.llm import create_backend
+from widen_dag.workers.common import Worker, open_worker
+from widen_dag.workers.models import model_dir
+from widen_dag.workers.train import checkpoint_dir
+
+EVAL_SCHEMA = {
+    "variant": pl.String, "checkpoint": pl.String, "eval_set": pl.String, "problem_id": pl.String, "sample": pl.Int32,
+    "response": pl.String, "n_tokens": pl.Int32, "finish_reason": pl.String, "answer": pl.String, "correct": pl.Boolean,
+    "no_answer": pl.Boolean, "well_formed": pl.Boolean, "reflections": pl.Int32,
+}
+
+
+def checkpoints(worker: Worker) -> list[tuple[str, str]]:
+    """(variant, path or id) in the ablation table's row order."""
+    profile = worker.profile
+    rows: list[tuple[str, str]] = []
+    student = profile.models.student
+    if student.source == "bootstrap":
+        rows.append(("base", str(model_dir(worker, "student"))))
+    else:
+        rows.append(("base", str(student.name)))
+    rows.append(("distill_baseline", str(checkpoint_dir(worker, "distill"))))
+    rows.append(("sft", str(checkpoint_dir(worker, "sft"))))
+    rows += [(v, str(checkpoint_dir(worker, f"dpo-{v}"))) for v in profile.train.dpo.variants]
+    missing = [f"{v} ({p})" for v, p in rows if p.startswith("/") and not (Path(p) / "config.json").is_file()]
+    if missing:
+        raise RuntimeError(f"checkpoints not materialized yet: {', '.join(missing)}")
+    return rows
+
+
+def eval_problems(worker: Worker) -> dict[str, list[EvalProblem]]:
+    staged = worker.lake.read_table("stg_problems").filter(pl.col("split") == "eval").sort("problem_id")
+    limit = worker.profile.eval.max_problems
+    out: dict[str, list[EvalProblem]] = {}
+    for (source,), group in staged.group_by("source", maintain_order=True):
+        rows = group.head(limit) if limit else group
+        out[source] = [EvalProblem(r["problem_id"], r["domain"], r["question"], r["gold"]) for r in rows.iter_rows(named=True)]
+    if not out:
+        raise ValueError("no eval-split problems in stg_problems: raise problems.eval_fraction or add an eval dataset")
+    return out
+
+
+def evaluate_all(worker: Worker) -> dict:
+    profile = worker.profile
+    ev, gen = profile.eval, profile.generation
+    sets = eval_problems(worker)
+    frames, summary_lines = [], []
+    start = time.perf_counter()
+    for variant, path in checkpoints(worker):
+        t0 = time.perf_counter()
+        backend = create_backend(ev.backend, path, device=gen.device, dtype=gen.dtype, seed=profile.seed,
+                                 max_model_len=gen.max_model_len, max_num_seqs=gen.max_num_seqs,
+                                 cpu_kvcache_gib=gen.cpu_kvcache_gib, enforce_eager=gen.enforce_eager,
+                                 block_size=gen.block_size, tensor_parallel_size=gen.tensor_parallel_size)
+        try:
+            for eval_set, problems in sets.items():
+                rows = sample_and_score(backend, problems, n=ev.test_at_n, temperature=ev.temperature, top_p=gen.top_p,
+                                        max_tokens=ev.max_new_tokens, seed=profile.seed)
+                frames.append(pl.DataFrame([{**r, "variant": variant, "checkpoint": path, "eval_set": eval_set} for r in rows],
+                                           schema=EVAL_SCHEMA))
+                s = summarize(rows)
+                line = (f"{variant} on {eval_set}: accuracy {s['accuracy']:.3f}, no-answer {s['no_answer_rate']:.3f}, "
+                        f"mean tokens {s['mean_tokens']:.0f}, test@{ev.test_at_n} {s['test_at_n']:.3f}")
+                worker.log(line + f" ({time.perf_counter() - t0:.0f}s)")
+                summary_lines.append(f"| {variant} | {eval_set} | {s['n']} | {s['accuracy']:.3f} | {s['no_answer_rate']:.3f} | "
+                                     f"{s['mean_tokens']:.0f} | {s['reflections_per_response']:.2f} | {s['test_at_n']:.3f} |")
+        finally:
+            backend.close()
+    table = pl.concat(frames)
+    written = worker.lake.write_table("eval_results", table)
+    md = ("| variant | eval set | n | accuracy | no-answer | mean tokens | reflections | test@N |\n"
+          "|---|---|---|---|---|---|---|---|\n" + "\n".join(summary_lines))
+    return {"metadata": {"path": written.uri, "dagster/row_count": table.height, "backend": ev.backend,
+                         "test_at_n": ev.test_at_n, "eval_seconds": round(time.perf_counter() - start, 1),
+                         "summary": {"raw_value": md, "type": "md"}},
+            "data_version": written.sha256}
+
+
+def main() -> None:
+    with open_worker() as worker:
+        out = evaluate_all(worker)
+        worker.pipes.report_asset_materialization(metadata=out["metadata"], data_version=out["data_version"])
+
+
+if __name__ == "__main__":
+    main()
