@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from widen_dag.defs.assets.environment import compute_environment
 from widen_dag.defs.assets.problems import raw_problems, stg_problems
@@ -47,10 +48,11 @@ def test_problem_assets_write_the_lake_and_report_counts(tmp_path):
     assert str(mats["stg_problems"].metadata["path"].value).endswith("stg_problems/__all__.parquet")
 
 
+@pytest.mark.timeout(2400)
 def test_demo_command_runs_every_shard_into_a_persistent_dagster_home(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "WIDEN_DAG_LAKE": str(tmp_path / "lake")}
     cli = Path(sys.executable).parent / "widen-dag"
-    res = subprocess.run([str(cli), "demo"], capture_output=True, text=True, cwd=REPO, env=env, timeout=1800)
+    res = subprocess.run([str(cli), "demo"], capture_output=True, text=True, cwd=REPO, env=env, timeout=2300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "demo: SUCCESS" in res.stdout
     assert (tmp_path / "home" / "dagster.yaml").is_file()
