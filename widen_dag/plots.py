@@ -6,7 +6,8 @@ import base64
 import io
 
 
-def _figure():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -15,8 +16,18 @@ def _figure():
     return plt
 
 
+def figure_png(fig) -> bytes:
+    """Render a matplotlib figure to PNG bytes and free it."""
+    plt = pyplot()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def line_plot_png(series: dict[str, list[tuple[float, float]]], title: str, xlabel: str, ylabel: str) -> bytes:
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
     for name, points in series.items():
         if points:
@@ -28,11 +39,7 @@ def line_plot_png(series: dict[str, list[tuple[float, float]]], title: str, xlab
     if len(series) > 1:
         ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def markdown_image(png: bytes, alt: str) -> str:
@@ -42,7 +49,7 @@ def markdown_image(png: bytes, alt: str) -> str:
 
 def length_distribution_png(groups: dict[str, dict[str, list[float]]], title: str) -> bytes:
     """One panel per domain: histograms of shortest / median / longest correct path lengths."""
-    plt = _figure()
+    plt = pyplot()
     n = max(1, len(groups))
     fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.2), dpi=100, squeeze=False)
     for ax, (domain, series) in zip(axes[0], groups.items(), strict=False):
@@ -53,8 +60,4 @@ def length_distribution_png(groups: dict[str, dict[str, list[float]]], title: st
         ax.set_xlabel("tokens (student tokenizer)")
         ax.set_ylabel("problems")
         ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)

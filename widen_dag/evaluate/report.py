@@ -62,13 +62,9 @@ def direction_notes(summary: pl.DataFrame) -> list[str]:
 
 
 def bar_chart_png(summary: pl.DataFrame) -> bytes:
-    import io
+    from widen_dag.plots import figure_png, pyplot
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     sets = sorted(set(summary["eval_set"]))
     labels = [label for label, v in TABLE_ROWS if v in set(summary["variant"])]
     variants = [v for _, v in TABLE_ROWS if v in set(summary["variant"])]
@@ -82,8 +78,4 @@ def bar_chart_png(summary: pl.DataFrame) -> bytes:
         ax.set_xticklabels(labels, rotation=30, ha="right")
         ax.set_title(s)
         ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
