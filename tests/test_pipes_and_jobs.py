@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -85,6 +86,15 @@ def test_demo_command_runs_every_shard_into_a_persistent_dagster_home(tmp_path):
     assert sorted(report["variant"]) == sorted(["base", "distill_baseline", "sft", *variants])
     assert (report["n"] >= 200).all()  # the held-out set is large enough for the comparison
     assert "Ablation (the paper's Table 5 layout)" in res.stdout and "| +mask |" in res.stdout
+    # Lineage from a trained checkpoint back to its pairs, tree nodes and problem.
+    traced = subprocess.run([str(cli), "trace", "dpo-joint_masked", "--json"], capture_output=True, text=True, cwd=REPO,
+                            env=env, check=True)
+    pair = json.loads(traced.stdout)["pairs"][0]
+    detail = subprocess.run([str(cli), "trace", "dpo-joint_masked", "--pair", pair["problem_id"], "--json"],
+                            capture_output=True, text=True, cwd=REPO, env=env, check=True)
+    nodes = json.loads(detail.stdout)
+    assert nodes["chosen"][-1]["reward"] == 1.0 and nodes["rejected"][-1]["reward"] in (0.0, None)
+    assert nodes["problem"]["split"] == "train"
 
 
 def _check_checkpoints(folder: Path) -> None:

@@ -94,6 +94,10 @@ def _trees() -> pl.DataFrame:
 
 @pytest.fixture()
 def small_lake(tmp_path) -> Lake:
+    return build_small_lake(tmp_path)
+
+
+def build_small_lake(tmp_path) -> Lake:
     lake = Lake(str(tmp_path / "lake"))
     nodes = _trees()
     lake.write_table("search_trees", nodes, "hand-000")

@@ -3,6 +3,7 @@
     widen-dag demo [--profile tiny]    the whole pipeline, every shard, one run
     widen-dag smoke                    problems + the worker round trip
     widen-dag init-home                write $DAGSTER_HOME/dagster.yaml (pool gpu = 1, run monitoring)
+    widen-dag trace dpo-cdpo [--pair P] a checkpoint's data versions, pairs, tree nodes, problems
 """
 
 from __future__ import annotations
@@ -104,6 +105,22 @@ def run_job(name: str) -> bool:
     return ok
 
 
+def trace_command(args: argparse.Namespace) -> int:
+    import json
+
+    from widen_dag.lake import Lake, default_lake_root
+    from widen_dag.trace import TraceError, render, trace_checkpoint, trace_pair
+
+    lake = Lake(args.lake or default_lake_root())
+    try:
+        report = trace_pair(lake, args.target, args.pair) if args.pair else trace_checkpoint(lake, args.target)
+    except TraceError as err:
+        print(f"widen-dag trace: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2, default=str) if args.json else render(report))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="widen-dag", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,10 +128,17 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=f"run the {name} job")
         p.add_argument("--profile", help="profile name or YAML path (default: $WIDEN_DAG_PROFILE or tiny)")
     sub.add_parser("init-home", help="write $DAGSTER_HOME/dagster.yaml")
+    tr = sub.add_parser("trace", help="a checkpoint's data, pairs, tree nodes and problems")
+    tr.add_argument("target", help="checkpoint name (sft, dpo-cdpo), asset (dpo_checkpoint:cdpo) or folder")
+    tr.add_argument("--pair", metavar="PROBLEM_ID", help="show one preference pair node by node")
+    tr.add_argument("--lake", help="lake root (default: $WIDEN_DAG_LAKE or ./lake)")
+    tr.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = parser.parse_args(argv)
     if args.command == "init-home":
         print(init_home() / "dagster.yaml")
         return 0
+    if args.command == "trace":
+        return trace_command(args)
     if args.profile:
         os.environ["WIDEN_DAG_PROFILE"] = args.profile
     from widen_dag.profiles import ProfileError, load_profile
