@@ -95,7 +95,7 @@ def main() -> int:
         seq, seq_frame = _run(backend, profile, problems, active=1)
         # The backend's own rate on one flat batch of the very requests the search made.
         _reset_cache(backend)
-        flat = [r for r in recorded]
+        flat = recorded
         start = time.perf_counter()
         before = backend.stats.generated_tokens
         for i in range(0, len(flat), profile.generation.max_num_seqs):

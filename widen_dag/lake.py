@@ -104,6 +104,14 @@ class Lake:
         self.refresh_catalog(asset)
         return Written(self.table_uri(asset, partition), hashlib.sha256(data).hexdigest(), df.height)
 
+    def table_sha256(self, asset: str, partition: str | None = None) -> str | None:
+        """Content hash of a written table (the same hash write_table returned), None if absent."""
+        path = self.table_path(asset, partition)
+        if not self.fs.exists(path):
+            return None
+        with self.fs.open(path, "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()
+
     def has_table(self, asset: str, partition: str | None = None) -> bool:
         return self.fs.exists(self.table_path(asset, partition))
 

@@ -11,7 +11,6 @@ Reads the checkpoint's manifest (written by the training worker) and the lake; n
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -42,13 +41,6 @@ def resolve_checkpoint(lake: Lake, target: str) -> Path:
     raise TraceError(f"no checkpoint manifest for {target!r} (looked in {', '.join(str(c) for c in candidates)})")
 
 
-def _sha(lake: Lake, asset: str) -> str | None:
-    if not lake.has_table(asset):
-        return None
-    with lake.fs.open(lake.table_path(asset), "rb") as fh:
-        return hashlib.sha256(fh.read()).hexdigest()
-
-
 def trace_checkpoint(lake: Lake, target: str) -> dict[str, Any]:
     """The checkpoint's manifest, each input's data version then and now, and its rows."""
     path = resolve_checkpoint(lake, target)
@@ -56,9 +48,9 @@ def trace_checkpoint(lake: Lake, target: str) -> dict[str, Any]:
     inputs = {}
     for asset, version in manifest.get("inputs", {}).items():
         if isinstance(version, dict):  # a DPO checkpoint records its SFT checkpoint's inputs too
-            inputs[asset] = {k: {"trained_on": v, "now": _sha(lake, k)} for k, v in version.items()}
+            inputs[asset] = {k: {"trained_on": v, "now": lake.table_sha256(k)} for k, v in version.items()}
         else:
-            inputs[asset] = {"trained_on": version, "now": _sha(lake, asset)}
+            inputs[asset] = {"trained_on": version, "now": lake.table_sha256(asset)}
     out = {"checkpoint": str(path), "kind": manifest.get("kind"), "variant": manifest.get("variant"),
            "base": manifest.get("base"), "rows": manifest.get("rows"), "inputs": inputs,
            "config": manifest.get("config"), "metrics": manifest.get("metrics"),

@@ -156,6 +156,7 @@ class _VerifierProcess:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
+        self._warm = False  # has the current child answered once (paid its start-up)?
 
     def _get(self) -> subprocess.Popen[bytes]:
         if self._proc is None or self._proc.poll() is not None:
@@ -165,6 +166,7 @@ class _VerifierProcess:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
             )
+            self._warm = False
         return self._proc
 
     def _kill(self) -> None:
@@ -184,7 +186,7 @@ class _VerifierProcess:
                 self._kill()
                 return False
             # The first call also pays for the child's start-up (importing sympy).
-            limit = deadline + (_STARTUP_GRACE_S if not getattr(proc, "_warm", False) else 0.0)
+            limit = deadline + (0.0 if self._warm else _STARTUP_GRACE_S)
             ready, _, _ = select.select([proc.stdout], [], [], limit)
             if not ready:
                 log.warning("math-verify overran %.1fs on %r vs %r: counted as not equivalent", limit, pred[:60], gold[:60])
@@ -194,7 +196,7 @@ class _VerifierProcess:
             if not line:
                 self._kill()
                 return False
-            proc._warm = True  # type: ignore[attr-defined]
+            self._warm = True
             return bool(json.loads(line).get("equivalent", False))
 
     def close(self) -> None:

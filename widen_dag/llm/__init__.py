@@ -21,10 +21,11 @@ def create_backend(name: str, model: str, **kwargs) -> Backend:
     raise GenerationConfigError(f"generation.backend: unknown backend {name!r} (choose one of {', '.join(BACKENDS)})")
 
 
-def backend_from_profile(gen, model: str, seed: int, revision: str | None = None, trust_remote_code: bool = False) -> Backend:
-    """A backend from a profile's GenerationConfig."""
+def backend_from_profile(gen, model: str, seed: int, revision: str | None = None, trust_remote_code: bool = False,
+                         backend: str | None = None) -> Backend:
+    """A backend from a profile's GenerationConfig (``backend`` overrides its choice, e.g. for eval)."""
     return create_backend(
-        gen.backend, model, device=gen.device, dtype=gen.dtype, seed=seed, max_model_len=gen.max_model_len,
+        backend or gen.backend, model, device=gen.device, dtype=gen.dtype, seed=seed, max_model_len=gen.max_model_len,
         max_num_seqs=gen.max_num_seqs, gpu_memory_utilization=gen.gpu_memory_utilization,
         cpu_kvcache_gib=gen.cpu_kvcache_gib, tensor_parallel_size=gen.tensor_parallel_size,
         data_parallel_size=gen.data_parallel_size, revision=revision, trust_remote_code=trust_remote_code,

@@ -37,11 +37,6 @@ def tree_frame(tree: Tree) -> pl.DataFrame:
     return pl.DataFrame(tree.rows(), schema=NODE_SCHEMA)
 
 
-def tree_summary(tree: Tree) -> dict:
-    return {"tree_id": tree.tree_id, "problem_id": tree.problem_id, "rollouts": tree.rollouts,
-            "correct": len(tree.correct), "outcome": tree.outcome, "nodes": len(tree.nodes)}
-
-
 class TreeStore:
     def __init__(self, lake: Lake, shard: str, key: str) -> None:
         self.lake = lake

@@ -7,6 +7,7 @@ the dataset exports, so that all of them write and read exactly the same tags.
 from __future__ import annotations
 
 import random
+import re
 
 ROOT = "root"
 NODE_TYPES = ("sub_task", "thinking", "hypothesis", "double_check", "reflection", "thinking_from_scratch", "answer")
@@ -57,7 +58,7 @@ def choose_prefill(node_type: str, rng: random.Random) -> str:
     return rng.choice(PREFILLS[node_type])
 
 
-_TAG_RE = None
+_TAG_RE = re.compile(rf"<({'|'.join(re.escape(TAGS[t]) for t in NODE_TYPES)})>(.*?)</\1>", re.DOTALL)
 
 
 def is_well_formed(text: str) -> bool:
@@ -66,12 +67,6 @@ def is_well_formed(text: str) -> bool:
     The answer check is syntactic (a block exists and is closed); whether it holds an
     extractable answer is the domain's business.
     """
-    import re
-
-    global _TAG_RE
-    if _TAG_RE is None:
-        names = "|".join(re.escape(TAGS[t]) for t in NODE_TYPES)
-        _TAG_RE = re.compile(rf"<({names})>(.*?)</\1>", re.DOTALL)
     pos = 0
     last = None
     for m in _TAG_RE.finditer(text):

@@ -16,7 +16,7 @@ from pathlib import Path
 import polars as pl
 
 from widen_dag.evaluate import EvalProblem, sample_and_score, summarize
-from widen_dag.llm import create_backend
+from widen_dag.llm import backend_from_profile
 from widen_dag.workers.common import Worker, open_worker
 from widen_dag.workers.models import model_dir
 from widen_dag.workers.train import checkpoint_dir
@@ -66,10 +66,7 @@ def evaluate_all(worker: Worker) -> dict:
     start = time.perf_counter()
     for variant, path in checkpoints(worker):
         t0 = time.perf_counter()
-        backend = create_backend(ev.backend, path, device=gen.device, dtype=gen.dtype, seed=profile.seed,
-                                 max_model_len=gen.max_model_len, max_num_seqs=gen.max_num_seqs,
-                                 cpu_kvcache_gib=gen.cpu_kvcache_gib, enforce_eager=gen.enforce_eager,
-                                 block_size=gen.block_size, tensor_parallel_size=gen.tensor_parallel_size)
+        backend = backend_from_profile(gen, path, seed=profile.seed, backend=ev.backend)
         try:
             for eval_set, problems in sets.items():
                 rows = sample_and_score(backend, problems, n=ev.test_at_n, temperature=ev.temperature, top_p=gen.top_p,

@@ -19,7 +19,7 @@ import polars as pl
 from widen_dag.llm import backend_from_profile
 from widen_dag.search.lockstep import LockstepSearch, ProblemSpec, SearchStats, tree_id_for
 from widen_dag.search.mcts import SearchContext
-from widen_dag.search.store import TreeStore, config_hash, tree_frame, tree_summary
+from widen_dag.search.store import TreeStore, config_hash
 from widen_dag.search.tree import render_markdown
 from widen_dag.workers.common import Worker, open_worker
 from widen_dag.workers.models import model_dir
@@ -146,6 +146,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-__all__ = ["search_shards", "shard_problems", "tree_frame", "tree_summary"]

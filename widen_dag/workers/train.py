@@ -32,11 +32,6 @@ def checkpoint_dir(worker: Worker, name: str) -> Path:
     return Path(worker.lake.dir_path("checkpoints", name))
 
 
-def table_sha(worker: Worker, asset: str) -> str:
-    with worker.lake.fs.open(worker.lake.table_path(asset), "rb") as fh:
-        return hashlib.sha256(fh.read()).hexdigest()
-
-
 def student_source(worker: Worker) -> str:
     ref = worker.profile.models.student
     if ref.source == "bootstrap":
@@ -91,7 +86,7 @@ def run_sft(worker: Worker, dataset: str = "sft_dataset", name: str = "sft") -> 
         stats = train_sft(model, tokenizer, rows, output_dir=scratch, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
                           max_length=cfg.max_length, epochs=cfg.epochs, warmup_ratio=cfg.warmup_ratio, scheduler="cosine",
                           device=device, seed=profile.train.seed, on_log=worker.log)
-    inputs = {dataset: table_sha(worker, dataset)}
+    inputs = {dataset: worker.lake.table_sha256(dataset)}
     manifest = {"kind": name, "base": source, "inputs": inputs, "config": cfg.model_dump(), "rows": len(rows),
                 "problem_ids": data["problem_id"].to_list(), "metrics": {"final_loss": stats.final_loss,
                                                                          "tokens_per_s": stats.tokens_per_s}}
@@ -131,7 +126,7 @@ def run_dpo(worker: Worker, variant: str) -> dict:
                           label_smoothing=v.label_smoothing, sft_weight=v.sft_weight, prefix_mask=v.prefix_mask,
                           warmup_ratio=cfg.warmup_ratio, device=device, seed=profile.train.seed, on_log=worker.log)
     sft_manifest = json.loads((sft_path / MANIFEST).read_text())
-    inputs = {"preference_pairs": table_sha(worker, "preference_pairs"), "sft_checkpoint": sft_manifest["inputs"]}
+    inputs = {"preference_pairs": worker.lake.table_sha256("preference_pairs"), "sft_checkpoint": sft_manifest["inputs"]}
     manifest = {"kind": "dpo", "variant": variant, "base": str(sft_path), "inputs": inputs,
                 "config": {**cfg.model_dump(exclude={"variants"}), **v.model_dump()}, "rows": len(rows),
                 "problem_ids": [r["problem_id"] for r in rows],
