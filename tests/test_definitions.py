@@ -69,12 +69,3 @@ def test_gpu_work_is_in_the_gpu_pool():
         node = graph.get(key)
         if "pytorch" in node.kinds or "vllm" in node.kinds:
             assert node.pools == {"gpu"}, key
-
-
-def test_multi_gpu_profiles_launch_training_workers_under_accelerate():
-    from widen_dag.defs.workers import worker_command
-
-    assert worker_command("train", "sft")[1:] == ["-m", "widen_dag.workers.train", "sft"]
-    cmd = worker_command("train", "dpo", "cdpo", num_processes=4)
-    assert cmd[1:6] == ["-m", "accelerate.commands.launch", "--num_processes", "4", "-m"]
-    assert cmd[6:] == ["widen_dag.workers.train", "dpo", "cdpo"]

@@ -11,6 +11,7 @@ import pytest
 
 from widen_dag.defs.assets.environment import compute_environment
 from widen_dag.defs.assets.problems import raw_problems, stg_problems
+from widen_dag.defs.partitions import register_profile_shards
 from widen_dag.defs.resources import PipelineResource
 from widen_dag.lake import Lake
 from widen_dag.profiles import load_profile
@@ -36,9 +37,11 @@ def test_pipes_worker_round_trip_reports_metadata_and_logs(tmp_path):
 
 def test_problem_assets_write_the_lake_and_report_counts(tmp_path):
     res = _resources(tmp_path)
+    instance = dg.DagsterInstance.ephemeral()
+    assert register_profile_shards(instance, load_profile("tiny")) == ["arithmetic-000", "arithmetic-001"]
     for key in ("arithmetic-000", "arithmetic-001"):
-        assert dg.materialize([raw_problems], partition_key=key, resources=res).success
-    result = dg.materialize([raw_problems.to_source_asset(), stg_problems], resources=res, selection=[stg_problems])
+        assert dg.materialize([raw_problems], partition_key=key, resources=res, instance=instance).success
+    result = dg.materialize([raw_problems.to_source_asset(), stg_problems], resources=res, selection=[stg_problems], instance=instance)
     assert result.success
     lake = Lake(str(tmp_path))
     staged = lake.read_table("stg_problems")
@@ -85,6 +88,8 @@ def test_demo_command_runs_every_shard_into_a_persistent_dagster_home(tmp_path):
     assert set(report.columns) >= {"variant", "eval_set", "n", "accuracy", "no_answer_rate", "mean_tokens"}
     assert sorted(report["variant"]) == sorted(["base", "distill_baseline", "sft", *variants])
     assert (report["n"] >= 200).all()  # the held-out set is large enough for the comparison
+    accuracy = dict(zip(report["variant"], report["accuracy"], strict=True))
+    assert accuracy["sft"] - accuracy["base"] >= 0.05, accuracy  # SFT on the trees beats the student base
     assert "Ablation (the paper's Table 5 layout)" in res.stdout and "| +mask |" in res.stdout
     # Lineage from a trained checkpoint back to its pairs, tree nodes and problem.
     traced = subprocess.run([str(cli), "trace", "dpo-joint_masked", "--json"], capture_output=True, text=True, cwd=REPO,

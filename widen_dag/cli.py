@@ -83,14 +83,19 @@ def _execute(target, tags: dict[str, str], label: str) -> tuple[bool, str]:
 def run_job(name: str) -> bool:
     """`smoke`: one run. `demo`: the shard-partitioned pipeline in one run, then one run per
     DPO variant partition (a job may hold only one partitioning)."""
+    import dagster as dg
+
     from widen_dag.defs.jobs import all_shards_tags
+    from widen_dag.defs.partitions import register_profile_shards
     from widen_dag.profiles import load_profile
 
     home = init_home()
     start = time.perf_counter()
-    ok, run_id = _execute(_smoke_job if name == "smoke" else _demo_job, all_shards_tags(), name)
+    profile = load_profile()
+    register_profile_shards(dg.DagsterInstance.get(), profile)
+    ok, run_id = _execute(_smoke_job if name == "smoke" else _demo_job, all_shards_tags(profile.shard_keys()), name)
     if ok and name == "demo":
-        for variant in load_profile().train.dpo.variants:
+        for variant in profile.train.dpo.variants:
             ok, _ = _execute(_dpo_variants_job, {"dagster/partition": variant}, f"dpo_variants[{variant}]")
             if not ok:
                 break

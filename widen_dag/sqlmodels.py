@@ -135,9 +135,13 @@ def _bind(sql: str, params: dict[str, Any]) -> str:
         if key not in params:
             raise SqlModelError(f"SQL parameter ${key} has no value")
         value = params[key]
-        if isinstance(value, str):
+        if isinstance(value, str):  # a quoted literal: a parameter can never become SQL
             return "'" + value.replace("'", "''") + "'"
-        return repr(value)
+        if isinstance(value, bool):
+            return "TRUE" if value else "FALSE"
+        if isinstance(value, (int, float)):
+            return repr(value)
+        raise SqlModelError(f"SQL parameter ${key}: only text, numbers and booleans are bound, got {type(value).__name__}")
 
     return re.sub(r"\$([a-z_]+)", sub, sql)
 

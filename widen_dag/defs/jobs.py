@@ -34,12 +34,23 @@ evaluation_job = dg.define_asset_job(
     description="Every checkpoint on the held-out problems, then the ablation table (after all variants).",
 )
 
-JOBS = [smoke_job, demo_job, dpo_variants_job, evaluation_job]
+inbox_search_job = dg.define_asset_job(
+    "inbox_search",
+    selection=dg.AssetSelection.assets("raw_problems", "stg_problems", "problem_quarantine", "search_trees"),
+    description="Load, stage and search one new problem file (requested by the `problem_inbox` sensor, one run "
+    "per file partition). The SQL tail picks the new trees up on its cron.",
+)
+
+retrain_job = dg.define_asset_job(
+    "retrain",
+    selection=dg.AssetSelection.assets("sft_checkpoint"),
+    description="SFT on the current length-balanced set (the `weekly_retrain` schedule requests it only when "
+    "the training data changed); `dpo_after_retrain` then runs every DPO variant.",
+)
+
+JOBS = [smoke_job, demo_job, dpo_variants_job, evaluation_job, inbox_search_job, retrain_job]
 
 
-def all_shards_tags() -> dict[str, str]:
-    """Run tags that make one run cover every problem shard (single-run backfill policy)."""
-    from widen_dag.defs.partitions import problem_shards
-
-    keys = problem_shards.get_partition_keys()
-    return {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
+def all_shards_tags(shard_keys: list[str]) -> dict[str, str]:
+    """Run tags that make one run cover every profile shard (single-run backfill policy)."""
+    return {"dagster/asset_partition_range_start": shard_keys[0], "dagster/asset_partition_range_end": shard_keys[-1]}

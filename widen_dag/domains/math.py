@@ -243,16 +243,22 @@ def records_from_rows(rows: list[Any], question_field: str, answer_field: str, i
             continue
         q, a = row.get(question_field), row.get(answer_field)
         missing = [f for f, v in ((question_field, q), (answer_field, a)) if v is None]
+        error = f"missing field(s): {', '.join(missing)}" if missing else None
+        # A question must be text; a gold answer may be text or a number (GSM8K-style exports).
+        if error is None and not isinstance(q, str):
+            error = f"field {question_field!r} must be a string, got {type(q).__name__}"
+        if error is None and (isinstance(a, bool) or not isinstance(a, (str, int, float))):
+            error = f"field {answer_field!r} must be a string or a number, got {type(a).__name__}"
         meta = {k: v for k, v in row.items() if k not in (question_field, answer_field) and isinstance(v, (str, int, float, bool))}
         sid = row.get(id_field) if id_field else None
         out.append(
             RawRecord(
                 i,
-                q if isinstance(q, str) else (None if q is None else str(q)),
-                a if isinstance(a, str) else (None if a is None else str(a)),
+                q if isinstance(q, str) else None,
+                a if isinstance(a, str) else (None if a is None or error else str(a)),
                 source_id=None if sid is None else str(sid),
                 meta=meta,
-                error=f"missing field(s): {', '.join(missing)}" if missing else None,
+                error=error,
             )
         )
     return out

@@ -16,10 +16,13 @@ def _wrap(expr: str) -> str:
 
 
 def equivalent(pred: str, gold: str) -> bool:
-    from math_verify import parse, verify
+    from math_verify import LatexExtractionConfig, parse, verify
 
-    gold_parsed = parse(_wrap(gold), parsing_timeout=1)
-    pred_parsed = parse(_wrap(pred), parsing_timeout=1)
+    # LaTeX extraction only: math-verify's plain-expression extraction runs sympy's
+    # parse_expr, which evaluates Python; model output must never reach an eval.
+    latex_only = [LatexExtractionConfig()]
+    gold_parsed = parse(_wrap(gold), extraction_config=latex_only, parsing_timeout=1)
+    pred_parsed = parse(_wrap(pred), extraction_config=latex_only, parsing_timeout=1)
     if not gold_parsed or not pred_parsed:
         return False  # an empty parse is a no-answer, never a match
     return bool(verify(gold_parsed, pred_parsed, timeout_seconds=1))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math as _math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import polars as pl
 from widen_dag.domains import arithmetic, blocksworld, get_domain
 from widen_dag.domains import math as math_domain
 from widen_dag.domains.base import RawRecord, problem_id
-from widen_dag.profiles import DatasetConfig, ProblemsConfig
+from widen_dag.profiles import INBOX_DATASET, DatasetConfig, FileSource, ProblemsConfig, Profile
 
 RAW_SCHEMA = {
     "dataset": pl.String,
@@ -58,6 +59,59 @@ class ProblemSourceError(ValueError):
 
 def shard_key(dataset: str, index: int) -> str:
     return f"{dataset}-{index:03d}"
+
+
+INBOX_KEY_PREFIX = f"{INBOX_DATASET}-"  # "inbox" is a reserved dataset name, so no shard key starts so
+INBOX_SUFFIXES = (".jsonl", ".parquet")
+_INBOX_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$")
+
+
+def inbox_key(filename: str) -> str:
+    """The partition key of one inbox file: ``inbox-<file name>``."""
+    if not _INBOX_NAME_RE.match(filename) or "..." in filename:
+        raise ValueError(f"inbox file name {filename!r}: use letters, digits and _ . = - only")
+    return INBOX_KEY_PREFIX + filename
+
+
+def inbox_files(folder: Path) -> tuple[list[Path], list[str]]:
+    """(finished problem files in the inbox by name, names refused with the reason).
+
+    Hidden files (a writer's temporary name before its rename) and other suffixes are
+    not problem files and are neither taken nor refused."""
+    if not folder.is_dir():
+        return [], []
+    taken, refused = [], []
+    for p in sorted(folder.iterdir()):
+        if not p.is_file() or p.suffix not in INBOX_SUFFIXES or p.name.startswith("."):
+            continue
+        try:
+            inbox_key(p.name)
+            taken.append(p)
+        except ValueError as err:
+            refused.append(str(err))
+    return taken, refused
+
+
+def partition_dataset(profile: Profile, key: str) -> tuple[DatasetConfig, int]:
+    """The dataset and shard index a ``problem_shards`` key stands for (profile shard or inbox file)."""
+    if key.startswith(INBOX_KEY_PREFIX):
+        inbox = profile.inbox
+        path = inbox.resolved_path() / key[len(INBOX_KEY_PREFIX):]
+        source = FileSource(path=str(path), question_field=inbox.question_field, answer_field=inbox.answer_field,
+                            id_field=inbox.id_field)
+        return DatasetConfig(name=INBOX_DATASET, domain=inbox.domain, source=source, role=inbox.role), 0
+    name, index = parse_shard_key(key)
+    return profile.dataset(name), index
+
+
+def load_partition(profile: Profile, key: str) -> pl.DataFrame:
+    """The raw rows of one ``problem_shards`` partition, with ``shard`` = the partition key."""
+    dataset, index = partition_dataset(profile, key)
+    return load_shard(dataset, index, profile.seed).with_columns(shard=pl.lit(key, pl.String))
+
+
+def dataset_roles(profile: Profile) -> dict[str, str]:
+    return {**{d.name: d.role for d in profile.datasets}, INBOX_DATASET: profile.inbox.role}
 
 
 def parse_shard_key(key: str) -> tuple[str, int]:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 PROFILE_DIR = Path(__file__).parent
 PROFILE_ENV = "WIDEN_DAG_PROFILE"
 DEFAULT_PROFILE = "tiny"
+INBOX_DATASET = "inbox"  # reserved dataset name of files dropped into the inbox
 
 
 class ProfileError(ValueError):
@@ -75,6 +76,24 @@ class DatasetConfig(_Strict):
     role: Literal["train", "eval", "split"] = "split"
 
 
+class InboxConfig(_Strict):
+    """A folder watched by the `problem_inbox` sensor: every new JSONL/Parquet file dropped
+    there becomes its own `problem_shards` partition, and search runs for exactly it.
+
+    Writers should write a file elsewhere (or under a dot-name) and rename it in: the
+    sensor skips hidden and ``.tmp`` files. ``$WIDEN_DAG_INBOX`` overrides ``path``."""
+
+    path: str = "inbox"
+    domain: Literal["math", "blocksworld", "arithmetic"] = "math"
+    role: Literal["train", "eval", "split"] = "train"
+    question_field: str = "question"
+    answer_field: str = "answer"
+    id_field: str | None = None
+
+    def resolved_path(self) -> Path:
+        return Path(os.environ.get("WIDEN_DAG_INBOX") or self.path).expanduser()
+
+
 class ProblemsConfig(_Strict):
     eval_fraction: float = Field(0.25, ge=0.0, le=1.0)
     split_seed: int = 0
@@ -116,6 +135,8 @@ class BootstrapConfig(_Strict):
     ops: str = Field("+-*", pattern=r"^[+*-]+$")
     policy_steps: int = Field(400, gt=0)
     student_steps: int = Field(60, gt=0)
+    # plain: untagged "a + b = c." solutions; direct: tagged thoughts without checks/reflections
+    student_style: Literal["plain", "direct"] = "plain"
     batch_size: int = Field(32, gt=0)
     learning_rate: float = Field(4e-3, gt=0)
     error_rate: float = Field(0.3, ge=0, le=1)
@@ -243,6 +264,9 @@ class TrainConfig(_Strict):
     seed: int = 0
     # > 1: the training workers run under `accelerate launch --num_processes N` (one per GPU).
     num_processes: int = Field(1, ge=1)
+    # Trainer checkpoints (weights + optimizer + RNG) every N steps under <lake>/trainer_state;
+    # a killed training run resumes from the newest. 0: none.
+    checkpoint_every: int = Field(200, ge=0)
     sft: SFTConfig = SFTConfig()
     dpo: DPOConfig = DPOConfig()
 
@@ -257,11 +281,56 @@ class EvalConfig(_Strict):
     max_problems: int | None = Field(None, gt=0)
 
 
+class K8sConfig(_Strict):
+    """Workers as Kubernetes pods (dagster-k8s PipesK8sClient), the lake on object storage.
+
+    ``secret_env`` maps an environment variable to ``<secret name>/<key>``: credentials reach
+    the pods only as environment variables from Kubernetes secrets, never through the profile."""
+
+    image: str
+    namespace: str = "widen-dag"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    service_account: str | None = None
+    gpu_resource: str = "nvidia.com/gpu"
+    cpu: str = "8"
+    memory: str = "64Gi"
+    shm_size: str = "16Gi"  # vLLM and NCCL move tensors through /dev/shm
+    node_selector: dict[str, str] = {}
+    tolerations: list[dict[str, str]] = []
+    secret_env: dict[str, str] = {}
+    lake_root: str = Field(pattern=r"^[a-z0-9]+://")  # e.g. s3://bucket/widen-dag, gs://...
+
+    @field_validator("secret_env")
+    @classmethod
+    def _secret_refs(cls, value: dict[str, str]) -> dict[str, str]:
+        for env, ref in value.items():
+            if ref.count("/") != 1 or ref.startswith("/") or ref.endswith("/"):
+                raise ValueError(f"secret_env.{env}: expected '<secret name>/<key>', got {ref!r}")
+        return value
+
+
+class RuntimeConfig(_Strict):
+    """Where workers run: ``local`` subprocesses (default) or ``k8s`` pods."""
+
+    kind: Literal["local", "k8s"] = "local"
+    k8s: K8sConfig | None = None
+    # A worker still running after this long is stopped (local: SIGTERM, then SIGKILL 60 s
+    # later; k8s: the pod's activeDeadlineSeconds) and the asset's retry policy takes over.
+    worker_timeout_s: int = Field(48 * 3600, gt=0)
+
+    @model_validator(mode="after")
+    def _k8s_settings(self) -> RuntimeConfig:
+        if self.kind == "k8s" and self.k8s is None:
+            raise ValueError("runtime.kind 'k8s' needs a runtime.k8s section (image, lake_root, ...)")
+        return self
+
+
 class Profile(_Strict):
     name: str
     description: str = ""
     seed: int = 0
     datasets: list[DatasetConfig]
+    inbox: InboxConfig = InboxConfig()
     problems: ProblemsConfig = ProblemsConfig()
     models: ModelsConfig = ModelsConfig()
     generation: GenerationConfig = GenerationConfig()
@@ -269,11 +338,14 @@ class Profile(_Strict):
     data: DatasetsConfig = DatasetsConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
 
     @field_validator("datasets")
     @classmethod
     def _unique_names(cls, value: list[DatasetConfig]) -> list[DatasetConfig]:
         names = [d.name for d in value]
+        if INBOX_DATASET in names:
+            raise ValueError(f"dataset name {INBOX_DATASET!r} is reserved for the problem inbox")
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"dataset names must be unique; repeated: {', '.join(dupes)}")
@@ -286,6 +358,8 @@ class Profile(_Strict):
         return [f"{d.name}-{i:03d}" for d in self.datasets for i in range(d.shards)]
 
     def dataset(self, name: str) -> DatasetConfig:
+        if name == INBOX_DATASET:
+            raise ProfileError("inbox files are loaded by file name (widen_dag.domains.problems.load_partition)")
         for d in self.datasets:
             if d.name == name:
                 return d
@@ -314,14 +388,35 @@ def parse_profile(data: object, source: str = "<dict>") -> Profile:
         raise ProfileError(_format_errors(source, err)) from None
 
 
-def load_profile(name_or_path: str | None = None) -> Profile:
-    """Load a profile by name (``tiny``), by YAML path, or from ``$WIDEN_DAG_PROFILE``."""
-    ref = name_or_path or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
+def _merged(base: dict, override: dict) -> dict:
+    """``override`` on top of ``base``; mappings merge key by key, anything else is replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _profile_data(ref: str, seen: tuple[str, ...] = ()) -> tuple[dict, Path]:
     path = Path(ref) if ref.endswith((".yaml", ".yml")) else PROFILE_DIR / f"{ref}.yaml"
     if not path.is_file():
         raise ProfileError(f"no profile {ref!r}: choose one of {', '.join(available_profiles())} or give a .yaml path")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ProfileError(f"invalid profile {path}: not valid YAML ({err})") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ProfileError(f"invalid profile {path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+    if isinstance(data, dict) and "extends" in data:
+        # `extends: <profile>`: this file's keys on top of another profile's (e.g. a k8s runtime).
+        parent = str(data.pop("extends"))
+        if parent in seen:
+            raise ProfileError(f"invalid profile {path}: 'extends' cycle through {parent!r}")
+        base, _ = _profile_data(parent, (*seen, ref))
+        data = _merged(base, data)
+    return data, path
+
+
+def load_profile(name_or_path: str | None = None) -> Profile:
+    """Load a profile by name (``tiny``), by YAML path, or from ``$WIDEN_DAG_PROFILE``."""
+    data, path = _profile_data(name_or_path or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE)
     return parse_profile(data, str(path))

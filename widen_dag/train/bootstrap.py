@@ -64,6 +64,25 @@ def plain_solution(p: ArithmeticProblem) -> str:
     return " ".join(f"{s.equation()}." for s in p.steps) + f" The answer is \\boxed{{{p.gold}}}."
 
 
+def direct_solution(p: ArithmeticProblem, rng: random.Random) -> str:
+    """A tagged solution with no double-check, slip or reflection: the student base knows the
+    thought format (like an instruct model knows step-by-step answers) but not the
+    self-checking habits the trees teach."""
+    parts = [wrap("sub_task", f"{choose_prefill('sub_task', rng)} {_plan(p)}")]
+    parts += [wrap("thinking", f"{choose_prefill('thinking', rng)} {s.equation()}") for s in p.steps]
+    parts.append(wrap("answer", f"{choose_prefill('answer', rng)} \\boxed{{{p.gold}}}"))
+    return "".join(parts)
+
+
+def student_solution(p: ArithmeticProblem, rng: random.Random, style: str) -> str:
+    """The student base's training text in the configured style (``plain`` or ``direct``)."""
+    if style == "plain":
+        return plain_solution(p)
+    if style == "direct":
+        return direct_solution(p, rng)
+    raise ValueError(f"models.bootstrap.student_style must be 'plain' or 'direct', got {style!r}")
+
+
 def synthetic_problems(n: int, steps: int, max_operand: int, seed: int, exclude: Iterable[str] = (), ops: str = "+-*") -> list[ArithmeticProblem]:
     """Training problems for the tiny models, never one of ``exclude`` (the staged problems)."""
     banned = set(exclude)

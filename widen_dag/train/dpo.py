@@ -65,6 +65,7 @@ class DPOStats:
     seconds: float = 0.0
     losses: list[tuple[int, float]] = field(default_factory=list)
     rewards_accuracy: float | None = None
+    resumed_from_step: int | None = None
 
     @property
     def s_per_step(self) -> float:
@@ -88,7 +89,7 @@ def validate_pairs(rows: list[dict[str, Any]]) -> None:
 
 def dpo_config(output_dir: str, *, beta: float, learning_rate: float, batch_size: int, max_length: int,
                label_smoothing: float, sft_weight: float, steps: int, warmup_ratio: float, device: str, seed: int,
-               log_every: int):
+               log_every: int, checkpoint_every: int = 0):
     from trl import DPOConfig
 
     from widen_dag.train.sft import trainer_defaults
@@ -107,25 +108,25 @@ def dpo_config(output_dir: str, *, beta: float, learning_rate: float, batch_size
         label_smoothing=label_smoothing,
         loss_type=losses,
         loss_weights=[1.0, sft_weight] if sft_weight > 0 else None,
-        **trainer_defaults(device, seed, log_every),
+        **trainer_defaults(device, seed, log_every, checkpoint_every),
     )
 
 
 def train_dpo(model: Any, ref_model: Any, tokenizer: Any, rows: list[dict[str, Any]], *, output_dir: str, beta: float,
               learning_rate: float, batch_size: int, max_length: int, epochs: float, label_smoothing: float,
               sft_weight: float, prefix_mask: bool, warmup_ratio: float = 0.03, device: str = "cpu", seed: int = 0,
-              on_log: Callable[[str], None] | None = None) -> DPOStats:
+              on_log: Callable[[str], None] | None = None, checkpoint_every: int = 0) -> DPOStats:
     import datasets
     from transformers import TrainerCallback
     from trl import DPOTrainer
 
-    from widen_dag.train.sft import quiet
+    from widen_dag.train.sft import quiet, train_resuming
 
     validate_pairs(rows)
     steps = max(1, math.ceil(len(rows) * epochs / batch_size))
     config = dpo_config(output_dir, beta=beta, learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
                         label_smoothing=label_smoothing, sft_weight=sft_weight, steps=steps, warmup_ratio=warmup_ratio,
-                        device=device, seed=seed, log_every=max(1, steps // 10))
+                        device=device, seed=seed, log_every=max(1, steps // 10), checkpoint_every=checkpoint_every)
     stats = DPOStats(pairs=len(rows))
 
     class _Log(TrainerCallback):
@@ -152,7 +153,7 @@ def train_dpo(model: Any, ref_model: Any, tokenizer: Any, rows: list[dict[str, A
         ds = trainer.train_dataset
         stats.masked_prefix_tokens = sum(common_prefix_length(c, r) for c, r in zip(ds["chosen_ids"], ds["rejected_ids"], strict=True))
     start = time.perf_counter()
-    trainer.train()
+    stats.resumed_from_step = train_resuming(trainer, output_dir)
     stats.seconds = time.perf_counter() - start
     stats.steps = steps
     model.config.use_cache = True

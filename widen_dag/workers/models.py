@@ -4,7 +4,7 @@
 
 Tiny profile (``source: bootstrap``): train a tokenizer and a small Llama here (TRL SFT on
 synthetic arithmetic solutions), measure the held-out single-sample accuracy and the
-well-formed rate with the profile's generation backend, and save an ordinary HF checkpoint
+well-formed rate with the profile's evaluation backend, and save an ordinary HF checkpoint
 (safetensors, tokenizer.json, chat template) to the lake. Real profiles: record the named
 model (id, revision or path) without training.
 """
@@ -67,7 +67,7 @@ def build_tiny(worker: Worker, which: str) -> dict:
         rows = _rows(problems, lambda p: bootstrap.tagged_solution(p, rng, cfg.error_rate))
         steps = cfg.policy_steps
     else:
-        rows = _rows(problems, bootstrap.plain_solution)
+        rows = _rows(problems, lambda p: bootstrap.student_solution(p, rng, cfg.student_style))
         steps = cfg.student_steps
     torch.manual_seed(seed)
     with worker.lake.staged_dir(*MODEL_DIRS[which]) as out, tempfile.TemporaryDirectory() as scratch:
@@ -111,7 +111,9 @@ def build_tiny(worker: Worker, which: str) -> dict:
 def evaluate_saved(worker: Worker, path: Path, problems: list[EvalProblem], max_tokens: int) -> dict:
     gen = worker.profile.generation
     start = time.perf_counter()
-    backend = backend_from_profile(gen, str(path), seed=worker.profile.seed)
+    # The evaluation stage's backend: on tiny that is transformers, which skips a vLLM engine
+    # start (~20-30 s here) per model; search still exercises vLLM on the same checkpoint.
+    backend = backend_from_profile(gen, str(path), seed=worker.profile.seed, backend=worker.profile.eval.backend)
     try:
         rows = sample_and_score(backend, problems, n=1, temperature=gen.temperature, top_p=gen.top_p, max_tokens=max_tokens,
                                 seed=worker.profile.seed)
@@ -127,7 +129,7 @@ def evaluate_saved(worker: Worker, path: Path, problems: list[EvalProblem], max_
         "heldout_no_answer_rate": round(summary["no_answer_rate"], 4),
         "well_formed_rate": round(summary["well_formed_rate"], 4),
         "mean_response_tokens": round(summary["mean_tokens"], 1),
-        "eval_backend": gen.backend,
+        "eval_backend": worker.profile.eval.backend,
         "eval_seconds": round(time.perf_counter() - start, 1),
         "eval_generated_tokens_per_s": stats["generated_tokens_per_s"],
         "samples": {"raw_value": examples, "type": "md"},

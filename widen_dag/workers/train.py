@@ -11,10 +11,13 @@ trained on, and its metrics, which `widen-dag trace` reads back.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +65,29 @@ def _save(worker: Worker, name: str, model, tokenizer, manifest: dict[str, Any])
     return checkpoint_dir(worker, name)
 
 
+@contextlib.contextmanager
+def trainer_state_dir(worker: Worker, name: str, run: dict[str, Any]) -> Iterator[str]:
+    """Where the Trainer keeps its step checkpoints: ``<lake>/trainer_state/<name>/<run key>``,
+    the key a hash of everything that defines the run (data versions, base, config). Kept when
+    the run dies, so the retry resumes; removed once the checkpoint is published. State of
+    other runs of the same name is stale and removed first."""
+    if not worker.lake.is_local:
+        with tempfile.TemporaryDirectory() as scratch:  # resume needs a local folder
+            yield scratch
+        return
+    key = hashlib.sha256(json.dumps(run, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    root = Path(worker.lake.dir_path("trainer_state", name))
+    path = root / key
+    if process_rank() == 0:
+        for stale in root.glob("*"):
+            if stale.name != key:
+                shutil.rmtree(stale, ignore_errors=True)
+        path.mkdir(parents=True, exist_ok=True)
+    yield str(path)
+    if process_rank() == 0:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _curve(losses: list[tuple[int, float]], title: str) -> dict:
     png = line_plot_png({"loss": [(float(s), v) for s, v in losses]}, title, "step", "loss")
     return {"raw_value": markdown_image(png, title), "type": "md"}
@@ -82,18 +108,23 @@ def run_sft(worker: Worker, dataset: str = "sft_dataset", name: str = "sft") -> 
 
     lengths = [chat_length(tokenizer, r["prompt"] + r["completion"]) for r in rows]
     truncated = sum(n > cfg.max_length for n in lengths)
-    with tempfile.TemporaryDirectory() as scratch:
-        stats = train_sft(model, tokenizer, rows, output_dir=scratch, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
-                          max_length=cfg.max_length, epochs=cfg.epochs, warmup_ratio=cfg.warmup_ratio, scheduler="cosine",
-                          device=device, seed=profile.train.seed, on_log=worker.log)
     inputs = {dataset: worker.lake.table_sha256(dataset)}
+    run = {"inputs": inputs, "base": source, "config": cfg.model_dump(), "seed": profile.train.seed}
+    with trainer_state_dir(worker, name, run) as state:
+        stats = train_sft(model, tokenizer, rows, output_dir=state, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
+                          max_length=cfg.max_length, epochs=cfg.epochs, warmup_ratio=cfg.warmup_ratio, scheduler="cosine",
+                          device=device, seed=profile.train.seed, on_log=worker.log,
+                          checkpoint_every=profile.train.checkpoint_every)
+        if stats.resumed_from_step:
+            worker.log(f"{name}: resumed from the Trainer checkpoint at step {stats.resumed_from_step}")
     manifest = {"kind": name, "base": source, "inputs": inputs, "config": cfg.model_dump(), "rows": len(rows),
                 "problem_ids": data["problem_id"].to_list(), "metrics": {"final_loss": stats.final_loss,
                                                                          "tokens_per_s": stats.tokens_per_s}}
     path = _save(worker, name, model, tokenizer, manifest)
     return {
         "path": str(path), "base_model": source, "device": device, "train_rows": len(rows),
-        "truncated_rows": truncated, "steps": stats.steps, "train_seconds": round(stats.seconds, 1),
+        "truncated_rows": truncated, "steps": stats.steps, "resumed_from_step": stats.resumed_from_step or 0,
+        "train_seconds": round(stats.seconds, 1),
         "tokens_per_s": round(stats.tokens_per_s, 1), "final_loss": stats.final_loss,
         "loss_curve": _curve(stats.losses, f"{name} SFT loss"), "input_data_versions": {"raw_value": inputs, "type": "json"},
         "config": {"raw_value": cfg.model_dump(), "type": "json"},
@@ -120,13 +151,17 @@ def run_dpo(worker: Worker, variant: str) -> dict:
     rows = pair_rows(worker.lake.read_table("preference_pairs"), v.balanced)
     model, tokenizer = _load(str(sft_path), device)
     ref_model, _ = _load(str(sft_path), device)  # the reference is the SFT model, frozen
-    with tempfile.TemporaryDirectory() as scratch:
-        stats = train_dpo(model, ref_model, tokenizer, rows, output_dir=scratch, beta=cfg.beta, learning_rate=cfg.learning_rate,
-                          batch_size=cfg.batch_size, max_length=cfg.max_length, epochs=cfg.epochs,
-                          label_smoothing=v.label_smoothing, sft_weight=v.sft_weight, prefix_mask=v.prefix_mask,
-                          warmup_ratio=cfg.warmup_ratio, device=device, seed=profile.train.seed, on_log=worker.log)
     sft_manifest = json.loads((sft_path / MANIFEST).read_text())
     inputs = {"preference_pairs": worker.lake.table_sha256("preference_pairs"), "sft_checkpoint": sft_manifest["inputs"]}
+    run = {"inputs": inputs, "config": cfg.model_dump(exclude={"variants"}), "variant": v.model_dump(), "seed": profile.train.seed}
+    with trainer_state_dir(worker, f"dpo-{variant}", run) as state:
+        stats = train_dpo(model, ref_model, tokenizer, rows, output_dir=state, beta=cfg.beta, learning_rate=cfg.learning_rate,
+                          batch_size=cfg.batch_size, max_length=cfg.max_length, epochs=cfg.epochs,
+                          label_smoothing=v.label_smoothing, sft_weight=v.sft_weight, prefix_mask=v.prefix_mask,
+                          warmup_ratio=cfg.warmup_ratio, device=device, seed=profile.train.seed, on_log=worker.log,
+                          checkpoint_every=profile.train.checkpoint_every)
+        if stats.resumed_from_step:
+            worker.log(f"dpo-{variant}: resumed from the Trainer checkpoint at step {stats.resumed_from_step}")
     manifest = {"kind": "dpo", "variant": variant, "base": str(sft_path), "inputs": inputs,
                 "config": {**cfg.model_dump(exclude={"variants"}), **v.model_dump()}, "rows": len(rows),
                 "problem_ids": [r["problem_id"] for r in rows],
@@ -134,7 +169,7 @@ def run_dpo(worker: Worker, variant: str) -> dict:
     path = _save(worker, f"dpo-{variant}", model, tokenizer, manifest)
     return {
         "path": str(path), "variant": variant, "device": device, "pairs": len(rows), "steps": stats.steps,
-        "truncated_pairs": stats.truncated_pairs, "masked_prefix_tokens": stats.masked_prefix_tokens,
+        "resumed_from_step": stats.resumed_from_step or 0, "truncated_pairs": stats.truncated_pairs, "masked_prefix_tokens": stats.masked_prefix_tokens,
         "train_seconds": round(stats.seconds, 1), "s_per_step": round(stats.s_per_step, 3),
         "final_loss": stats.losses[-1][1] if stats.losses else None, "rewards_accuracy": stats.rewards_accuracy,
         "loss_curve": _curve(stats.losses, f"DPO ({variant}) loss"),

@@ -12,10 +12,24 @@ from widen_dag.plots import length_distribution_png, markdown_image
 
 MODELS = sqlmodels.load_models()
 CHECKS = sqlmodels.load_checks(MODELS)
+# The cheap tail (tokenizing and SQL, seconds to minutes on a CPU) refreshes at most once per
+# cron tick, when any input (new trees, a new student tokenizer) changed since its last request.
+# Unlike on_cron it needs *any* dependency updated, not all (new trees alone must count), and
+# it remembers updates that land between ticks. The GPU stages never run eagerly.
+SQL_TAIL_CRON = "0 * * * *"
+_AC = dg.AutomationCondition
+_TICK = _AC.cron_tick_passed(SQL_TAIL_CRON)
+# Reset by the tail's own request, unless new input landed in that same evaluation (a reset
+# would otherwise win and forget it).
+_INPUTS_CHANGED = _AC.any_deps_updated().since(
+    (_AC.newly_requested() & ~_AC.any_deps_updated()) | _AC.initial_evaluation())
+SQL_TAIL_CONDITION = (
+    _TICK.since_last_handled() & _INPUTS_CHANGED & ~_AC.any_deps_in_progress()
+).with_label(f"hourly ({SQL_TAIL_CRON}) once any input changed")
 
 
 @dg.asset(group_name="datasets", kinds={"polars", "parquet"}, code_version="node_lengths-v1",
-          deps=["search_trees", "student_base"])
+          deps=["search_trees", "student_base"], automation_condition=SQL_TAIL_CONDITION)
 def node_lengths(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
     """Length of every tree node in the student's tokenizer (fast tokenizer, batched), joined
     by the SQL models: Thoughts Length Balance is measured in the tokens the student trains on."""
@@ -52,7 +66,8 @@ def _extra_metadata(name: str, df: pl.DataFrame) -> dict:
     name="dbt_like_sql",
     specs=[
         dg.AssetSpec(m.name, deps=list(m.deps), description=m.description, group_name="datasets",
-                     kinds={"duckdb", "sql", "parquet"}, code_version=m.code_version, skippable=True)
+                     kinds={"duckdb", "sql", "parquet"}, code_version=m.code_version, skippable=True,
+                     automation_condition=SQL_TAIL_CONDITION)
         for m in MODELS.values()
     ],
     check_specs=[dg.AssetCheckSpec(c.name, asset=c.model, description=c.description, blocking=c.blocking) for c in CHECKS],

@@ -40,8 +40,7 @@ def distill_checkpoint(context: dg.AssetExecutionContext, pipeline: PipelineReso
                        pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
     """The student SFT'd on distilled long CoT instead of on the trees (same SFT config): the
     bottleneck the paper starts from, one more row of the ablation table."""
-    return run_worker(context, pipeline, pipes_subprocess_client, "train", "distill",
-                      num_processes=pipeline.load_profile().train.num_processes)
+    return run_worker(context, pipeline, pipes_subprocess_client, "train", "distill")
 
 
 @dg.asset(group_name="evaluation", kinds={"pytorch", "parquet"}, code_version="eval_results-v1", pool="gpu",

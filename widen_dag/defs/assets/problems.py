@@ -7,7 +7,7 @@ import dagster as dg
 from widen_dag.defs.metadata import counts_markdown, table_metadata
 from widen_dag.defs.partitions import problem_shards
 from widen_dag.defs.resources import PipelineResource
-from widen_dag.domains.problems import RAW_SCHEMA, load_shard, parse_shard_key, stage_problems
+from widen_dag.domains.problems import RAW_SCHEMA, dataset_roles, load_partition, stage_problems
 
 
 @dg.asset(
@@ -18,14 +18,13 @@ from widen_dag.domains.problems import RAW_SCHEMA, load_shard, parse_shard_key, 
     backfill_policy=dg.BackfillPolicy.single_run(),
 )
 def raw_problems(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
-    """Problems of one dataset shard exactly as read from their source (a file, PlanBench,
-    the HF hub, or the embedded arithmetic generator). Unreadable rows are kept with a
-    `load_error` so that staging can quarantine them with a reason."""
+    """Problems of one shard exactly as read from their source (a file, PlanBench, the HF hub,
+    the embedded arithmetic generator, or one file dropped into the inbox). Unreadable rows
+    are kept with a `load_error` so that staging can quarantine them with a reason."""
     profile, lake = pipeline.load_profile(), pipeline.lake()
     frames = []
     for key in context.partition_keys:
-        dataset_name, index = parse_shard_key(key)
-        df = load_shard(profile.dataset(dataset_name), index, profile.seed)
+        df = load_partition(profile, key)
         written = lake.write_table("raw_problems", df, key)
         context.log.info(f"{key}: {df.height} rows -> {written.uri}")
         frames.append((df, written))
@@ -61,11 +60,11 @@ def raw_problems(context: dg.AssetExecutionContext, pipeline: PipelineResource) 
 def stg_problems(context: dg.AssetExecutionContext, pipeline: PipelineResource):
     """Normalise, deduplicate and split every raw shard written so far; quarantine bad rows."""
     profile, lake = pipeline.load_profile(), pipeline.lake()
-    keys = [k for k in problem_shards.get_partition_keys() if lake.has_table("raw_problems", k)]
+    keys = lake.partitions("raw_problems")  # every shard loaded so far, inbox files included
     if not keys:
         raise dg.Failure("stg_problems needs raw_problems: materialize at least one shard first")
     raw = pl.concat([lake.read_table("raw_problems", k) for k in keys], how="vertical_relaxed").cast(RAW_SCHEMA)  # type: ignore[arg-type]
-    staged, quarantine = stage_problems(raw, profile.problems, {d.name: d.role for d in profile.datasets})
+    staged, quarantine = stage_problems(raw, profile.problems, dataset_roles(profile))
     w_staged = lake.write_table("stg_problems", staged)
     w_quarantine = lake.write_table("problem_quarantine", quarantine)
     context.log.info(f"{staged.height} staged, {quarantine.height} quarantined from {len(keys)} shard(s)")

@@ -22,8 +22,7 @@ def sft_checkpoint(context: dg.AssetExecutionContext, pipeline: PipelineResource
     """The student after SFT (TRL SFTTrainer, loss on the assistant response only) on the
     longest correct path of each problem. An HF checkpoint (safetensors) in the lake with a
     manifest of the data versions it was trained on; metadata: loss curve, tokens/s, config."""
-    return run_worker(context, pipeline, pipes_subprocess_client, "train", "sft",
-                      num_processes=pipeline.load_profile().train.num_processes)
+    return run_worker(context, pipeline, pipes_subprocess_client, "train", "sft")
 
 
 @dg.asset(
@@ -41,5 +40,4 @@ def dpo_checkpoint(context: dg.AssetExecutionContext, pipeline: PipelineResource
     SFT model as reference: `dpo` (sigmoid DPO, default pairs), `balanced` (+ shortest-correct
     chosen), `cdpo` (+ label smoothing), `joint` (+ alpha x SFT term), `joint_masked` (+ the
     shared-prefix mask on both terms)."""
-    return run_worker(context, pipeline, pipes_subprocess_client, "train", "dpo", context.partition_key,
-                      num_processes=pipeline.load_profile().train.num_processes)
+    return run_worker(context, pipeline, pipes_subprocess_client, "train", "dpo", context.partition_key)

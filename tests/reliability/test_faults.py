@@ -1,0 +1,35 @@
+"""kill -9 at chosen points of search, the SQL layer, checkpoint publishing and training."""
+
+from __future__ import annotations
+
+from tests.reliability import faults
+
+
+def test_search_killed_five_times_reruns_to_the_uninterrupted_trees(tmp_path):
+    r = faults.search_kill9(tmp_path, kills=5)
+    assert r["all_killed_mid_run"] and r["published"]
+    assert r["trees_identical_to_uninterrupted"] and r["duplicate_node_ids"] == 0
+    counts = r["finished_trees_after_each_kill"]
+    assert counts == sorted(counts) and counts[-1] > 0 and r["tree_reuse_pct"] > 0  # finished trees are kept
+    assert r["leftover_temp_files"] == 0
+
+
+def test_sql_model_killed_mid_write_leaves_no_table_that_looks_complete(tmp_path):
+    r = faults.sql_kill9_mid_write(tmp_path)
+    assert r["killed"] and r["upstream_models_published"]
+    assert not r["partial_table_visible"]
+    assert all(name.startswith(".") for name in r["temporary_files_left"])  # hidden, never listed
+
+
+def test_checkpoint_killed_mid_save_is_not_published(tmp_path):
+    r = faults.checkpoint_kill9_mid_save(tmp_path)
+    assert r["killed"] and not r["checkpoint_visible"]
+    assert len(r["hidden_staging_left"]) == 1
+
+
+def test_training_killed_mid_run_resumes_from_its_last_trainer_checkpoint(tmp_path):
+    r = faults.training_kill9_and_resume(tmp_path, kill_at=5)
+    assert r["killed"] and r["runs_ok"], r["detail"]
+    assert r["resumed_from_step"] == 4  # checkpoints every 2 steps: 4 is the newest before step 5
+    assert r["steps_after_resume"][0] > 4
+    assert r["weights_equal_uninterrupted"]

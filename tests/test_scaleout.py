@@ -1,0 +1,130 @@
+"""Scale-out: worker commands, the Kubernetes profile's pod specs, and the k8s launch path."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import pytest
+
+from widen_dag import scaleout
+from widen_dag.defs.assets.environment import compute_environment
+from widen_dag.defs.resources import PipelineResource
+from widen_dag.profiles import ProfileError, load_profile, parse_profile
+
+K8S = "llama3_1_8b_planning_k8s"
+
+
+def test_multi_gpu_training_workers_run_under_accelerate_launch():
+    assert scaleout.worker_argv("train", "sft")[1:] == ["-m", "widen_dag.workers.train", "sft"]
+    cmd = scaleout.worker_argv("train", "dpo", "cdpo", num_processes=4, python="python")
+    assert cmd == ["python", "-m", "accelerate.commands.launch", "--num_processes", "4",
+                   "-m", "widen_dag.workers.train", "dpo", "cdpo"]
+
+
+def test_k8s_profile_extends_the_planning_profile_and_overrides_only_what_it_names():
+    base, k8s = load_profile("llama3_1_8b_planning"), load_profile(K8S)
+    assert base.runtime.kind == "local" and k8s.runtime.kind == "k8s"
+    assert k8s.datasets == base.datasets and k8s.train.sft == base.train.sft
+    assert (k8s.generation.tensor_parallel_size, k8s.generation.data_parallel_size) == (2, 2)
+    assert k8s.generation.max_model_len == base.generation.max_model_len  # merged, not replaced
+    assert k8s.runtime.k8s.lake_root.startswith("s3://")
+
+
+@pytest.mark.parametrize(("module", "gpus"), [("search", 4), ("evaluate", 4), ("train", 4), ("environment", 1), ("models", 0)])
+def test_pod_specs_ask_for_the_gpus_each_stage_uses(module, gpus):
+    profile = load_profile(K8S)
+    spec = scaleout.pod_spec(profile, module)
+    container = spec["containers"][0]
+    limits = container["resources"]["limits"]
+    assert limits.get("nvidia.com/gpu") == (str(gpus) if gpus else None)
+    assert ("nodeSelector" in spec) == bool(gpus) and ("tolerations" in spec) == bool(gpus)
+    assert spec["restartPolicy"] == "Never"
+    shm = next(v for v in spec["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"]["medium"] == "Memory" and {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+
+
+def test_secrets_reach_pods_only_as_secret_key_refs():
+    profile = load_profile(K8S)
+    env = scaleout.pod_spec(profile, "search")["containers"][0]["env"]
+    assert {e["name"] for e in env} == {"HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert all(set(e) == {"name", "valueFrom"} and "secretKeyRef" in e["valueFrom"] for e in env)
+    plain = scaleout.pod_env(profile)
+    assert plain == {"WIDEN_DAG_PROFILE": K8S, "WIDEN_DAG_LAKE": "s3://example-bucket/widen-dag/lake", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def test_dagster_k8s_builds_a_valid_pod_from_the_spec_and_command():
+    from dagster_k8s.pipes import build_pod_body
+
+    profile = load_profile(K8S)
+    command = scaleout.worker_argv("train", "sft", num_processes=scaleout.training_processes(profile, "train"), python="python")
+    pod = build_pod_body("widen-dag-train-sft", None, command, scaleout.pod_env(profile), None, scaleout.pod_spec(profile, "train"))
+    container = pod.spec.containers[0]
+    assert container.image == "ghcr.io/example/widen-dag:latest"
+    assert container.command[:5] == ["python", "-m", "accelerate.commands.launch", "--num_processes", "4"]
+    assert container.resources.limits["nvidia.com/gpu"] == "4"
+    assert pod.spec.node_selector == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert pod.spec.volumes[0].empty_dir.medium == "Memory"
+    env = {e.name: e for e in container.env}
+    assert env["WIDEN_DAG_LAKE"].value.startswith("s3://") and env["HF_TOKEN"].value_from.secret_key_ref.name == "hf-token"
+
+
+def test_a_k8s_profile_launches_workers_through_pipes_k8s_client(tmp_path, monkeypatch):
+    import dagster_k8s
+
+    calls = []
+
+    class RecordingK8sClient:
+        def run(self, **kwargs):
+            calls.append(kwargs)
+            raise RuntimeError("no cluster in tests")
+
+    monkeypatch.setattr(dagster_k8s, "PipesK8sClient", RecordingK8sClient)
+    res = {"pipeline": PipelineResource(profile=K8S, lake_root=str(tmp_path)), "pipes_subprocess_client": dg.PipesSubprocessClient()}
+    result = dg.materialize([compute_environment], resources=res, raise_on_error=False)
+    assert not result.success and len(calls) == 2  # the asset's retry policy ran it twice
+    call = calls[0]
+    assert call["namespace"] == "widen-dag" and call["command"] == ["python", "-m", "widen_dag.workers.environment"]
+    assert call["base_pod_spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert call["extras"] == {"profile": K8S, "lake_root": "s3://example-bucket/widen-dag/lake"}
+
+
+def _with_runtime(runtime: dict) -> dict:
+    return {"name": "x", "datasets": [{"name": "a", "domain": "arithmetic", "source": {"kind": "arithmetic"}}], "runtime": runtime}
+
+
+def test_k8s_runtime_errors_name_the_field():
+    with pytest.raises(ProfileError, match="needs a runtime.k8s section"):
+        parse_profile(_with_runtime({"kind": "k8s"}))
+    with pytest.raises(ProfileError, match=r"runtime.k8s.secret_env.*'<secret name>/<key>'"):
+        parse_profile(_with_runtime({"kind": "k8s", "k8s": {"image": "i", "lake_root": "s3://b", "secret_env": {"HF_TOKEN": "hf_abc"}}}))
+    with pytest.raises(ProfileError, match="runtime.k8s.lake_root"):
+        parse_profile(_with_runtime({"kind": "k8s", "k8s": {"image": "i", "lake_root": "/local/path"}}))
+
+
+def test_extends_cycles_are_refused(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(json.dumps({"extends": str(b), "name": "a"}))
+    b.write_text(json.dumps({"extends": str(a), "name": "b"}))
+    with pytest.raises(ProfileError, match="'extends' cycle"):
+        load_profile(str(a))
+
+
+def test_a_hung_worker_is_stopped_at_its_timeout_retried_and_reported(tmp_path):
+    profile = tmp_path / "hung.yaml"
+    profile.write_text("extends: tiny\nname: hung\nruntime: {worker_timeout_s: 1}\n")
+    res = {"pipeline": PipelineResource(profile=str(profile), lake_root=str(tmp_path / "lake")),
+           "pipes_subprocess_client": dg.PipesSubprocessClient()}
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([compute_environment], resources=res, instance=instance, raise_on_error=False)
+    assert not result.success
+    events = instance.all_logs(result.run_id)
+    assert sum(e.dagster_event is not None and e.dagster_event.event_type_value == "STEP_RESTARTED" for e in events) == 1
+    failure = next(e for e in events if e.dagster_event is not None and e.dagster_event.event_type_value == "STEP_FAILURE")
+    assert "ran past runtime.worker_timeout_s=1s and was stopped" in str(failure.dagster_event.event_specific_data.error)
+
+
+def test_worker_commands_run_under_a_timeout_and_pods_carry_a_deadline():
+    argv = scaleout.worker_argv("search", "s-000", timeout_s=3600, python="python")
+    assert argv == ["timeout", "--signal=TERM", "--kill-after=60", "3600", "python", "-m", "widen_dag.workers.search", "s-000"]
+    assert scaleout.pod_spec(load_profile(K8S), "search")["activeDeadlineSeconds"] == 48 * 3600

@@ -1,0 +1,102 @@
+"""Worker commands and Kubernetes pod specs for scale-out on existing engines.
+
+Knows nothing of Dagster: the Dagster layer (widen_dag.defs.workers) hands these to
+PipesSubprocessClient (local) or dagster-k8s's PipesK8sClient (``runtime.kind: k8s``).
+Multi-GPU work uses the engines' own mechanisms: vLLM tensor/data parallelism inside one
+generation pod, ``accelerate launch`` with one process per GPU for training.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from widen_dag.profiles import K8sConfig, Profile
+
+# Worker modules and the stage whose GPU count they need.
+_GENERATION_MODULES = {"search", "evaluate"}
+_TRAINING_MODULES = {"train"}
+
+
+TIMEOUT_EXIT_CODE = 124  # coreutils `timeout`: the command ran out of time
+
+
+def worker_argv(module: str, *args: str, num_processes: int = 1, python: str = sys.executable,
+                timeout_s: int | None = None) -> list[str]:
+    """``python -m widen_dag.workers.<module> args``; under ``accelerate launch`` for N > 1;
+    under coreutils ``timeout`` (TERM, then KILL a minute later) when ``timeout_s`` is given."""
+    target = ["-m", f"widen_dag.workers.{module}", *args]
+    if num_processes > 1:
+        argv = [python, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes), *target]
+    else:
+        argv = [python, *target]
+    if timeout_s is not None:
+        argv = ["timeout", "--signal=TERM", "--kill-after=60", str(timeout_s), *argv]
+    return argv
+
+
+def training_processes(profile: Profile, module: str) -> int:
+    return profile.train.num_processes if module in _TRAINING_MODULES else 1
+
+
+def gpus_for(profile: Profile, module: str) -> int:
+    """GPUs one worker of ``module`` needs: vLLM's tensor x data parallel size for generation,
+    one per training process, none for CPU-only bookkeeping workers."""
+    if module in _GENERATION_MODULES:
+        return profile.generation.tensor_parallel_size * profile.generation.data_parallel_size
+    if module in _TRAINING_MODULES:
+        return profile.train.num_processes
+    if module == "models":
+        # Real profiles only record the named model; the tiny bootstrap trains on one device.
+        return 0 if profile.models.policy.source != "bootstrap" else 1
+    return 1 if module == "environment" else 0
+
+
+def _secret_env(cfg: K8sConfig) -> list[dict[str, Any]]:
+    env = []
+    for name, ref in sorted(cfg.secret_env.items()):
+        secret, key = ref.split("/")
+        env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+    return env
+
+
+def pod_spec(profile: Profile, module: str) -> dict[str, Any]:
+    """The base pod spec (Kubernetes camelCase) for one worker of ``module``: resources with
+    GPU limits, a memory-backed /dev/shm, node selection, and secrets as env vars only."""
+    cfg = profile.runtime.k8s
+    if cfg is None:
+        raise ValueError(f"profile {profile.name!r} has no runtime.k8s section")
+    gpus = gpus_for(profile, module)
+    limits: dict[str, str] = {"cpu": cfg.cpu, "memory": cfg.memory}
+    if gpus:
+        limits[cfg.gpu_resource] = str(gpus)
+    container = {
+        "name": "worker",
+        "image": cfg.image,
+        "imagePullPolicy": cfg.image_pull_policy,
+        "resources": {"requests": dict(limits), "limits": limits},
+        "env": _secret_env(cfg),
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+        "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True},
+    }
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # a failed pod is retried by the asset's Dagster retry policy
+        "activeDeadlineSeconds": profile.runtime.worker_timeout_s,  # a hung worker is stopped
+        "containers": [container],
+        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": cfg.shm_size}}],
+    }
+    if cfg.service_account:
+        spec["serviceAccountName"] = cfg.service_account
+    if cfg.node_selector and gpus:
+        spec["nodeSelector"] = dict(cfg.node_selector)
+    if cfg.tolerations and gpus:
+        spec["tolerations"] = [dict(t) for t in cfg.tolerations]
+    return spec
+
+
+def pod_env(profile: Profile) -> dict[str, str]:
+    """Plain (non-secret) env of every worker pod: which profile and lake to use."""
+    cfg = profile.runtime.k8s
+    if cfg is None:
+        raise ValueError(f"profile {profile.name!r} has no runtime.k8s section")
+    return {"WIDEN_DAG_PROFILE": profile.name, "WIDEN_DAG_LAKE": cfg.lake_root, "TOKENIZERS_PARALLELISM": "false"}
