@@ -24,7 +24,3 @@ def register_profile_shards(instance: dg.DagsterInstance, profile: Profile) -> l
     if missing:
         instance.add_dynamic_partitions(PROBLEM_SHARDS, missing)
     return missing
-
-
-def registered_shards(instance: dg.DagsterInstance) -> list[str]:
-    return list(instance.get_dynamic_partitions(PROBLEM_SHARDS))
