@@ -69,3 +69,12 @@ def test_gpu_work_is_in_the_gpu_pool():
         node = graph.get(key)
         if "pytorch" in node.kinds or "vllm" in node.kinds:
             assert node.pools == {"gpu"}, key
+
+
+def test_every_worker_asset_has_a_retry_policy():
+    """A crashed or hung (timed-out) worker is retried by Dagster, never left silent."""
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        if "pytorch" in node.kinds or "vllm" in node.kinds:
+            assert defs.get_assets_def(key).op.retry_policy is not None, key
