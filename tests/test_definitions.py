@@ -63,18 +63,25 @@ def test_dagster_cli_validates_the_workspace():
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-def test_gpu_work_is_in_the_gpu_pool():
+def _worker_assets():
+    """(key, node) of every asset whose work runs in a torch/vLLM worker."""
     graph = defs.resolve_asset_graph()
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         if "pytorch" in node.kinds or "vllm" in node.kinds:
-            assert node.pools == {"gpu"}, key
+            yield key, node
+
+
+def test_gpu_work_is_in_the_gpu_pool():
+    workers = list(_worker_assets())
+    assert workers
+    for key, node in workers:
+        assert node.pools == {"gpu"}, key
 
 
 def test_every_worker_asset_has_a_retry_policy():
     """A crashed or hung (timed-out) worker is retried by Dagster, never left silent."""
-    graph = defs.resolve_asset_graph()
-    for key in graph.get_all_asset_keys():
-        node = graph.get(key)
-        if "pytorch" in node.kinds or "vllm" in node.kinds:
-            assert defs.get_assets_def(key).op.retry_policy is not None, key
+    workers = list(_worker_assets())
+    assert workers
+    for key, _ in workers:
+        assert defs.get_assets_def(key).op.retry_policy is not None, key

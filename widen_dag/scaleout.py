@@ -52,6 +52,12 @@ def gpus_for(profile: Profile, module: str) -> int:
     return 1 if module == "environment" else 0
 
 
+def k8s_settings(profile: Profile) -> K8sConfig:
+    if profile.runtime.k8s is None:
+        raise ValueError(f"profile {profile.name!r} has no runtime.k8s section")
+    return profile.runtime.k8s
+
+
 def _secret_env(cfg: K8sConfig) -> list[dict[str, Any]]:
     env = []
     for name, ref in sorted(cfg.secret_env.items()):
@@ -63,9 +69,7 @@ def _secret_env(cfg: K8sConfig) -> list[dict[str, Any]]:
 def pod_spec(profile: Profile, module: str) -> dict[str, Any]:
     """The base pod spec (Kubernetes camelCase) for one worker of ``module``: resources with
     GPU limits, a memory-backed /dev/shm, node selection, and secrets as env vars only."""
-    cfg = profile.runtime.k8s
-    if cfg is None:
-        raise ValueError(f"profile {profile.name!r} has no runtime.k8s section")
+    cfg = k8s_settings(profile)
     gpus = gpus_for(profile, module)
     limits: dict[str, str] = {"cpu": cfg.cpu, "memory": cfg.memory}
     if gpus:
@@ -96,7 +100,5 @@ def pod_spec(profile: Profile, module: str) -> dict[str, Any]:
 
 def pod_env(profile: Profile) -> dict[str, str]:
     """Plain (non-secret) env of every worker pod: which profile and lake to use."""
-    cfg = profile.runtime.k8s
-    if cfg is None:
-        raise ValueError(f"profile {profile.name!r} has no runtime.k8s section")
+    cfg = k8s_settings(profile)
     return {"WIDEN_DAG_PROFILE": profile.name, "WIDEN_DAG_LAKE": cfg.lake_root, "TOKENIZERS_PARALLELISM": "false"}

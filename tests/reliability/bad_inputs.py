@@ -19,6 +19,7 @@ from pathlib import Path
 import polars as pl
 
 from widen_dag.domains import blocksworld, math as math_domain
+from widen_dag.domains.base import Verdict
 from widen_dag.domains.problems import ProblemSourceError, load_shard, stage_problems
 from widen_dag.llm.base import GenerationConfigError
 from widen_dag.llm.loading import resolve_model_path
@@ -74,19 +75,17 @@ def _file_case(name: str, contains: str, lines: list[bytes], expect: str = "quar
 
 
 # ---- verifiers and model outputs ------------------------------------------------------------
-def _timed(fn: Callable[[], str]) -> Outcome:
-    start = time.perf_counter()
-    detail = fn()
-    return Outcome("handled", detail, time.perf_counter() - start)
+def _verdict(verify: Callable[[], Verdict]) -> Callable[[Path], Outcome]:
+    """A verifier call as a case: its verdict as text, and how long it took."""
+    def run(_: Path) -> Outcome:
+        start = time.perf_counter()
+        v = verify()
+        return Outcome("handled", f"correct={v.correct} no_answer={v.no_answer} detail={v.detail}", time.perf_counter() - start)
+    return run
 
 
 def _math_verdict(response: str, gold: str = "5") -> Callable[[Path], Outcome]:
-    def run(_: Path) -> Outcome:
-        def go() -> str:
-            v = math_domain.verify(response, gold)
-            return f"correct={v.correct} no_answer={v.no_answer} detail={v.detail}"
-        return _timed(go)
-    return run
+    return _verdict(lambda: math_domain.verify(response, gold))
 
 
 STATEMENT = ("As initial conditions I have that, the red block is clear, the hand is empty, the red block is on top of "
@@ -94,10 +93,7 @@ STATEMENT = ("As initial conditions I have that, the red block is clear, the han
 
 
 def _plan_verdict(response: str) -> Callable[[Path], Outcome]:
-    def run(_: Path) -> Outcome:
-        return _timed(lambda: (lambda v: f"correct={v.correct} no_answer={v.no_answer} detail={v.detail}")(
-            blocksworld.verify(response, "(unstack red blue)", STATEMENT)))
-    return run
+    return _verdict(lambda: blocksworld.verify(response, "(unstack red blue)", STATEMENT))
 
 
 def _raises(fn: Callable[[Path], object]) -> Callable[[Path], Outcome]:
@@ -133,6 +129,11 @@ def _sql(text: str) -> Callable[[Path], object]:
         (tmp / "sql" / "bad_model.sql").write_text(text)
         return load_models(tmp / "sql")
     return go
+
+
+def _csv_file(tmp: Path) -> object:
+    (tmp / "p.csv").write_text("q,a\n")
+    return load_shard(DatasetConfig(name="x", domain="math", source=FileSource(path=str(tmp / "p.csv"))), 0, 0)
 
 
 def _pickle_checkpoint(tmp: Path) -> object:
@@ -176,9 +177,7 @@ CASES: list[Case] = [
          lambda tmp: _stage(tmp, parquet=pl.DataFrame({"question": ["What is 2 + 3?"]}))),
     Case("problem file missing", "rejected", "does not exist",
          _raises(lambda tmp: load_shard(DatasetConfig(name="x", domain="math", source=FileSource(path=str(tmp / "nope.jsonl"))), 0, 0))),
-    Case("problem file of another format", "rejected", "expected .jsonl or .parquet",
-         _raises(lambda tmp: (tmp / "p.csv").write_text("q,a\n") and load_shard(
-             DatasetConfig(name="x", domain="math", source=FileSource(path=str(tmp / "p.csv"))), 0, 0))),
+    Case("problem file of another format", "rejected", "expected .jsonl or .parquet", _raises(_csv_file)),
     # verifiers and model outputs
     Case("LaTeX bomb in a model answer", "handled", "correct=False", _math_verdict("\\boxed{" + "\\frac{1}{" * 5000 + "}" * 5000 + "}")),
     Case("power tower in a model answer", "handled", "correct=False", _math_verdict("\\boxed{9^{9^{9^{9^{9^{9}}}}}}")),

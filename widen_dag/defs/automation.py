@@ -12,7 +12,7 @@ from widen_dag.defs.assets.datasets import SQL_TAIL_CONDITION
 from widen_dag.defs.jobs import dpo_variants_job, inbox_search_job, retrain_job
 from widen_dag.defs.partitions import PROBLEM_SHARDS, missing_profile_shards
 from widen_dag.defs.resources import PipelineResource
-from widen_dag.domains.problems import inbox_files, inbox_key
+from widen_dag.domains.problems import inbox_files
 
 RETRAIN_CRON = "0 3 * * 1"  # Mondays 03:00
 # What the SFT checkpoint is trained on; a retrain is due when any of their versions moved.
@@ -39,8 +39,8 @@ def problem_inbox(context: dg.SensorEvaluationContext, pipeline: PipelineResourc
         context.log.warning(f"inbox {folder}: {reason}; file skipped")
     known = set(context.instance.get_dynamic_partitions(PROBLEM_SHARDS))
     new_keys, requests, cursor = [], [], dict(seen)
-    for path in files:
-        key, fingerprint = inbox_key(path.name), _fingerprint(path.stat())
+    for key, path in files:
+        fingerprint = _fingerprint(path.stat())
         if seen.get(path.name) == fingerprint:
             continue
         cursor[path.name] = fingerprint

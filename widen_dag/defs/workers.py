@@ -8,6 +8,7 @@ import dagster as dg
 from dagster._core.errors import DagsterPipesExecutionError  # not re-exported at top level in 1.13
 from widen_dag import scaleout
 from widen_dag.defs.resources import PipelineResource
+from widen_dag.profiles import Profile
 
 
 def run_worker(context: dg.AssetExecutionContext, pipeline: PipelineResource, client: dg.PipesSubprocessClient,
@@ -15,7 +16,7 @@ def run_worker(context: dg.AssetExecutionContext, pipeline: PipelineResource, cl
     profile = pipeline.load_profile()
     processes = scaleout.training_processes(profile, module)
     if profile.runtime.kind == "k8s":
-        return run_worker_pod(context, pipeline, module, *args)
+        return run_worker_pod(context, profile, module, *args, num_processes=processes)
     timeout = profile.runtime.worker_timeout_s
     try:
         return client.run(
@@ -31,19 +32,18 @@ def run_worker(context: dg.AssetExecutionContext, pipeline: PipelineResource, cl
         raise
 
 
-def run_worker_pod(context: dg.AssetExecutionContext, pipeline: PipelineResource, module: str, *args: str) -> dg.MaterializeResult:
+def run_worker_pod(context: dg.AssetExecutionContext, profile: Profile, module: str, *args: str,
+                   num_processes: int) -> dg.MaterializeResult:
     try:
         from dagster_k8s import PipesK8sClient
     except ImportError as err:  # the k8s extra is optional for local users
         raise dg.Failure("runtime.kind 'k8s' needs dagster-k8s: pip install 'widen-dag[k8s]'") from err
-    profile = pipeline.load_profile()
-    cfg = profile.runtime.k8s
-    assert cfg is not None  # RuntimeConfig guarantees it for kind k8s
+    cfg = scaleout.k8s_settings(profile)
     context.log.info(f"{module}: pod in namespace {cfg.namespace} with {scaleout.gpus_for(profile, module)} GPU(s)")
     return PipesK8sClient().run(
         context=context,
         namespace=cfg.namespace,
-        command=scaleout.worker_argv(module, *args, num_processes=scaleout.training_processes(profile, module), python="python"),
+        command=scaleout.worker_argv(module, *args, num_processes=num_processes, python="python"),
         base_pod_spec=scaleout.pod_spec(profile, module),
         env=scaleout.pod_env(profile),
         extras={"profile": profile.name, "lake_root": cfg.lake_root},

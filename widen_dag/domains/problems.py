@@ -73,8 +73,8 @@ def inbox_key(filename: str) -> str:
     return INBOX_KEY_PREFIX + filename
 
 
-def inbox_files(folder: Path) -> tuple[list[Path], list[str]]:
-    """(finished problem files in the inbox by name, names refused with the reason).
+def inbox_files(folder: Path) -> tuple[list[tuple[str, Path]], list[str]]:
+    """([(partition key, file)] of the finished problem files, by name; names refused with the reason).
 
     Hidden files (a writer's temporary name before its rename) and other suffixes are
     not problem files and are neither taken nor refused."""
@@ -85,8 +85,7 @@ def inbox_files(folder: Path) -> tuple[list[Path], list[str]]:
         if not p.is_file() or p.suffix not in INBOX_SUFFIXES or p.name.startswith("."):
             continue
         try:
-            inbox_key(p.name)
-            taken.append(p)
+            taken.append((inbox_key(p.name), p))
         except ValueError as err:
             refused.append(str(err))
     return taken, refused

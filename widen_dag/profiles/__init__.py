@@ -358,8 +358,6 @@ class Profile(_Strict):
         return [f"{d.name}-{i:03d}" for d in self.datasets for i in range(d.shards)]
 
     def dataset(self, name: str) -> DatasetConfig:
-        if name == INBOX_DATASET:
-            raise ProfileError("inbox files are loaded by file name (widen_dag.domains.problems.load_partition)")
         for d in self.datasets:
             if d.name == name:
                 return d

@@ -39,23 +39,27 @@ def _slip(result: int, rng: random.Random) -> int:
     return wrong if wrong >= 0 and wrong != result else result + 1
 
 
+def _thought(node_type: str, body: str, rng: random.Random) -> str:
+    """One tagged thought: the type's prefill phrase (drawn from ``rng``), then ``body``."""
+    return wrap(node_type, f"{choose_prefill(node_type, rng)} {body}")
+
+
 def tagged_solution(p: ArithmeticProblem, rng: random.Random, error_rate: float) -> str:
     """A solution in the search's node format; with probability ``error_rate`` one step
     is computed wrong, caught by a double-check, and redone after a reflection."""
     slip_at = rng.randrange(len(p.steps)) if rng.random() < error_rate else -1
-    parts = [wrap("sub_task", f"{choose_prefill('sub_task', rng)} {_plan(p)}")]
+    parts = [_thought("sub_task", _plan(p), rng)]
     for i, s in enumerate(p.steps):
         if i == slip_at:
             wrong = _slip(s.result, rng)
-            parts.append(wrap("thinking", f"{choose_prefill('thinking', rng)} {s.left} {s.op} {s.right} = {wrong}"))
-            parts.append(wrap("double_check", f"{choose_prefill('double_check', rng)} {s.left} {s.op} {s.right} = {s.result}, not {wrong}."))
+            parts.append(_thought("thinking", f"{s.left} {s.op} {s.right} = {wrong}", rng))
+            parts.append(_thought("double_check", f"{s.left} {s.op} {s.right} = {s.result}, not {wrong}.", rng))
             parts.append(wrap("reflection", REFLECTION_TEXT))
-            parts.append(wrap("thinking_from_scratch", f"{choose_prefill('thinking_from_scratch', rng)} {s.equation()}"))
+            parts.append(_thought("thinking_from_scratch", s.equation(), rng))
         else:
-            parts.append(wrap("thinking", f"{choose_prefill('thinking', rng)} {s.equation()}"))
-    last = p.steps[-1]
-    parts.append(wrap("double_check", f"{choose_prefill('double_check', rng)} {last.equation()}"))
-    parts.append(wrap("answer", f"{choose_prefill('answer', rng)} \\boxed{{{p.gold}}}"))
+            parts.append(_thought("thinking", s.equation(), rng))
+    parts.append(_thought("double_check", p.steps[-1].equation(), rng))
+    parts.append(_thought("answer", f"\\boxed{{{p.gold}}}", rng))
     return "".join(parts)
 
 
@@ -68,9 +72,9 @@ def direct_solution(p: ArithmeticProblem, rng: random.Random) -> str:
     """A tagged solution with no double-check, slip or reflection: the student base knows the
     thought format (like an instruct model knows step-by-step answers) but not the
     self-checking habits the trees teach."""
-    parts = [wrap("sub_task", f"{choose_prefill('sub_task', rng)} {_plan(p)}")]
-    parts += [wrap("thinking", f"{choose_prefill('thinking', rng)} {s.equation()}") for s in p.steps]
-    parts.append(wrap("answer", f"{choose_prefill('answer', rng)} \\boxed{{{p.gold}}}"))
+    parts = [_thought("sub_task", _plan(p), rng)]
+    parts += [_thought("thinking", s.equation(), rng) for s in p.steps]
+    parts.append(_thought("answer", f"\\boxed{{{p.gold}}}", rng))
     return "".join(parts)
 
 
