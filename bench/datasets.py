@@ -3,8 +3,9 @@
     .venv/bin/python bench/datasets.py [--nodes 1000000]
 
 Runs the SQL models (tree_paths, sft_dataset, preference_pairs) over DuckDB, and a plain-
-Python implementation of the same rules on the same node table, and prints JSON with
-`nodes`, `seconds` (SQL), `python_seconds`, `speedup_vs_python` and `outputs_match`.
+Python implementation of the same rules on the same node table; both produce the same three
+tables (every column, same row order) and write them to a lake. Prints JSON with `nodes`,
+`seconds` (SQL), `python_seconds`, `speedup_vs_python` and `outputs_match` (whole tables equal).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from collections import defaultdict
 
 import polars as pl
+import pyarrow as pa
 
 from widen_dag.lake import Lake
 from widen_dag.search.store import NODE_SCHEMA
@@ -65,10 +67,43 @@ def synthetic_nodes(n_nodes: int, seed: int = 0) -> tuple[pl.DataFrame, pl.DataF
     return nodes, staged
 
 
-def python_reference(nodes: pl.DataFrame, staged: pl.DataFrame) -> dict[str, pl.DataFrame]:
-    """The same rules as the SQL models, in plain Python loops."""
+MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+PATH_SCHEMA = {"problem_id": pl.String, "tree_id": pl.String, "path_id": pl.String, "node_ids": pl.List(pl.String),
+               "node_idx": pl.List(pl.Int32), "path_text": pl.String, "correct": pl.Boolean, "no_answer": pl.Boolean,
+               "depth": pl.Int64, "tokens": pl.Int32, "chars": pl.Int32, "cum_tokens": pl.List(pl.Int32),
+               "cum_chars": pl.List(pl.Int32)}
+SFT_SCHEMA = {"problem_id": pl.String, "tree_id": pl.String, "path_id": pl.String, "node_ids": pl.List(pl.String),
+              "messages": MESSAGES, "tokens": pl.Int32, "depth": pl.Int64, "selection": pl.String}
+PAIR_SCHEMA = {"pairing": pl.String, "problem_id": pl.String, "tree_id": pl.String, "prompt": MESSAGES,
+               "chosen": MESSAGES, "rejected": MESSAGES, "chosen_path_id": pl.String, "chosen_node_ids": pl.List(pl.String),
+               "rejected_path_id": pl.String, "rejected_node_ids": pl.List(pl.String), "chosen_tokens": pl.Int32,
+               "rejected_tokens": pl.Int32, "rejected_no_answer": pl.Boolean, "common_prefix_nodes": pl.Int64,
+               "common_prefix_tokens": pl.Int32, "common_prefix_chars": pl.Int32}
+
+
+def _frame(rows: list[dict], schema: dict) -> pl.DataFrame:
+    # column by column through Arrow's C++ converter: building nested columns from Python
+    # objects row by row in Polars costs more than all the rules above
+    empty = pl.DataFrame(schema=schema).to_arrow().schema
+    table = pa.Table.from_pydict({k: [r[k] for r in rows] for k in schema}, schema=empty)
+    return pl.from_arrow(table)
+
+
+def _shared_prefix(a: list, b: list) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def python_reference(nodes: pl.DataFrame, lengths: pl.DataFrame, staged: pl.DataFrame, lake: Lake) -> dict[str, pl.DataFrame]:
+    """The same rules as the SQL models (tree_paths, sft_dataset with 'longest', preference_pairs),
+    in plain Python loops, producing the same tables and writing them to ``lake``."""
+    student = dict(zip(lengths["node_id"], lengths["student_tokens"], strict=True))
     by_id = {r["node_id"]: r for r in nodes.iter_rows(named=True)}
-    prompt = dict(zip(staged["problem_id"], staged["prompt"], strict=True))
+    problems = {r["problem_id"]: r for r in staged.iter_rows(named=True)}
     paths = []
     for r in by_id.values():
         if not r["is_terminal"]:
@@ -81,45 +116,54 @@ def python_reference(nodes: pl.DataFrame, staged: pl.DataFrame) -> dict[str, pl.
         chain.reverse()
         cum_t, cum_c = [0], [0]
         for n in chain[1:]:
-            cum_t.append(cum_t[-1] + n["n_tokens"])
+            tokens = student.get(n["node_id"])
+            cum_t.append(cum_t[-1] + (n["n_tokens"] if tokens is None else tokens))
             cum_c.append(cum_c[-1] + len(n["text"]))
-        paths.append({"problem_id": r["problem_id"], "path_id": r["node_id"], "node_ids": [n["node_id"] for n in chain],
+        node_ids = [n["node_id"] for n in chain]
+        paths.append({"problem_id": r["problem_id"], "tree_id": r["tree_id"], "path_id": r["node_id"], "node_ids": node_ids,
+                      "node_idx": [int(i.rsplit("/", 1)[1]) for i in node_ids],
                       "path_text": "".join(n["text"] for n in chain),
                       "correct": r["node_type"] == "answer" and r["reward"] == 1.0, "no_answer": bool(r["no_answer"]),
-                      "tokens": cum_t[-1], "chars": cum_c[-1], "cum_tokens": cum_t, "cum_chars": cum_c})
+                      "depth": len(chain) - 1, "tokens": cum_t[-1], "chars": cum_c[-1], "cum_tokens": cum_t, "cum_chars": cum_c})
+    paths.sort(key=lambda p: p["path_id"])
     by_problem: dict[str, list[dict]] = defaultdict(list)
     for p in paths:
         by_problem[p["problem_id"]].append(p)
     sft, pairs = [], []
     for pid, ps in by_problem.items():
         correct = [p for p in ps if p["correct"]]
-        wrong = [p for p in ps if not p["correct"]]
-        if not correct:
+        if not correct or problems[pid]["split"] != "train":
             continue
+        prompt = problems[pid]["prompt"]
         longest = min(correct, key=lambda p: (-p["tokens"], p["path_id"]))
-        sft.append({"problem_id": pid, "path_id": longest["path_id"], "tokens": longest["tokens"]})
+        sft.append({"problem_id": pid, "tree_id": longest["tree_id"], "path_id": longest["path_id"],
+                    "node_ids": longest["node_ids"],
+                    "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": longest["path_text"]}],
+                    "tokens": longest["tokens"], "depth": longest["depth"], "selection": "longest"})
         chosen = {"balanced": min(correct, key=lambda p: (p["tokens"], p["path_id"])),
                   "default": min(correct, key=lambda p: (hashlib.md5(p["path_id"].encode()).hexdigest(), p["path_id"]))}
         for pairing, c in chosen.items():
+            wrong = [p for p in ps if not p["correct"] and p["tree_id"] == c["tree_id"]]
             if not wrong:
                 continue
-            ids = set(c["node_ids"])
-            scored = [(sum(1 for i in w["node_ids"] if i in ids), w["tokens"], w["path_id"], w) for w in wrong]
-            shared, _, _, w = min(scored, key=lambda s: s[:3])
-            pairs.append({"pairing": pairing, "problem_id": pid, "chosen_path_id": c["path_id"], "rejected_path_id": w["path_id"],
-                          "common_prefix_tokens": c["cum_tokens"][shared - 1], "common_prefix_chars": c["cum_chars"][shared - 1],
-                          "prompt_text": prompt[pid]})
-    return {"tree_paths": pl.DataFrame(paths), "sft_dataset": pl.DataFrame(sft), "preference_pairs": pl.DataFrame(pairs)}
-
-
-def _canon(name: str, df: pl.DataFrame) -> pl.DataFrame:
-    if name == "tree_paths":
-        cols = ["path_id", "problem_id", "node_ids", "path_text", "correct", "no_answer", "tokens", "chars"]
-        return df.select(cols).with_columns(pl.col("tokens", "chars").cast(pl.Int64)).sort("path_id")
-    if name == "sft_dataset":
-        return df.select("problem_id", "path_id", pl.col("tokens").cast(pl.Int64)).sort("problem_id")
-    cols = ["pairing", "problem_id", "chosen_path_id", "rejected_path_id", "common_prefix_tokens", "common_prefix_chars"]
-    return df.select(cols).with_columns(pl.col("common_prefix_tokens", "common_prefix_chars").cast(pl.Int64)).sort("pairing", "problem_id")
+            shared, _, _, w = min(((_shared_prefix(c["node_ids"], w["node_ids"]), w["tokens"], w["path_id"], w) for w in wrong),
+                                  key=lambda s: s[:3])
+            pairs.append({"pairing": pairing, "problem_id": pid, "tree_id": c["tree_id"],
+                          "prompt": [{"role": "user", "content": prompt}],
+                          "chosen": [{"role": "assistant", "content": c["path_text"]}],
+                          "rejected": [{"role": "assistant", "content": w["path_text"]}],
+                          "chosen_path_id": c["path_id"], "chosen_node_ids": c["node_ids"],
+                          "rejected_path_id": w["path_id"], "rejected_node_ids": w["node_ids"],
+                          "chosen_tokens": c["tokens"], "rejected_tokens": w["tokens"], "rejected_no_answer": w["no_answer"],
+                          "common_prefix_nodes": shared - 1, "common_prefix_tokens": c["cum_tokens"][shared - 1],
+                          "common_prefix_chars": c["cum_chars"][shared - 1]})
+    sft.sort(key=lambda r: (r["problem_id"], r["path_id"]))
+    pairs.sort(key=lambda r: (r["pairing"], r["problem_id"]))
+    out = {"tree_paths": _frame(paths, PATH_SCHEMA), "sft_dataset": _frame(sft, SFT_SCHEMA),
+           "preference_pairs": _frame(pairs, PAIR_SCHEMA)}
+    for name, df in out.items():
+        lake.write_table(name, df)
+    return out
 
 
 def main() -> int:
@@ -127,20 +171,22 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=1_000_000)
     args = ap.parse_args()
     nodes, staged = synthetic_nodes(args.nodes)
-    with tempfile.TemporaryDirectory() as tmp:
-        lake = Lake(tmp)
+    lengths = nodes.select("node_id", pl.col("n_tokens").alias("student_tokens"))
+    with tempfile.TemporaryDirectory() as sql_tmp, tempfile.TemporaryDirectory() as py_tmp:
+        lake = Lake(sql_tmp)
         lake.write_table("search_trees", nodes, "synthetic-000")
-        lake.write_table("node_lengths", nodes.select("node_id", pl.col("n_tokens").alias("student_tokens")))
+        lake.write_table("node_lengths", lengths)
         lake.write_table("stg_problems", staged)
         models = load_models()
         start = time.perf_counter()
         sql = {name: df for name, df, _ in run_models(lake, models, ["tree_paths", "sft_dataset", "preference_pairs"],
                                                        {"sft_selection": "longest"})}
         seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    ref = python_reference(nodes, staged)
-    py_seconds = time.perf_counter() - start
-    match = {name: _canon(name, sql[name]).equals(_canon(name, ref[name])) for name in ref}
+        start = time.perf_counter()
+        ref = python_reference(nodes, lengths, staged, Lake(py_tmp))
+        py_seconds = time.perf_counter() - start
+    # whole tables, every column and row order: the SQL and the loops give the same files
+    match = {name: sql[name].equals(ref[name]) for name in ref}
     print(json.dumps({
         "nodes": nodes.height, "trees": staged.height, "paths": sql["tree_paths"].height,
         "sft_rows": sql["sft_dataset"].height, "pairs": sql["preference_pairs"].height,

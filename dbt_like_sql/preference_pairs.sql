@@ -1,8 +1,8 @@
 -- Preference pairs (SPEC section 2). chosen: the shortest correct path of a problem
 -- (pairing = 'balanced', Thoughts Length Balance) or a correct path picked by a content hash,
 -- regardless of length (pairing = 'default', for the plain-DPO ablation row). rejected: the
--- incorrect path (wrong or no answer) sharing the shortest common prefix with the chosen one,
--- ties broken by the shortest. The shared prefix is recorded in nodes, tokens and characters.
+-- incorrect path (wrong or no answer) of the same search tree sharing the shortest common prefix
+-- with the chosen one, ties broken by the shortest. The shared prefix is recorded in nodes, tokens and characters.
 -- Problems without an incorrect path give no pair. Columns follow TRL: prompt, chosen, rejected.
 WITH correct AS (
     -- ids and lengths only: texts are joined once, for the winning pairs
@@ -21,16 +21,28 @@ chosen AS (
     JOIN tree_paths AS t ON t.path_id = p.path_id
 ),
 wrong AS (
-    SELECT problem_id, path_id, node_idx, tokens FROM tree_paths WHERE NOT correct
+    SELECT tree_id, path_id, node_idx, tokens FROM tree_paths WHERE NOT correct
+),
+candidates AS (
+    -- The rejected path comes from the chosen one's tree. Two root paths of a tree agree on a
+    -- prefix and differ at every position after it, so counting equal positions gives the
+    -- shared prefix (several times cheaper than a set intersection).
+    SELECT c.pairing, c.problem_id, w.path_id, w.tokens,
+           CAST(list_sum(list_transform(list_zip(c.node_idx, w.node_idx), lambda p: CAST(p[1] = p[2] AS INTEGER))) AS BIGINT) AS shared
+    FROM chosen AS c
+    JOIN wrong AS w ON w.tree_id = c.tree_id
 ),
 best AS (
-    -- In a tree, shared nodes of two root paths form a prefix of both.
-    SELECT c.pairing, c.problem_id,
-           arg_min(w.path_id, (len(list_intersect(c.node_idx, w.node_idx)), w.tokens, w.path_id)) AS rejected_path_id,
-           min(len(list_intersect(c.node_idx, w.node_idx))) AS shared_nodes
-    FROM chosen AS c
-    JOIN wrong AS w ON w.problem_id = c.problem_id
-    GROUP BY c.pairing, c.problem_id
+    SELECT pairing, problem_id,
+           arg_min(path_id, (shared, tokens, path_id)) AS rejected_path_id,
+           min(shared) AS shared_nodes
+    FROM candidates
+    GROUP BY pairing, problem_id
+),
+texts AS MATERIALIZED (
+    -- one pass over the path texts, for the chosen and rejected paths only
+    SELECT path_id, path_text, node_ids, tokens, no_answer FROM tree_paths
+    WHERE path_id IN (SELECT path_id FROM chosen UNION SELECT rejected_path_id FROM best)
 )
 SELECT
     b.pairing,
@@ -52,7 +64,7 @@ SELECT
 FROM best AS b
 JOIN chosen AS c ON c.pairing = b.pairing AND c.problem_id = b.problem_id
 JOIN stg_problems AS s ON s.problem_id = b.problem_id
-JOIN tree_paths AS ct ON ct.path_id = c.path_id
-JOIN tree_paths AS rt ON rt.path_id = b.rejected_path_id
+JOIN texts AS ct ON ct.path_id = c.path_id
+JOIN texts AS rt ON rt.path_id = b.rejected_path_id
 WHERE s.split = 'train'
 ORDER BY b.pairing, b.problem_id

@@ -4,8 +4,8 @@
 -- the path's tagged thoughts), with provenance: problem, tree and node ids.
 WITH ranked AS (
     SELECT t.*,
-           row_number() OVER (PARTITION BY t.problem_id ORDER BY t.tokens DESC, t.path_id) AS longest_rank,
-           row_number() OVER (PARTITION BY t.problem_id ORDER BY t.tokens ASC, t.path_id) AS shortest_rank
+           row_number() OVER (PARTITION BY t.problem_id
+                              ORDER BY CASE WHEN $sft_selection = 'shortest' THEN t.tokens ELSE -t.tokens END, t.path_id) AS pick_rank
     FROM tree_paths AS t
     WHERE t.correct
 )
@@ -21,9 +21,5 @@ SELECT
 FROM ranked AS r
 JOIN stg_problems AS s ON s.problem_id = r.problem_id
 WHERE s.split = 'train'
-  AND CASE $sft_selection
-        WHEN 'longest' THEN r.longest_rank = 1
-        WHEN 'shortest' THEN r.shortest_rank = 1
-        ELSE true
-      END
+  AND ($sft_selection = 'all_correct' OR r.pick_rank = 1)
 ORDER BY r.problem_id, r.path_id

@@ -62,6 +62,23 @@ def test_cte_named_like_a_table_is_not_a_dependency(tmp_path):
     assert sqlmodels.load_models(tmp_path)["a"].deps == ("search_trees",)
 
 
+
+def test_a_failing_model_still_lands_the_models_computed_before_it(tmp_path):
+    sql_dir = tmp_path / "sql"
+    _write(sql_dir, "a", "SELECT * FROM src")
+    _write(sql_dir, "b", "SELECT CAST(name AS INTEGER) AS n FROM a")  # fails at run time, not at parse
+    lake = Lake(str(tmp_path / "lake"))
+    lake.write_table("src", pl.DataFrame({"name": ["x", "y"]}))
+    lake.write_table("a", pl.DataFrame({"name": ["stale"]}))  # an older version of a, replaced by this run
+    models = sqlmodels.load_models(sql_dir)
+    landed = []
+    with pytest.raises(Exception, match="Conversion Error"):
+        for name, df, written in sqlmodels.run_models(lake, models, ["a", "b"]):
+            landed.append((name, df.height, written.rows))
+    assert landed == [("a", 2, 2)]
+    assert lake.read_table("a")["name"].to_list() == ["x", "y"]
+
+
 # ---- the rules on hand-built trees --------------------------------------------------------
 def _node(tree, idx, parent, ntype, tokens, *, reward=None, terminal=False, no_answer=False):
     return {"tree_id": tree, "problem_id": tree.split("-")[0], "node_id": f"{tree}/{idx}",
@@ -186,3 +203,20 @@ def test_dagster_multi_asset_materializes_a_subset_with_its_checks(small_lake):
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks == {"preference_pairs__distinct_nonempty": True, "preference_pairs__labels": True,
                       "preference_pairs__no_eval_problems": True}
+
+
+def test_the_rejected_path_comes_from_the_chosen_paths_tree(tmp_path):
+    # P6 was searched twice (two trees). Node numbers restart per tree, so a problem-wide
+    # comparison would see s1's wrong answer as sharing the sub_task of s0's chosen path.
+    extra = [_node("P6-s0", 0, None, "root", 0), _node("P6-s0", 1, 0, "sub_task", 10),
+             _node("P6-s0", 2, 1, "answer", 5, reward=1.0, terminal=True), _node("P6-s0", 3, 1, "answer", 9, reward=0.0, terminal=True),
+             _node("P6-s1", 0, None, "root", 0), _node("P6-s1", 1, 0, "answer", 2, reward=0.0, terminal=True)]
+    lake = build_small_lake(tmp_path)
+    lake.write_table("search_trees", pl.DataFrame(extra, schema=NODE_SCHEMA), "hand-001")
+    nodes = lake.read_all("search_trees")
+    lake.write_table("node_lengths", nodes.select("node_id", pl.col("n_tokens").alias("student_tokens")))
+    stg = lake.read_table("stg_problems")
+    lake.write_table("stg_problems", pl.concat([stg, stg.head(1).with_columns(problem_id=pl.lit("P6"), prompt=pl.lit("solve P6"))]))
+    pairs = _run(lake)["preference_pairs"].filter(pl.col("problem_id") == "P6")
+    assert pairs["rejected_path_id"].to_list() == ["P6-s0/3", "P6-s0/3"]  # balanced and default
+    assert pairs["common_prefix_nodes"].to_list() == [1, 1] and pairs["tree_id"].to_list() == ["P6-s0", "P6-s0"]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import duckdb
@@ -149,17 +150,36 @@ def _bind(sql: str, params: dict[str, Any]) -> str:
 def run_models(lake: Lake, models: dict[str, SqlModel], selected: list[str], params: dict[str, Any] | None = None,
                con: duckdb.DuckDBPyConnection | None = None) -> Iterator[tuple[str, pl.DataFrame, Written]]:
     """Run ``selected`` in dependency order over one connection, writing each to the lake
-    as soon as it is computed; yields (name, result, where it was written)."""
+    as soon as it is computed; yields (name, result, where it was written).
+
+    A model's Parquet is written on a background thread while the next model computes; it is
+    yielded once its file is in place (also when a later model fails)."""
     con = con or lake.connect()
     params = params or {}
-    for name in order(models, selected):
-        missing = [d for d in models[name].deps if d not in selected and not _has_relation(con, d)]
-        if missing:
-            raise SqlModelError(f"{name}: reads {', '.join(missing)}, which has not been materialized")
-        df = con.sql(_bind(models[name].sql, params)).pl()
-        written = lake.write_table(name, df)
-        ddl(con, lake.view_sql(name))  # downstream models in this run read the new version
-        yield name, df, written
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake-writer") as writer:
+        pending: tuple[str, pl.DataFrame, Future[Written]] | None = None
+        for name in order(models, selected):
+            try:
+                df = _compute(con, models[name], selected, params)
+            finally:
+                if pending is not None:  # what was computed before a failure still lands
+                    yield pending[0], pending[1], pending[2].result()
+                    pending = None
+            pending = (name, df, writer.submit(lake.write_table, name, df))
+        if pending is not None:
+            yield pending[0], pending[1], pending[2].result()
+
+
+def _compute(con: duckdb.DuckDBPyConnection, model: SqlModel, selected: list[str], params: dict[str, Any]) -> pl.DataFrame:
+    missing = [d for d in model.deps if d not in selected and not _has_relation(con, d)]
+    if missing:
+        raise SqlModelError(f"{model.name}: reads {', '.join(missing)}, which has not been materialized")
+    result = con.sql(_bind(model.sql, params)).to_arrow_table()
+    # Downstream models and checks in this run scan the result in memory (plain Arrow strings
+    # scan as fast as a native table) instead of decoding the Parquet being written.
+    con.register(f"_model_{model.name}", result)
+    ddl(con, f'CREATE OR REPLACE TEMP VIEW "{model.name}" AS SELECT * FROM "_model_{model.name}"')
+    return pl.from_arrow(result)
 
 
 def run_check(con: duckdb.DuckDBPyConnection, check: SqlCheck, params: dict[str, Any] | None = None) -> pl.DataFrame:
