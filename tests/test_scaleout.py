@@ -110,7 +110,10 @@ def test_extends_cycles_are_refused(tmp_path):
         load_profile(str(a))
 
 
-def test_a_hung_worker_is_stopped_at_its_timeout_retried_and_reported(tmp_path):
+@pytest.mark.parametrize("exit_code_in_message", [True, False], ids=["exit-code", "clock-only"])
+def test_a_hung_worker_is_stopped_at_its_timeout_retried_and_reported(tmp_path, monkeypatch, exit_code_in_message):
+    if not exit_code_in_message:  # a Dagster that words its error differently: the clock still tells
+        monkeypatch.setattr(scaleout, "TIMEOUT_EXIT_CODE", 99999)
     profile = tmp_path / "hung.yaml"
     profile.write_text("extends: tiny\nname: hung\nruntime: {worker_timeout_s: 1}\n")
     res = {"pipeline": PipelineResource(profile=str(profile), lake_root=str(tmp_path / "lake")),

@@ -4,6 +4,8 @@
 through dagster-k8s's PipesK8sClient, with the pod spec from widen_dag.scaleout.
 """
 
+import time
+
 import dagster as dg
 from dagster._core.errors import DagsterPipesExecutionError  # not re-exported at top level in 1.13
 from widen_dag import scaleout
@@ -18,6 +20,7 @@ def run_worker(context: dg.AssetExecutionContext, pipeline: PipelineResource, cl
     if profile.runtime.kind == "k8s":
         return run_worker_pod(context, profile, module, *args, num_processes=processes)
     timeout = profile.runtime.worker_timeout_s
+    started = time.monotonic()
     try:
         return client.run(
             command=scaleout.worker_argv(module, *args, num_processes=processes, timeout_s=timeout),
@@ -25,7 +28,9 @@ def run_worker(context: dg.AssetExecutionContext, pipeline: PipelineResource, cl
             extras=pipeline.worker_extras(),
         ).get_materialize_result()
     except DagsterPipesExecutionError as err:
-        if f"code {scaleout.TIMEOUT_EXIT_CODE}" in str(err):
+        # `timeout` only stops a worker once its time is up, so the clock alone recognises a hung
+        # worker; the exit code in Dagster's message is a second sign, not the only one.
+        if time.monotonic() - started >= timeout or f"code {scaleout.TIMEOUT_EXIT_CODE}" in str(err):
             # A hung worker: say so in the UI, and let the asset's retry policy run it again.
             raise dg.Failure(f"the {module} worker ran past runtime.worker_timeout_s={timeout}s and was stopped",
                              allow_retries=True) from err
