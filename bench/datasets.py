@@ -98,9 +98,10 @@ def _shared_prefix(a: list, b: list) -> int:
     return n
 
 
-def python_reference(nodes: pl.DataFrame, lengths: pl.DataFrame, staged: pl.DataFrame, lake: Lake) -> dict[str, pl.DataFrame]:
+def python_reference(source: Lake, lake: Lake) -> dict[str, pl.DataFrame]:
     """The same rules as the SQL models (tree_paths, sft_dataset with 'longest', preference_pairs),
-    in plain Python loops, producing the same tables and writing them to ``lake``."""
+    in plain Python loops: reads the same input tables, writes the same tables to ``lake``."""
+    nodes, lengths, staged = (source.read_all(name) for name in ("search_trees", "node_lengths", "stg_problems"))
     student = dict(zip(lengths["node_id"], lengths["student_tokens"], strict=True))
     by_id = {r["node_id"]: r for r in nodes.iter_rows(named=True)}
     problems = {r["problem_id"]: r for r in staged.iter_rows(named=True)}
@@ -179,18 +180,19 @@ def main() -> int:
         lake.write_table("stg_problems", staged)
         models = load_models()
         start = time.perf_counter()
-        sql = {name: df for name, df, _ in run_models(lake, models, ["tree_paths", "sft_dataset", "preference_pairs"],
-                                                       {"sft_selection": "longest"})}
+        runs = list(run_models(lake, models, ["tree_paths", "sft_dataset", "preference_pairs"], {"sft_selection": "longest"}))
         seconds = time.perf_counter() - start
+        sql = {run.name: run.df for run in runs}
         start = time.perf_counter()
-        ref = python_reference(nodes, lengths, staged, Lake(py_tmp))
+        ref = python_reference(lake, Lake(py_tmp))
         py_seconds = time.perf_counter() - start
     # whole tables, every column and row order: the SQL and the loops give the same files
     match = {name: sql[name].equals(ref[name]) for name in ref}
     print(json.dumps({
         "nodes": nodes.height, "trees": staged.height, "paths": sql["tree_paths"].height,
         "sft_rows": sql["sft_dataset"].height, "pairs": sql["preference_pairs"].height,
-        "seconds": round(seconds, 2), "python_seconds": round(py_seconds, 2),
+        "seconds": round(seconds, 2), "query_seconds": {run.name: round(run.seconds, 2) for run in runs},
+        "python_seconds": round(py_seconds, 2),
         "speedup_vs_python": round(py_seconds / seconds, 2), "outputs_match": all(match.values()), "match_by_model": match,
     }, indent=2))
     return 0 if all(match.values()) else 1

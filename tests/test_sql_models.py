@@ -73,8 +73,8 @@ def test_a_failing_model_still_lands_the_models_computed_before_it(tmp_path):
     models = sqlmodels.load_models(sql_dir)
     landed = []
     with pytest.raises(Exception, match="Conversion Error"):
-        for name, df, written in sqlmodels.run_models(lake, models, ["a", "b"]):
-            landed.append((name, df.height, written.rows))
+        for run in sqlmodels.run_models(lake, models, ["a", "b"]):
+            landed.append((run.name, run.df.height, run.written.rows))
     assert landed == [("a", 2, 2)]
     assert lake.read_table("a")["name"].to_list() == ["x", "y"]
 
@@ -128,7 +128,7 @@ def build_small_lake(tmp_path) -> Lake:
 
 def _run(lake, selection="longest"):
     models = sqlmodels.load_models()
-    return {n: df for n, df, _ in sqlmodels.run_models(lake, models, list(models), {"sft_selection": selection})}
+    return {run.name: run.df for run in sqlmodels.run_models(lake, models, list(models), {"sft_selection": selection})}
 
 
 def test_tree_paths_rebuild_every_root_to_terminal_path(small_lake):

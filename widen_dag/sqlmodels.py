@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 import polars as pl
@@ -147,27 +149,42 @@ def _bind(sql: str, params: dict[str, Any]) -> str:
     return re.sub(r"\$([a-z_]+)", sub, sql)
 
 
-def run_models(lake: Lake, models: dict[str, SqlModel], selected: list[str], params: dict[str, Any] | None = None,
-               con: duckdb.DuckDBPyConnection | None = None) -> Iterator[tuple[str, pl.DataFrame, Written]]:
-    """Run ``selected`` in dependency order over one connection, writing each to the lake
-    as soon as it is computed; yields (name, result, where it was written).
+class ModelRun(NamedTuple):
+    name: str
+    df: pl.DataFrame
+    written: Written
+    seconds: float  # the query and its hand-over to Polars, not the write
 
-    A model's Parquet is written on a background thread while the next model computes; it is
-    yielded once its file is in place (also when a later model fails)."""
+
+def run_models(lake: Lake, models: dict[str, SqlModel], selected: list[str], params: dict[str, Any] | None = None,
+               con: duckdb.DuckDBPyConnection | None = None) -> Iterator[ModelRun]:
+    """Run ``selected`` in dependency order over one connection, writing each to the lake
+    as soon as it is computed; yields a ModelRun (name, result, where it was written, seconds).
+
+    Parquet files are written on a background thread, in order, while later models compute; a
+    model is yielded once its file is in place, also when a later model fails."""
     con = con or lake.connect()
     params = params or {}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake-writer") as writer:
-        pending: tuple[str, pl.DataFrame, Future[Written]] | None = None
-        for name in order(models, selected):
-            try:
+        pending: deque[tuple[str, pl.DataFrame, Future[Written], float]] = deque()
+
+        def landed(wait: bool) -> Iterator[ModelRun]:
+            while pending and (wait or pending[0][2].done()):
+                name, df, written, seconds = pending.popleft()
+                yield ModelRun(name, df, written.result(), seconds)
+
+        try:
+            for name in order(models, selected):
+                started = time.perf_counter()
                 df = _compute(con, models[name], selected, params)
-            finally:
-                if pending is not None:  # what was computed before a failure still lands
-                    yield pending[0], pending[1], pending[2].result()
-                    pending = None
-            pending = (name, df, writer.submit(lake.write_table, name, df))
-        if pending is not None:
-            yield pending[0], pending[1], pending[2].result()
+                pending.append((name, df, writer.submit(lake.write_table, name, df), time.perf_counter() - started))
+                yield from landed(wait=False)
+        except GeneratorExit:  # the caller stopped listening; the writer still finishes its files
+            raise
+        except BaseException:
+            yield from landed(wait=True)  # what was computed before the failure still lands, reported
+            raise
+        yield from landed(wait=True)
 
 
 def _compute(con: duckdb.DuckDBPyConnection, model: SqlModel, selected: list[str], params: dict[str, Any]) -> pl.DataFrame:

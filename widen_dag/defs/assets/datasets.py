@@ -81,9 +81,10 @@ def dbt_like_sql(context: dg.AssetExecutionContext, pipeline: PipelineResource):
     params = {"sft_selection": profile.data.sft_selection}
     con = lake.connect()
     selected_checks = {k.name for k in context.selected_asset_check_keys}
-    for name, df, written in sqlmodels.run_models(lake, MODELS, selected, params, con):
-        context.log.info(f"{name}: {df.height} rows -> {written.uri}")
-        yield dg.MaterializeResult(asset_key=name, metadata={**table_metadata(df, written), **_extra_metadata(name, df)},
+    for name, df, written, seconds in sqlmodels.run_models(lake, MODELS, selected, params, con):
+        context.log.info(f"{name}: {df.height} rows in {seconds:.2f} s -> {written.uri}")
+        timing = {"query_seconds": round(seconds, 3), "rows_per_s": round(df.height / max(seconds, 1e-6))}
+        yield dg.MaterializeResult(asset_key=name, metadata={**table_metadata(df, written), **timing, **_extra_metadata(name, df)},
                                    data_version=dg.DataVersion(written.sha256))
         for check in CHECKS:
             if check.model != name or check.name not in selected_checks:
