@@ -198,8 +198,10 @@ def test_dagster_multi_asset_materializes_a_subset_with_its_checks(small_lake):
     res = {"pipeline": PipelineResource(profile="tiny", lake_root=small_lake.root)}
     result = dg.materialize([dbt_like_sql], resources=res, selection=["tree_paths", "preference_pairs"])
     assert result.success
-    keys = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert keys == {"tree_paths", "preference_pairs"}
+    events = {e.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
+    assert set(events) == {"tree_paths", "preference_pairs"}
+    meta = events["tree_paths"].metadata
+    assert meta["dagster/row_count"].value == 11 and meta["query_seconds"].value > 0 and meta["rows_per_s"].value > 0
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks == {"preference_pairs__distinct_nonempty": True, "preference_pairs__labels": True,
                       "preference_pairs__no_eval_problems": True}
