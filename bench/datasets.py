@@ -3,9 +3,10 @@
     .venv/bin/python bench/datasets.py [--nodes 1000000]
 
 Runs the SQL models (tree_paths, sft_dataset, preference_pairs) over DuckDB, and a plain-
-Python implementation of the same rules on the same node table; both produce the same three
+Python implementation of the same rules; both read the same lake tables, produce the same three
 tables (every column, same row order) and write them to a lake. Prints JSON with `nodes`,
-`seconds` (SQL), `python_seconds`, `speedup_vs_python` and `outputs_match` (whole tables equal).
+`seconds` (SQL, with `query_seconds` per model), `python_seconds`, `speedup_vs_python` and
+`outputs_match` (whole tables equal).
 """
 
 from __future__ import annotations
