@@ -35,6 +35,19 @@ def test_pipes_worker_round_trip_reports_metadata_and_logs(tmp_path):
     assert any(m.startswith("compute environment: {") for m in messages)  # the worker's log, relayed
 
 
+
+def test_a_yaml_profile_named_in_the_environment_reaches_the_worker(tmp_path, monkeypatch):
+    # A user's own profile file, given as a relative path through $WIDEN_DAG_PROFILE: the worker
+    # must load that file, not look for a built-in profile called by its name.
+    (tmp_path / "mine.yaml").write_text("extends: tiny\nname: my-own-profile\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WIDEN_DAG_PROFILE", "mine.yaml")
+    pipeline = PipelineResource(lake_root=str(tmp_path / "lake"))
+    assert pipeline.worker_extras()["profile"] == str(tmp_path / "mine.yaml")
+    result = dg.materialize([compute_environment], instance=dg.DagsterInstance.ephemeral(),
+                            resources={"pipeline": pipeline, "pipes_subprocess_client": dg.PipesSubprocessClient()})
+    assert result.success
+
 def test_problem_assets_write_the_lake_and_report_counts(tmp_path):
     res = _resources(tmp_path)
     instance = dg.DagsterInstance.ephemeral()
