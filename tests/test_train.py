@@ -9,7 +9,8 @@ import torch
 
 from widen_dag.domains import arithmetic
 from widen_dag.train import bootstrap
-from widen_dag.train.dpo import PairDataError, PrefixMaskCollator, common_prefix_length, dpo_config, train_dpo, validate_pairs
+from widen_dag.train.dpo import (PairDataError, PrefixMaskCollator, common_prefix_length, dpo_config, dpo_loss_terms,
+                                 train_dpo, validate_pairs)
 from widen_dag.train.sft import train_sft
 
 
@@ -33,7 +34,7 @@ def _pairs(n=4):
             for i in range(n)]
 
 
-def _loss(model_dir, tok, losses, weights, prefix_mask: bool, tmp_path):
+def _loss(model_dir, tok, losses, weights, prefix_mask: bool, tmp_path, label_smoothing: float = 0.0):
     import datasets
     from transformers import AutoModelForCausalLM
     from trl import DPOTrainer
@@ -47,7 +48,7 @@ def _loss(model_dir, tok, losses, weights, prefix_mask: bool, tmp_path):
             p.add_(0.02 * torch.randn_like(p))
     cfg = dpo_config(str(tmp_path), beta=0.1, learning_rate=1e-3, batch_size=4, max_length=256, label_smoothing=0.0,
                      sft_weight=0.0, steps=1, warmup_ratio=0.0, device="cpu", seed=0, log_every=1)
-    cfg.loss_type, cfg.loss_weights = losses, weights
+    cfg.loss_type, cfg.loss_weights, cfg.label_smoothing = losses, weights, label_smoothing
     collator_cls = PrefixMaskCollator if prefix_mask else DataCollatorForPreference
     collator = collator_cls(pad_token_id=tok.pad_token_id, max_length=256, truncation_mode="keep_start")
     rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in _pairs()]
@@ -86,6 +87,37 @@ def test_prefix_mask_changes_the_sft_term_by_exactly_the_masked_tokens(tiny, tmp
     assert masked == pytest.approx(float(-logps[kept_mask].mean()), abs=1e-5)
     assert masked != pytest.approx(plain, abs=1e-4)
 
+
+
+def _summed_logps(model, batch):
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logps = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0]
+    return (logps * batch["completion_mask"][:, 1:]).sum(-1)
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.25])
+def test_cdpo_is_the_conservative_loss_and_differs_from_plain_dpo(tiny, tmp_path, eps):
+    from transformers import AutoModelForCausalLM
+
+    path, tok = tiny
+    plain, *_ = _loss(path, tok, ["sigmoid"], None, False, tmp_path)
+    types, weights = dpo_loss_terms(eps, 0.0)
+    cdpo, _, batch, model = _loss(path, tok, types, weights, False, tmp_path, label_smoothing=eps)
+    ref = AutoModelForCausalLM.from_pretrained(path)
+    policy, reference = _summed_logps(model, batch), _summed_logps(ref, batch)
+    n = len(policy) // 2
+    x = 0.1 * ((policy[:n] - reference[:n]) - (policy[n:] - reference[n:]))  # beta * margin
+    expected = (-(1 - eps) * torch.nn.functional.logsigmoid(x) - eps * torch.nn.functional.logsigmoid(-x)).mean()
+    assert cdpo == pytest.approx(float(expected), abs=1e-5)
+    assert plain == pytest.approx(float(-torch.nn.functional.logsigmoid(x).mean()), abs=1e-5)
+    assert cdpo != pytest.approx(plain, abs=1e-4)
+
+
+def test_loss_terms_add_the_sft_term_with_its_weight():
+    assert dpo_loss_terms(0.0, 0.0) == (["sigmoid"], [1.0])
+    assert dpo_loss_terms(0.0, 1.0) == (["sigmoid", "sft"], [1.0, 1.0])
+    assert dpo_loss_terms(0.1, 1.0) == (["sigmoid", "robust", "sft"], [1.8, -0.8, 1.0])
 
 def test_bad_pairs_fail_before_training_with_the_row():
     with pytest.raises(PairDataError, match="empty"):

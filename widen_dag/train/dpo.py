@@ -1,7 +1,9 @@
 """Fine-grained DPO (SPEC.md section 3) on TRL's DPOTrainer.
 
 A variant is configuration only:
-* cDPO is TRL's ``label_smoothing`` on the sigmoid loss: ``-(1-eps) log s(h) - eps log s(-h)``;
+* cDPO, ``-(1-eps) log s(h) - eps log s(-h)``, is built from TRL's losses: TRL 1.16's "sigmoid"
+  loss ignores ``label_smoothing`` (its cDPO branch is gone), so ``cdpo_loss_terms`` combines
+  "sigmoid" and "robust" (which does use it) into exactly that formula;
 * the joint objective is TRL's loss list ``["sigmoid", "sft"]`` with ``loss_weights=[1, alpha]``;
 * prefix masking needs per-pair label masks, which TRL lacks: ``PrefixMaskCollator`` drops the
   tokens that chosen and rejected share at the start of their completions from the loss
@@ -87,6 +89,21 @@ def validate_pairs(rows: list[dict[str, Any]]) -> None:
             raise PairDataError(f"pair {i} ({r.get('problem_id', '?')}): chosen and rejected are identical")
 
 
+def dpo_loss_terms(label_smoothing: float, sft_weight: float) -> tuple[list[str], list[float]]:
+    """TRL loss types and weights for DPO with conservative label smoothing eps and an SFT term.
+
+    With x = beta * margin, TRL's robust loss is ``(-(1-eps) log s(x) + eps log s(-x)) / (1-2eps)
+    = -log s(x) - eps x / (1-2eps)`` and cDPO is ``-log s(x) + eps x`` (log s(-x) = log s(x) - x),
+    so cDPO = (2-2eps) * sigmoid - (1-2eps) * robust, exactly."""
+    if label_smoothing > 0:
+        types, weights = ["sigmoid", "robust"], [2 - 2 * label_smoothing, -(1 - 2 * label_smoothing)]
+    else:
+        types, weights = ["sigmoid"], [1.0]
+    if sft_weight > 0:
+        types, weights = [*types, "sft"], [*weights, sft_weight]
+    return types, weights
+
+
 def dpo_config(output_dir: str, *, beta: float, learning_rate: float, batch_size: int, max_length: int,
                label_smoothing: float, sft_weight: float, steps: int, warmup_ratio: float, device: str, seed: int,
                log_every: int, checkpoint_every: int = 0):
@@ -94,7 +111,7 @@ def dpo_config(output_dir: str, *, beta: float, learning_rate: float, batch_size
 
     from widen_dag.train.sft import trainer_defaults
 
-    losses = ["sigmoid", "sft"] if sft_weight > 0 else ["sigmoid"]
+    losses, weights = dpo_loss_terms(label_smoothing, sft_weight)
     return DPOConfig(
         output_dir=output_dir,
         beta=beta,
@@ -107,7 +124,7 @@ def dpo_config(output_dir: str, *, beta: float, learning_rate: float, batch_size
         lr_scheduler_type="cosine",
         label_smoothing=label_smoothing,
         loss_type=losses,
-        loss_weights=[1.0, sft_weight] if sft_weight > 0 else None,
+        loss_weights=weights,
         **trainer_defaults(device, seed, log_every, checkpoint_every),
     )
 
