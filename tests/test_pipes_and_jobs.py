@@ -103,6 +103,7 @@ def test_demo_command_runs_every_shard_into_a_persistent_dagster_home(tmp_path):
     assert (report["n"] >= 200).all()  # the held-out set is large enough for the comparison
     accuracy = dict(zip(report["variant"], report["accuracy"], strict=True))
     assert accuracy["sft"] - accuracy["base"] >= 0.05, accuracy  # SFT on the trees beats the student base
+    assert accuracy["joint_masked"] - accuracy["dpo"] >= 0.03, accuracy  # the full method recovers what plain DPO loses
     assert "Ablation (the paper's Table 5 layout)" in res.stdout and "| +mask |" in res.stdout
     # Lineage from a trained checkpoint back to its pairs, tree nodes and problem.
     traced = subprocess.run([str(cli), "trace", "dpo-joint_masked", "--json"], capture_output=True, text=True, cwd=REPO,
