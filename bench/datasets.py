@@ -91,6 +91,8 @@ def _frame(rows: list[dict], schema: dict) -> pl.DataFrame:
 
 
 def _shared_prefix(a: list, b: list) -> int:
+    # widen_dag.train.dpo.common_prefix_length's twin: importing it pulls in TRL, which imports
+    # HF `datasets`, which this file's own name shadows when run as bench/datasets.py
     n = 0
     for x, y in zip(a, b):
         if x != y:

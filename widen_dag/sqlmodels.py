@@ -16,12 +16,12 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from dataclasses import dataclass, field
-from graphlib import CycleError, TopologicalSorter
-from pathlib import Path
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import duckdb

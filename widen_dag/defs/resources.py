@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import dagster as dg
 from pydantic import Field
 
 from widen_dag.lake import Lake, default_lake_root
-from widen_dag.profiles import DEFAULT_PROFILE, PROFILE_ENV, Profile, load_profile
+from widen_dag.profiles import Profile, load_profile, profile_ref
 
 
 class PipelineResource(dg.ConfigurableResource):
@@ -18,13 +15,8 @@ class PipelineResource(dg.ConfigurableResource):
     profile: str = Field(default="", description="Profile name or YAML path; empty = $WIDEN_DAG_PROFILE or 'tiny'.")
     lake_root: str = Field(default="", description="Lake root URI; empty = $WIDEN_DAG_LAKE or ./lake.")
 
-    def profile_ref(self) -> str:
-        """The profile as given (name, or YAML path made absolute), for processes started elsewhere."""
-        ref = self.profile or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
-        return str(Path(ref).resolve()) if ref.endswith((".yaml", ".yml")) else ref
-
     def load_profile(self) -> Profile:
-        return load_profile(self.profile_ref())
+        return load_profile(self.profile or None)
 
     def lake(self) -> Lake:
         return Lake(self.lake_root or default_lake_root())
@@ -32,4 +24,4 @@ class PipelineResource(dg.ConfigurableResource):
     def worker_extras(self) -> dict[str, str]:
         """What a Pipes worker needs to find the same profile and lake."""
         # the reference, not profile.name: a YAML profile outside the package is found by its path
-        return {"profile": self.profile_ref(), "lake_root": self.lake().root}
+        return {"profile": profile_ref(self.profile or None), "lake_root": self.lake().root}

@@ -414,7 +414,14 @@ def _profile_data(ref: str, seen: tuple[str, ...] = ()) -> tuple[dict, Path]:
     return data, path
 
 
+def profile_ref(name_or_path: str | None = None) -> str:
+    """Which profile is meant: the argument, else ``$WIDEN_DAG_PROFILE``, else ``tiny``; a YAML
+    path is made absolute, so another process (a Pipes worker) finds the same file."""
+    ref = name_or_path or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
+    return str(Path(ref).resolve()) if ref.endswith((".yaml", ".yml")) else ref
+
+
 def load_profile(name_or_path: str | None = None) -> Profile:
     """Load a profile by name (``tiny``), by YAML path, or from ``$WIDEN_DAG_PROFILE``."""
-    data, path = _profile_data(name_or_path or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE)
+    data, path = _profile_data(profile_ref(name_or_path))
     return parse_profile(data, str(path))

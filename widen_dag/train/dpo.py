@@ -2,9 +2,9 @@
 
 A variant is configuration only:
 * cDPO, ``-(1-eps) log s(h) - eps log s(-h)``, is built from TRL's losses: TRL 1.16's "sigmoid"
-  loss ignores ``label_smoothing`` (its cDPO branch is gone), so ``cdpo_loss_terms`` combines
+  loss ignores ``label_smoothing`` (its cDPO branch is gone), so ``dpo_loss_terms`` combines
   "sigmoid" and "robust" (which does use it) into exactly that formula;
-* the joint objective is TRL's loss list ``["sigmoid", "sft"]`` with ``loss_weights=[1, alpha]``;
+* the joint objective adds TRL's "sft" loss to that list with weight alpha;
 * prefix masking needs per-pair label masks, which TRL lacks: ``PrefixMaskCollator`` drops the
   tokens that chosen and rejected share at the start of their completions from the loss
   mask of both sequences, for policy and reference alike. With summed log-probs the shared
@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 
-def common_prefix_length(a: list[int], b: list[int]) -> int:
+def common_prefix_length(a: Sequence[Any], b: Sequence[Any]) -> int:
     n = 0
     for x, y in zip(a, b, strict=False):
         if x != y:
