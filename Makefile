@@ -40,7 +40,7 @@ ui: install
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 bench: install
-	$(VENV)/bin/python bench/datasets.py
+	$(VENV)/bin/python bench/data_products.py
 
 clean:
 	rm -rf lake .dagster_home

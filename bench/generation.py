@@ -8,12 +8,6 @@ Prints JSON: backends.<name>.tok_per_s_b{1,16,128} and backends.vllm.prefix_cach
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# bench/datasets.py would shadow the HF `datasets` package for scripts run from this folder.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import argparse
 import json
 import sys

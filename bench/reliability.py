@@ -11,20 +11,17 @@ by hand.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-# bench/datasets.py would shadow the HF `datasets` package for scripts run from this folder.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(REPO))  # the fault routines and the corpus live under tests/
-
 import argparse
 import collections
 import json
 import re
+import sys
 import tempfile
 import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the fault routines and the corpus live under tests/
 
 BEGIN, END = "<!-- reliability:begin -->", "<!-- reliability:end -->"
 

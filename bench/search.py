@@ -10,12 +10,6 @@ and nodes_per_s of the lock-step run.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# bench/datasets.py would shadow the HF `datasets` package for scripts run from this folder.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import argparse
 import json
 import sys

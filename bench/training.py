@@ -8,12 +8,6 @@ label smoothing, shared-prefix mask; batch and max_length from the tiny profile)
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# bench/datasets.py would shadow the HF `datasets` package for scripts run from this folder.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import argparse
 import json
 import random

@@ -4,7 +4,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from widen_dag.lake import Lake, LakeError
+from widen_dag.storage.lake import Lake, LakeError
 
 
 def _frame(n=3):
@@ -54,10 +54,9 @@ def test_crash_mid_write_leaves_nothing_visible_and_keeps_the_old_file(tmp_path,
 
 def test_staged_dir_publishes_only_on_success(tmp_path):
     lake = Lake(str(tmp_path))
-    with pytest.raises(RuntimeError):
-        with lake.staged_dir("checkpoints", "sft") as d:
-            (d / "model.safetensors").write_bytes(b"half")
-            raise RuntimeError("killed mid-save")
+    with pytest.raises(RuntimeError), lake.staged_dir("checkpoints", "sft") as d:
+        (d / "model.safetensors").write_bytes(b"half")
+        raise RuntimeError("killed mid-save")
     assert not (tmp_path / "checkpoints" / "sft").exists()
     assert list((tmp_path / "checkpoints").iterdir()) == []
     with lake.staged_dir("checkpoints", "sft") as d:

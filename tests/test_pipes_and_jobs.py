@@ -13,8 +13,8 @@ from widen_dag.defs.assets.environment import compute_environment
 from widen_dag.defs.assets.problems import raw_problems, stg_problems
 from widen_dag.defs.partitions import register_profile_shards
 from widen_dag.defs.resources import PipelineResource
-from widen_dag.lake import Lake
-from widen_dag.profiles import load_profile
+from widen_dag.profiles import load_profile, profile_from_json
+from widen_dag.storage.lake import Lake
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,8 @@ def test_a_yaml_profile_named_in_the_environment_reaches_the_worker(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WIDEN_DAG_PROFILE", "mine.yaml")
     pipeline = PipelineResource(lake_root=str(tmp_path / "lake"))
-    assert pipeline.worker_extras()["profile"] == str(tmp_path / "mine.yaml")
+    extras = pipeline.worker_extras(pipeline.load_profile())
+    assert profile_from_json(extras["profile_json"]).name == "my-own-profile"
     result = dg.materialize([compute_environment], instance=dg.DagsterInstance.ephemeral(),
                             resources={"pipeline": pipeline, "pipes_subprocess_client": dg.PipesSubprocessClient()})
     assert result.success

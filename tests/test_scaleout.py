@@ -7,10 +7,10 @@ import json
 import dagster as dg
 import pytest
 
-from widen_dag import scaleout
 from widen_dag.defs.assets.environment import compute_environment
 from widen_dag.defs.resources import PipelineResource
-from widen_dag.profiles import ProfileError, load_profile, parse_profile
+from widen_dag.launch import scaleout
+from widen_dag.profiles import ProfileError, load_profile, parse_profile, profile_from_json
 
 K8S = "llama3_1_8b_planning_k8s"
 
@@ -86,7 +86,9 @@ def test_a_k8s_profile_launches_workers_through_pipes_k8s_client(tmp_path, monke
     call = calls[0]
     assert call["namespace"] == "widen-dag" and call["command"] == ["python", "-m", "widen_dag.workers.environment"]
     assert call["base_pod_spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert call["extras"] == {"profile": K8S, "lake_root": "s3://example-bucket/widen-dag/lake"}
+    # the pod gets the resolved profile itself: a YAML file on this machine would not exist there
+    assert profile_from_json(call["extras"]["profile_json"]) == load_profile(K8S)
+    assert call["extras"]["lake_root"] == "s3://example-bucket/widen-dag/lake"
 
 
 def _with_runtime(runtime: dict) -> dict:

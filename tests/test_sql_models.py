@@ -6,9 +6,9 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from widen_dag import sqlmodels
-from widen_dag.lake import Lake
+from widen_dag.datasets import sql as sqlmodels
 from widen_dag.search.store import NODE_SCHEMA
+from widen_dag.storage.lake import Lake
 
 
 # ---- the layer ----------------------------------------------------------------------------

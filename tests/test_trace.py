@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_sql_models import _run, build_small_lake
-from widen_dag.trace import TraceError, render, trace_checkpoint, trace_pair
+from widen_dag.lineage.trace import TraceError, render, trace_checkpoint, trace_pair
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,8 @@ import torch
 
 from widen_dag.domains import arithmetic
 from widen_dag.train import bootstrap
-from widen_dag.train.dpo import (PairDataError, PrefixMaskCollator, common_prefix_length, dpo_config, dpo_loss_terms,
-                                 train_dpo, validate_pairs)
+from widen_dag.train.dpo import PrefixMaskCollator, dpo_config, train_dpo
+from widen_dag.train.preference import PairDataError, common_prefix_length, dpo_loss_terms, validate_pairs
 from widen_dag.train.sft import train_sft
 
 

@@ -60,7 +60,7 @@ def _evaluation_job():
 
 def print_ablation_table() -> None:
     from widen_dag.evaluate import report
-    from widen_dag.lake import Lake, default_lake_root
+    from widen_dag.storage.lake import Lake, default_lake_root
 
     lake = Lake(default_lake_root())
     if lake.has_table("ablation_report"):
@@ -113,8 +113,8 @@ def run_job(name: str) -> bool:
 def trace_command(args: argparse.Namespace) -> int:
     import json
 
-    from widen_dag.lake import Lake, default_lake_root
-    from widen_dag.trace import TraceError, render, trace_checkpoint, trace_pair
+    from widen_dag.lineage.trace import TraceError, render, trace_checkpoint, trace_pair
+    from widen_dag.storage.lake import Lake, default_lake_root
 
     lake = Lake(args.lake or default_lake_root())
     try:

@@ -13,7 +13,7 @@ from widen_dag.defs.assets.problems import raw_problems, stg_problems
 from widen_dag.defs.automation import problem_inbox, profile_shards
 from widen_dag.defs.partitions import PROBLEM_SHARDS
 from widen_dag.defs.resources import PipelineResource
-from widen_dag.lake import Lake
+from widen_dag.storage.lake import Lake
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -111,7 +111,7 @@ def test_sql_tail_refreshes_once_per_cron_tick_after_new_trees_only():
     defs = dg.Definitions(assets=_tail_stand_ins())
     instance = dg.DagsterInstance.ephemeral()
     _run(defs, instance, ["search_trees", "student_base", "node_lengths", "tree_paths"])  # all exist at 09:50
-    t = dt.datetime(2026, 11, 30, 9, 50, tzinfo=dt.timezone.utc)
+    t = dt.datetime(2026, 11, 30, 9, 50, tzinfo=dt.UTC)
     result = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=t)
     cursor = result.cursor
 

@@ -18,15 +18,16 @@ from pathlib import Path
 
 import polars as pl
 
-from widen_dag.domains import blocksworld, math as math_domain
+from widen_dag.datasets.sql import SqlModelError, load_models
+from widen_dag.domains import blocksworld
+from widen_dag.domains import math as math_domain
 from widen_dag.domains.base import Verdict
 from widen_dag.domains.problems import ProblemSourceError, load_shard, stage_problems
 from widen_dag.llm.base import GenerationConfigError
 from widen_dag.llm.loading import resolve_model_path
 from widen_dag.profiles import DatasetConfig, FileSource, ProblemsConfig, ProfileError, load_profile, parse_profile
 from widen_dag.search.thoughts import is_well_formed
-from widen_dag.sqlmodels import SqlModelError, load_models
-from widen_dag.train.dpo import PairDataError, validate_pairs
+from widen_dag.train.preference import PairDataError, validate_pairs
 
 # The errors a user may see: the project's own, each naming what is wrong.
 CLEAR_ERRORS = (ProfileError, ProblemSourceError, SqlModelError, GenerationConfigError, PairDataError,

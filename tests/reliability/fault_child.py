@@ -17,8 +17,8 @@ def _die() -> None:
 def sql_mid_write(folder: Path) -> None:
     """Run the SQL models; die after the bytes of `preference_pairs` are written, before the rename."""
     from tests.test_sql_models import build_small_lake
-    from widen_dag import lake as lake_module
-    from widen_dag import sqlmodels
+    from widen_dag.datasets import sql as sqlmodels
+    from widen_dag.storage import lake as lake_module
 
     lake = build_small_lake(folder)
     real_replace = lake_module.os.replace
@@ -36,7 +36,7 @@ def sql_mid_write(folder: Path) -> None:
 
 def checkpoint_mid_save(folder: Path) -> None:
     """Publish a checkpoint through Lake.staged_dir; die after half its files are written."""
-    from widen_dag.lake import Lake
+    from widen_dag.storage.lake import Lake
 
     lake = Lake(str(folder / "lake"))
     with lake.staged_dir("checkpoints", "sft") as out:
@@ -56,7 +56,7 @@ def train(folder: Path, kill_at: int) -> None:
     from widen_dag.train.sft import train_sft
 
     class KillAt(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        def on_step_end(self, args, state, control, **kwargs):
             if kill_at and state.global_step == kill_at:
                 _die()
 

@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from widen_dag.lake import Lake, LakeError
 from widen_dag.search.store import TreeStore
+from widen_dag.storage.lake import Lake, LakeError
 
 REPO = Path(__file__).resolve().parents[2]
 

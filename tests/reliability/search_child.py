@@ -6,9 +6,9 @@ import sys
 
 from tests.search.fake_backend import FakeBackend
 from tests.search.test_mcts import _ctx, _problems
-from widen_dag.lake import Lake
 from widen_dag.search.lockstep import LockstepSearch, tree_id_for
 from widen_dag.search.store import TreeStore
+from widen_dag.storage.lake import Lake
 
 if __name__ == "__main__":
     lake_root, delay = sys.argv[1], float(sys.argv[2])

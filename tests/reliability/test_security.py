@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from widen_dag import sqlmodels
+from widen_dag.datasets import sql as sqlmodels
 from widen_dag.profiles import PROFILE_DIR, ProfileError, available_profiles, load_profile, parse_profile
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,6 +8,7 @@ import hashlib
 import json
 
 import dagster as dg
+
 from widen_dag.defs.assets.datasets import SQL_TAIL_CONDITION
 from widen_dag.defs.jobs import dpo_variants_job, inbox_search_job, retrain_job
 from widen_dag.defs.partitions import PROBLEM_SHARDS, missing_profile_shards

@@ -7,22 +7,8 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-from widen_dag.lake import Written
-
-
-def markdown_preview(df: pl.DataFrame, rows: int = 5, width: int = 80) -> str:
-    """The first rows as a Markdown table, long cells cut so the UI stays readable."""
-    head = df.head(rows)
-    cols = head.columns
-
-    def cell(v: Any) -> str:
-        text = "" if v is None else str(v)
-        text = text.replace("\n", " ").replace("|", "\\|")
-        return text if len(text) <= width else text[: width - 1] + "…"
-
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in head.iter_rows()]
-    return "\n".join(lines)
+from widen_dag.reporting.markdown import markdown_preview
+from widen_dag.storage.lake import Written
 
 
 def table_metadata(df: pl.DataFrame, written: Written, **extra: Any) -> dict[str, Any]:

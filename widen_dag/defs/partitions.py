@@ -7,6 +7,7 @@ dataset, never one per problem) are registered by `widen-dag demo` and by the
 """
 
 import dagster as dg
+
 from widen_dag.profiles import Profile
 
 PROBLEM_SHARDS = "problem_shards"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dagster as dg
 from pydantic import Field
 
-from widen_dag.lake import Lake, default_lake_root
-from widen_dag.profiles import Profile, load_profile, profile_ref
+from widen_dag.profiles import Profile, load_profile, profile_to_json
+from widen_dag.storage.lake import Lake, default_lake_root
 
 
 class PipelineResource(dg.ConfigurableResource):
@@ -21,7 +21,7 @@ class PipelineResource(dg.ConfigurableResource):
     def lake(self) -> Lake:
         return Lake(self.lake_root or default_lake_root())
 
-    def worker_extras(self) -> dict[str, str]:
-        """What a Pipes worker needs to find the same profile and lake."""
-        # the reference, not profile.name: a YAML profile outside the package is found by its path
-        return {"profile": profile_ref(self.profile or None), "lake_root": self.lake().root}
+    def worker_extras(self, profile: Profile, lake_root: str | None = None) -> dict[str, str]:
+        """What a Pipes worker (subprocess or pod) needs: the resolved profile itself, never a
+        name to look up again (a YAML file on this machine does not exist in a pod), and the lake."""
+        return {"profile_json": profile_to_json(profile), "lake_root": lake_root or self.lake().root}

@@ -1,15 +1,16 @@
 """Launching a worker module through Dagster Pipes: the one way assets run torch/vLLM work.
 
 ``runtime.kind: local`` (default): a subprocess on this machine. ``runtime.kind: k8s``: a pod
-through dagster-k8s's PipesK8sClient, with the pod spec from widen_dag.scaleout.
+through dagster-k8s's PipesK8sClient, with the pod spec from widen_dag.launch.scaleout.
 """
 
 import time
 
 import dagster as dg
 from dagster._core.errors import DagsterPipesExecutionError  # not re-exported at top level in 1.13
-from widen_dag import scaleout
+
 from widen_dag.defs.resources import PipelineResource
+from widen_dag.launch import scaleout
 from widen_dag.profiles import Profile
 
 
@@ -18,14 +19,14 @@ def run_worker(context: dg.AssetExecutionContext, pipeline: PipelineResource, cl
     profile = pipeline.load_profile()
     processes = scaleout.training_processes(profile, module)
     if profile.runtime.kind == "k8s":
-        return run_worker_pod(context, profile, module, *args, num_processes=processes)
+        return run_worker_pod(context, pipeline, profile, module, *args, num_processes=processes)
     timeout = profile.runtime.worker_timeout_s
     started = time.monotonic()
     try:
         return client.run(
             command=scaleout.worker_argv(module, *args, num_processes=processes, timeout_s=timeout),
             context=context,
-            extras=pipeline.worker_extras(),
+            extras=pipeline.worker_extras(profile),
         ).get_materialize_result()
     except DagsterPipesExecutionError as err:
         # `timeout` only stops a worker once its time is up, so the clock alone recognises a hung
@@ -37,7 +38,7 @@ def run_worker(context: dg.AssetExecutionContext, pipeline: PipelineResource, cl
         raise
 
 
-def run_worker_pod(context: dg.AssetExecutionContext, profile: Profile, module: str, *args: str,
+def run_worker_pod(context: dg.AssetExecutionContext, pipeline: PipelineResource, profile: Profile, module: str, *args: str,
                    num_processes: int) -> dg.MaterializeResult:
     try:
         from dagster_k8s import PipesK8sClient
@@ -51,5 +52,5 @@ def run_worker_pod(context: dg.AssetExecutionContext, profile: Profile, module: 
         command=scaleout.worker_argv(module, *args, num_processes=num_processes, python="python"),
         base_pod_spec=scaleout.pod_spec(profile, module),
         env=scaleout.pod_env(profile),
-        extras={"profile": profile.name, "lake_root": cfg.lake_root},
+        extras=pipeline.worker_extras(profile, cfg.lake_root),
     ).get_materialize_result()

@@ -7,7 +7,6 @@ a reason, so one broken record never stops a run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math as _math
 import re
@@ -20,6 +19,7 @@ from widen_dag.domains import arithmetic, blocksworld, get_domain
 from widen_dag.domains import math as math_domain
 from widen_dag.domains.base import RawRecord, problem_id
 from widen_dag.profiles import INBOX_DATASET, DatasetConfig, FileSource, ProblemsConfig, Profile
+from widen_dag.seeding import stable_fraction, stable_seed
 
 RAW_SCHEMA = {
     "dataset": pl.String,
@@ -171,7 +171,7 @@ def dataset_records(dataset: DatasetConfig, seed: int) -> list[RawRecord]:
     src = dataset.source
     if src.kind == "arithmetic":
         # Seeded by profile seed and dataset name, so each dataset draws its own problems.
-        ds_seed = seed * 1_000_003 + int(hashlib.sha256(dataset.name.encode()).hexdigest()[:8], 16)
+        ds_seed = seed * 1_000_003 + stable_seed(dataset.name)
         problems = arithmetic.generate(src.n_problems, src.steps, src.max_operand, ds_seed, src.ops)
         return [
             RawRecord(i, p.question, p.gold, meta={"steps": [s.equation() for s in p.steps]})
@@ -213,8 +213,7 @@ def load_shard(dataset: DatasetConfig, shard_index: int, seed: int) -> pl.DataFr
 
 
 def _in_eval(pid: str, split_seed: int, eval_fraction: float) -> bool:
-    h = int(hashlib.sha256(f"{split_seed}:{pid}".encode()).hexdigest()[:12], 16)
-    return h / float(1 << 48) < eval_fraction
+    return stable_fraction(split_seed, pid) < eval_fraction
 
 
 def _bad_gold(gold: str) -> bool:

@@ -5,7 +5,6 @@ Pure Python over a generation backend; the domains' verifiers give the verdicts.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import statistics
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from typing import Any
 from widen_dag.domains import get_domain
 from widen_dag.llm.base import Backend, GenerationRequest
 from widen_dag.search.thoughts import is_well_formed
+from widen_dag.seeding import stable_seed
 
 # Habitual reflection phrases the paper counts ("formalistic long-time thinking").
 REFLECTION_RE = re.compile(r"\b(wait|alternatively|let me (?:re-?check|think again|double[- ]check)|hmm)\b|something is wrong", re.IGNORECASE)
@@ -36,7 +36,7 @@ def sample_and_score(backend: Backend, problems: list[EvalProblem], *, n: int, t
     requests = [
         GenerationRequest(prompt=backend.chat_prompt(get_domain(p.domain).task_prompt(p.question)), n=n,
                           temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-                          seed=int(hashlib.sha256(f"{seed}:{p.problem_id}".encode()).hexdigest()[:8], 16))
+                          seed=stable_seed(seed, p.problem_id))
         for p in problems
     ]
     rows = []

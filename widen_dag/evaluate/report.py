@@ -62,7 +62,7 @@ def direction_notes(summary: pl.DataFrame) -> list[str]:
 
 
 def bar_chart_png(summary: pl.DataFrame) -> bytes:
-    from widen_dag.plots import figure_png, pyplot
+    from widen_dag.reporting.plots import figure_png, pyplot
 
     plt = pyplot()
     sets = sorted(set(summary["eval_set"]))

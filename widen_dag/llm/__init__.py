@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from widen_dag.llm.base import Backend, EngineStats, GenerationConfigError, GenerationRequest, Sample
+
+if TYPE_CHECKING:
+    from widen_dag.storage.artifacts import ModelLocation
 
 BACKENDS = ("vllm", "transformers")
 
@@ -21,11 +26,14 @@ def create_backend(name: str, model: str, **kwargs) -> Backend:
     raise GenerationConfigError(f"generation.backend: unknown backend {name!r} (choose one of {', '.join(BACKENDS)})")
 
 
-def backend_from_profile(gen, model: str, seed: int, revision: str | None = None, trust_remote_code: bool = False,
-                         backend: str | None = None) -> Backend:
-    """A backend from a profile's GenerationConfig (``backend`` overrides its choice, e.g. for eval)."""
+def backend_from_profile(gen, model: ModelLocation | str, seed: int, backend: str | None = None) -> Backend:
+    """A backend from a profile's GenerationConfig for a resolved model (its revision and
+    trust_remote_code go with it); ``backend`` overrides the profile's choice, e.g. for eval."""
+    name = model if isinstance(model, str) else model.name_or_path
+    revision = None if isinstance(model, str) else model.revision
+    trust_remote_code = False if isinstance(model, str) else model.trust_remote_code
     return create_backend(
-        backend or gen.backend, model, device=gen.device, dtype=gen.dtype, seed=seed, max_model_len=gen.max_model_len,
+        backend or gen.backend, name, device=gen.device, dtype=gen.dtype, seed=seed, max_model_len=gen.max_model_len,
         max_num_seqs=gen.max_num_seqs, gpu_memory_utilization=gen.gpu_memory_utilization,
         cpu_kvcache_gib=gen.cpu_kvcache_gib, tensor_parallel_size=gen.tensor_parallel_size,
         data_parallel_size=gen.data_parallel_size, revision=revision, trust_remote_code=trust_remote_code,

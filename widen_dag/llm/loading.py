@@ -20,9 +20,9 @@ def resolve_model_path(model: str) -> str:
     if p.exists():
         if not (p / "config.json").is_file():
             raise GenerationConfigError(f"model {model}: folder has no config.json (not an HF checkpoint)")
-        if list(p.glob("*.bin")) or list(p.glob("*.pt")) or list(p.glob("*.pth")):
-            if not list(p.glob("*.safetensors")):
-                raise GenerationConfigError(f"model {model}: only pickle weights (.bin/.pt) found; safetensors required")
+        pickled = list(p.glob("*.bin")) or list(p.glob("*.pt")) or list(p.glob("*.pth"))
+        if pickled and not list(p.glob("*.safetensors")):
+            raise GenerationConfigError(f"model {model}: only pickle weights (.bin/.pt) found; safetensors required")
         return str(p.resolve())
     if model.startswith((".", "/", "~")) or model.count("/") > 1:
         raise GenerationConfigError(f"model path {model} does not exist")

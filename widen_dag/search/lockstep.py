@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from widen_dag.llm.base import Backend, Sample
 from widen_dag.search.mcts import Expansion, SearchContext, rollout, stop_reason
 from widen_dag.search.tree import Tree
+from widen_dag.seeding import stable_seed
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,4 @@ class LockstepSearch:
 
 
 def hash_seed(seed: int, problem_id: str) -> int:
-    import hashlib
-
-    return int.from_bytes(hashlib.sha256(f"{seed}:{problem_id}".encode()).digest()[:8], "little")
+    return stable_seed(seed, problem_id, bits=64, byteorder="little")

@@ -8,7 +8,6 @@ trees can advance in lock-step (widen_dag.search.lockstep) with the same code.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ from widen_dag.llm.base import GenerationRequest, Sample
 from widen_dag.profiles import SearchConfig
 from widen_dag.search.thoughts import NODE_TYPES, REFLECTION_TEXT, choose_prefill, close_tag, open_tag, wrap
 from widen_dag.search.tree import Node, Tree
+from widen_dag.seeding import stable_seed
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,7 @@ class SearchContext:
 
 def request_seed(seed: int, tree_id: str, node_index: int, child_type: str) -> int:
     """A per-request sampling seed: the same node gets the same samples in any batch."""
-    digest = hashlib.sha256(f"{seed}:{tree_id}:{node_index}:{child_type}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+    return stable_seed(seed, tree_id, node_index, child_type, byteorder="little") & 0x7FFFFFFF
 
 
 def stop_strings(node_type: str) -> tuple[str, ...]:

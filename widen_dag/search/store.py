@@ -15,8 +15,8 @@ import json
 
 import polars as pl
 
-from widen_dag.lake import Lake, Written
 from widen_dag.search.tree import NODE_COLUMNS, Tree
+from widen_dag.storage.lake import Lake, Written
 
 NODE_SCHEMA = {
     "tree_id": pl.String, "problem_id": pl.String, "node_id": pl.String, "parent_id": pl.String,

@@ -17,26 +17,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-
-def common_prefix_length(a: Sequence[Any], b: Sequence[Any]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def chat_length(tokenizer: Any, messages: list[dict[str, str]]) -> int:
-    """Tokens of a conversation rendered with the model's chat template."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+from widen_dag.train.preference import chat_length, common_prefix_length, dpo_loss_terms, validate_pairs
 
 
 class PrefixMaskCollator(DataCollatorForPreference):
@@ -72,36 +59,6 @@ class DPOStats:
     @property
     def s_per_step(self) -> float:
         return self.seconds / self.steps if self.steps else 0.0
-
-
-class PairDataError(ValueError):
-    """Preference data that would poison or crash training; names the row."""
-
-
-def validate_pairs(rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        raise PairDataError("preference dataset is empty: nothing to train on")
-    for i, r in enumerate(rows):
-        for key in ("prompt", "chosen", "rejected"):
-            if not r.get(key):
-                raise PairDataError(f"pair {i} ({r.get('problem_id', '?')}): empty {key}")
-        if r["chosen"] == r["rejected"]:
-            raise PairDataError(f"pair {i} ({r.get('problem_id', '?')}): chosen and rejected are identical")
-
-
-def dpo_loss_terms(label_smoothing: float, sft_weight: float) -> tuple[list[str], list[float]]:
-    """TRL loss types and weights for DPO with conservative label smoothing eps and an SFT term.
-
-    With x = beta * margin, TRL's robust loss is ``(-(1-eps) log s(x) + eps log s(-x)) / (1-2eps)
-    = -log s(x) - eps x / (1-2eps)`` and cDPO is ``-log s(x) + eps x`` (log s(-x) = log s(x) - x),
-    so cDPO = (2-2eps) * sigmoid - (1-2eps) * robust, exactly."""
-    if label_smoothing > 0:
-        types, weights = ["sigmoid", "robust"], [2 - 2 * label_smoothing, -(1 - 2 * label_smoothing)]
-    else:
-        types, weights = ["sigmoid"], [1.0]
-    if sft_weight > 0:
-        types, weights = [*types, "sft"], [*weights, sft_weight]
-    return types, weights
 
 
 def dpo_config(output_dir: str, *, beta: float, learning_rate: float, batch_size: int, max_length: int,
@@ -147,7 +104,7 @@ def train_dpo(model: Any, ref_model: Any, tokenizer: Any, rows: list[dict[str, A
     stats = DPOStats(pairs=len(rows))
 
     class _Log(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+        def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
                 stats.losses.append((state.global_step, float(logs["loss"])))
                 acc = logs.get("rewards/accuracies")

@@ -83,7 +83,7 @@ def _logging_callback(stats: TrainStats, on_log: Callable[[str], None] | None):
     from transformers import TrainerCallback
 
     class _Log(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+        def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
                 stats.losses.append((state.global_step, float(logs["loss"])))
                 if on_log:

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from dagster_pipes import PipesContext, PipesDefaultContextLoader, PipesEnvVarParamsLoader, open_dagster_pipes
 
-from widen_dag.lake import Lake
-from widen_dag.profiles import Profile, load_profile
+from widen_dag.profiles import Profile, profile_from_json
+from widen_dag.storage.lake import Lake
 
 
 @dataclass
@@ -40,6 +40,12 @@ class _SilentPipes:
         pass
 
 
+def _profile(extras: dict) -> Profile:
+    if "profile_json" not in extras:
+        raise RuntimeError("this worker was launched without a resolved profile: start it from its Dagster asset")
+    return profile_from_json(extras["profile_json"])
+
+
 @contextlib.contextmanager
 def open_worker() -> Iterator[Worker]:
     """Pipes context + the profile and lake named in the launching asset's extras.
@@ -51,8 +57,8 @@ def open_worker() -> Iterator[Worker]:
         params = PipesEnvVarParamsLoader().load_context_params()
         with PipesDefaultContextLoader().load_context(params) as data:
             extras = dict(data.get("extras") or {})
-        yield Worker(_SilentPipes(extras), load_profile(extras.get("profile")), Lake(extras["lake_root"]))  # type: ignore[arg-type]
+        yield Worker(_SilentPipes(extras), _profile(extras), Lake(extras["lake_root"]))  # type: ignore[arg-type]
         return
     with open_dagster_pipes() as pipes:
         extras = pipes.extras
-        yield Worker(pipes, load_profile(extras.get("profile")), Lake(extras["lake_root"]))
+        yield Worker(pipes, _profile(extras), Lake(extras["lake_root"]))

@@ -11,39 +11,20 @@ lake with its verdict, length and reflection count; the metadata summarises per 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import polars as pl
 
 from widen_dag.evaluate import EvalProblem, sample_and_score, summarize
 from widen_dag.llm import backend_from_profile
+from widen_dag.reporting.markdown import markdown_table, md
+from widen_dag.storage.artifacts import ablation_models
 from widen_dag.workers.common import Worker, open_worker
-from widen_dag.workers.models import model_dir
-from widen_dag.workers.train import checkpoint_dir
 
 EVAL_SCHEMA = {
     "variant": pl.String, "checkpoint": pl.String, "eval_set": pl.String, "problem_id": pl.String, "sample": pl.Int32,
     "response": pl.String, "n_tokens": pl.Int32, "finish_reason": pl.String, "answer": pl.String, "correct": pl.Boolean,
     "no_answer": pl.Boolean, "well_formed": pl.Boolean, "reflections": pl.Int32,
 }
-
-
-def checkpoints(worker: Worker) -> list[tuple[str, str]]:
-    """(variant, path or id) in the ablation table's row order."""
-    profile = worker.profile
-    rows: list[tuple[str, str]] = []
-    student = profile.models.student
-    if student.source == "bootstrap":
-        rows.append(("base", str(model_dir(worker, "student"))))
-    else:
-        rows.append(("base", str(student.name)))
-    rows.append(("distill_baseline", str(checkpoint_dir(worker, "distill"))))
-    rows.append(("sft", str(checkpoint_dir(worker, "sft"))))
-    rows += [(v, str(checkpoint_dir(worker, f"dpo-{v}"))) for v in profile.train.dpo.variants]
-    missing = [f"{v} ({p})" for v, p in rows if p.startswith("/") and not (Path(p) / "config.json").is_file()]
-    if missing:
-        raise RuntimeError(f"checkpoints not materialized yet: {', '.join(missing)}")
-    return rows
 
 
 def eval_problems(worker: Worker) -> dict[str, list[EvalProblem]]:
@@ -62,11 +43,12 @@ def evaluate_all(worker: Worker) -> dict:
     profile = worker.profile
     ev, gen = profile.eval, profile.generation
     sets = eval_problems(worker)
-    frames, summary_lines = [], []
+    frames, summary_rows = [], []
     start = time.perf_counter()
-    for variant, path in checkpoints(worker):
+    for variant, model in ablation_models(profile, worker.lake):
+        path = model.describe()
         t0 = time.perf_counter()
-        backend = backend_from_profile(gen, path, seed=profile.seed, backend=ev.backend)
+        backend = backend_from_profile(gen, model, seed=profile.seed, backend=ev.backend)
         try:
             for eval_set, problems in sets.items():
                 rows = sample_and_score(backend, problems, n=ev.test_at_n, temperature=ev.temperature, top_p=gen.top_p,
@@ -77,17 +59,17 @@ def evaluate_all(worker: Worker) -> dict:
                 line = (f"{variant} on {eval_set}: accuracy {s['accuracy']:.3f}, no-answer {s['no_answer_rate']:.3f}, "
                         f"mean tokens {s['mean_tokens']:.0f}, test@{ev.test_at_n} {s['test_at_n']:.3f}")
                 worker.log(line + f" ({time.perf_counter() - t0:.0f}s)")
-                summary_lines.append(f"| {variant} | {eval_set} | {s['n']} | {s['accuracy']:.3f} | {s['no_answer_rate']:.3f} | "
-                                     f"{s['mean_tokens']:.0f} | {s['reflections_per_response']:.2f} | {s['test_at_n']:.3f} |")
+                summary_rows.append((variant, eval_set, s["n"], f"{s['accuracy']:.3f}", f"{s['no_answer_rate']:.3f}",
+                                     f"{s['mean_tokens']:.0f}", f"{s['reflections_per_response']:.2f}", f"{s['test_at_n']:.3f}"))
         finally:
             backend.close()
     table = pl.concat(frames)
     written = worker.lake.write_table("eval_results", table)
-    md = ("| variant | eval set | n | accuracy | no-answer | mean tokens | reflections | test@N |\n"
-          "|---|---|---|---|---|---|---|---|\n" + "\n".join(summary_lines))
+    summary = markdown_table(["variant", "eval set", "n", "accuracy", "no-answer", "mean tokens", "reflections", "test@N"],
+                             summary_rows)
     return {"metadata": {"path": written.uri, "dagster/row_count": table.height, "backend": ev.backend,
                          "test_at_n": ev.test_at_n, "eval_seconds": round(time.perf_counter() - start, 1),
-                         "summary": {"raw_value": md, "type": "md"}},
+                         "summary": md(summary)},
             "data_version": written.sha256}
 
 

@@ -21,17 +21,14 @@ from pathlib import Path
 from widen_dag.domains import arithmetic
 from widen_dag.evaluate import EvalProblem, sample_and_score, summarize
 from widen_dag.llm import backend_from_profile
-from widen_dag.plots import line_plot_png, markdown_image
+from widen_dag.reporting.markdown import md
+from widen_dag.reporting.plots import line_plot_png, markdown_image
+from widen_dag.storage.artifacts import BOOTSTRAP_ASSETS, bootstrap_dir, bootstrap_parts
 from widen_dag.train import bootstrap
 from widen_dag.train.sft import resolve_device, train_sft
 from widen_dag.workers.common import Worker, open_worker
 
-MODEL_DIRS = {"policy": ("models", "policy_model"), "student": ("models", "student_base")}
 EVAL_SEED_OFFSET = 424_242  # held-out problems drawn apart from the training problems
-
-
-def model_dir(worker: Worker, which: str) -> Path:
-    return Path(worker.lake.dir_path(*MODEL_DIRS[which]))
 
 
 def _excluded_questions(worker: Worker) -> list[str]:
@@ -70,14 +67,14 @@ def build_tiny(worker: Worker, which: str) -> dict:
         rows = _rows(problems, lambda p: bootstrap.student_solution(p, rng, cfg.student_style))
         steps = cfg.student_steps
     torch.manual_seed(seed)
-    with worker.lake.staged_dir(*MODEL_DIRS[which]) as out, tempfile.TemporaryDirectory() as scratch:
+    with worker.lake.staged_dir(*bootstrap_parts(which)) as out, tempfile.TemporaryDirectory() as scratch:
         if which == "policy":
             corpus = [r["prompt"] + r["completion"] for r in rows[:4000]]
             # The student shares the tokenizer, so its plain texts shape the vocabulary too.
             corpus += [bootstrap.plain_solution(p) for p in problems[:2000]]
             tokenizer = bootstrap.train_tokenizer(corpus, cfg.vocab_size, out)
         else:
-            policy_dir = model_dir(worker, "policy")
+            policy_dir = bootstrap_dir(worker.lake, "policy")
             if not (policy_dir / "tokenizer.json").is_file():
                 raise RuntimeError(f"student_base needs policy_model's tokenizer at {policy_dir}: materialize policy_model first")
             tokenizer = AutoTokenizer.from_pretrained(policy_dir)
@@ -95,15 +92,15 @@ def build_tiny(worker: Worker, which: str) -> dict:
         metrics = evaluate_saved(worker, out, _heldout(cfg, profile.seed, set(exclude)), cfg.eval_max_tokens)
     loss_png = line_plot_png({"train loss": [(float(s), v) for s, v in stats.losses]}, f"{which} SFT", "step", "loss")
     return {
-        "path": str(model_dir(worker, which)),
+        "path": str(bootstrap_dir(worker.lake, which)),
         "source": "bootstrap",
-        "parameters": bootstrap.n_parameters_from_config(model_dir(worker, which)),
+        "parameters": bootstrap.n_parameters_from_config(bootstrap_dir(worker.lake, which)),
         "train_steps": steps,
         "train_examples": stats.examples,
         "train_seconds": round(stats.seconds, 1),
         "train_tokens_per_s": round(stats.tokens_per_s, 1),
         "final_loss": stats.final_loss,
-        "loss_curve": {"raw_value": markdown_image(loss_png, f"{which} loss"), "type": "md"},
+        "loss_curve": md(markdown_image(loss_png, f"{which} loss")),
         **metrics,
     }
 
@@ -132,7 +129,7 @@ def evaluate_saved(worker: Worker, path: Path, problems: list[EvalProblem], max_
         "eval_backend": worker.profile.eval.backend,
         "eval_seconds": round(time.perf_counter() - start, 1),
         "eval_generated_tokens_per_s": stats["generated_tokens_per_s"],
-        "samples": {"raw_value": examples, "type": "md"},
+        "samples": md(examples),
     }
 
 
@@ -144,8 +141,8 @@ def record_named(worker: Worker, which: str) -> dict:
 
 def main() -> None:
     which = sys.argv[1] if len(sys.argv) > 1 else ""
-    if which not in MODEL_DIRS:
-        raise SystemExit(f"usage: python -m widen_dag.workers.models {{{'|'.join(MODEL_DIRS)}}}")
+    if which not in BOOTSTRAP_ASSETS:
+        raise SystemExit(f"usage: python -m widen_dag.workers.models {{{'|'.join(BOOTSTRAP_ASSETS)}}}")
     with open_worker() as worker:
         ref = worker.profile.models.policy if which == "policy" else worker.profile.models.student
         metadata = build_tiny(worker, which) if ref.source == "bootstrap" else record_named(worker, which)

@@ -17,24 +17,13 @@ from pathlib import Path
 import polars as pl
 
 from widen_dag.llm import backend_from_profile
+from widen_dag.reporting.markdown import markdown_table, md
 from widen_dag.search.lockstep import LockstepSearch, ProblemSpec, SearchStats, tree_id_for
 from widen_dag.search.mcts import SearchContext
 from widen_dag.search.store import TreeStore, config_hash
 from widen_dag.search.tree import render_markdown
+from widen_dag.storage.artifacts import resolve_model
 from widen_dag.workers.common import Worker, open_worker
-from widen_dag.workers.models import model_dir
-
-
-def model_path(worker: Worker, role: str) -> tuple[str, str | None, bool]:
-    """(path or id, revision, trust_remote_code) of the policy or critic."""
-    ref = worker.profile.models.policy if role == "policy" else worker.profile.models.critic
-    assert ref is not None
-    if ref.source == "bootstrap":
-        path = model_dir(worker, "policy")
-        if not (path / "config.json").is_file():
-            raise RuntimeError(f"no policy model at {path}: materialize policy_model first")
-        return str(path), None, False
-    return str(ref.name), ref.revision, ref.trust_remote_code
 
 
 def model_fingerprint(path: str) -> str:
@@ -56,12 +45,14 @@ def search_shards(worker: Worker, shards: list[str]) -> dict:
     profile = worker.profile
     gen, cfg = profile.generation, profile.search
     seed = profile.seed + cfg.seed
-    policy_path, revision, trust = model_path(worker, "policy")
-    backends = {"policy": backend_from_profile(gen, policy_path, seed=seed, revision=revision, trust_remote_code=trust)}
+    policy_model = resolve_model(profile, worker.lake, "policy")
+    policy_path = policy_model.name_or_path
+    backends = {"policy": backend_from_profile(gen, policy_model, seed=seed)}
     critic_path = None
     if profile.models.critic is not None:
-        critic_path, c_rev, c_trust = model_path(worker, "critic")
-        backends["critic"] = backend_from_profile(gen, critic_path, seed=seed, revision=c_rev, trust_remote_code=c_trust)
+        critic_model = resolve_model(profile, worker.lake, "critic")
+        critic_path = critic_model.name_or_path
+        backends["critic"] = backend_from_profile(gen, critic_model, seed=seed)
     policy = backends["policy"]
     ctx = SearchContext(cfg=cfg, chat_prompt=policy.chat_prompt, count_tokens=policy.count_tokens,
                         temperature=gen.temperature, top_p=gen.top_p, max_tokens_per_node=gen.max_tokens_per_node,
@@ -81,7 +72,7 @@ def search_shards(worker: Worker, shards: list[str]) -> dict:
             worker.log(f"{shard}: {len(problems)} problems, {reused} trees reused from checkpoints, {len(todo)} to search")
             last_log = [time.perf_counter()]
 
-            def progress(stats: SearchStats, shard=shard, total=len(todo)) -> None:
+            def progress(stats: SearchStats, shard=shard, total=len(todo), last_log=last_log) -> None:
                 if time.perf_counter() - last_log[0] > 10:
                     last_log[0] = time.perf_counter()
                     worker.log(f"{shard}: {stats.trees}/{total} trees, {stats.nodes} nodes, "
@@ -106,10 +97,10 @@ def search_shards(worker: Worker, shards: list[str]) -> dict:
     all_trees = pl.concat([s["trees"] for s in per_shard])
     n_problems = sum(s["problems"] for s in per_shard)
     n_reused = sum(s["reused"] for s in per_shard)
-    outcome_md = "\n".join(f"| {o} | {c} |" for o, c in sorted(all_trees.group_by("outcome").len().rows()))
     per_tree = all_trees.sort("tree_id").head(50)
-    per_tree_md = "| tree | rollouts | correct | outcome | nodes |\n|---|---|---|---|---|\n" + "\n".join(
-        f"| {r['tree_id'][:24]} | {r['rollouts']} | {r['correct']} | {r['outcome']} | {r['nodes']} |" for r in per_tree.iter_rows(named=True))
+    per_tree_md = markdown_table(["tree", "rollouts", "correct", "outcome", "nodes"],
+                                 [(r["tree_id"][:24], r["rollouts"], r["correct"], r["outcome"], r["nodes"])
+                                  for r in per_tree.iter_rows(named=True)])
     metadata = {
         "shards": ", ".join(shards),
         "path": per_shard[-1]["path"] if per_shard else "",
@@ -125,10 +116,9 @@ def search_shards(worker: Worker, shards: list[str]) -> dict:
         "mean_batch_size": round(totals.mean_batch_size, 1),
         "prefix_cache_hit_rate": round(engine.prefix_cache_hit_rate, 4),
         "solved_trees": int((all_trees["outcome"] == "solved").sum()),
-        "outcomes": {"raw_value": "| outcome | trees |\n|---|---|\n" + outcome_md, "type": "md"},
-        "per_tree": {"raw_value": per_tree_md, "type": "md"},
-        "sample_tree": {"raw_value": render_markdown(sample_tree.to_dicts()) if sample_tree is not None else "(no trees)",
-                        "type": "md"},
+        "outcomes": md(markdown_table(["outcome", "trees"], sorted(all_trees.group_by("outcome").len().rows()))),
+        "per_tree": md(per_tree_md),
+        "sample_tree": md(render_markdown(sample_tree.to_dicts()) if sample_tree is not None else "(no trees)"),
         "resume_key": key,
     }
     version = "+".join(s["sha256"][:16] for s in per_shard)

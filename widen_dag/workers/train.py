@@ -23,46 +23,40 @@ from typing import Any
 
 import polars as pl
 
-from widen_dag.plots import line_plot_png, markdown_image
+from widen_dag.reporting.markdown import json_value, md
+from widen_dag.reporting.plots import line_plot_png, markdown_image
+from widen_dag.storage.artifacts import (
+    ModelLocation,
+    checkpoint_dir,
+    checkpoint_location,
+    checkpoint_parts,
+    read_manifest,
+    resolve_model,
+    write_manifest,
+)
 from widen_dag.train.sft import resolve_device, train_sft
 from widen_dag.workers.common import Worker, open_worker, process_rank
-from widen_dag.workers.models import model_dir
-
-MANIFEST = "widen_dag_checkpoint.json"
 
 
-def checkpoint_dir(worker: Worker, name: str) -> Path:
-    return Path(worker.lake.dir_path("checkpoints", name))
-
-
-def student_source(worker: Worker) -> str:
-    ref = worker.profile.models.student
-    if ref.source == "bootstrap":
-        path = model_dir(worker, "student")
-        if not (path / "config.json").is_file():
-            raise RuntimeError(f"no student at {path}: materialize student_base first")
-        return str(path)
-    return str(ref.name)
-
-
-def _load(path: str, device: str, trust: bool = False):
+def _load(model: ModelLocation, device: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+    kwargs = {"revision": model.revision, "trust_remote_code": model.trust_remote_code}
+    tokenizer = AutoTokenizer.from_pretrained(model.name_or_path, **kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=trust).to(device)
-    return model, tokenizer
+    weights = AutoModelForCausalLM.from_pretrained(model.name_or_path, use_safetensors=True, **kwargs).to(device)
+    return weights, tokenizer
 
 
 def _save(worker: Worker, name: str, model, tokenizer, manifest: dict[str, Any]) -> Path:
     if process_rank() > 0:  # under accelerate, rank 0 alone writes the checkpoint
-        return checkpoint_dir(worker, name)
-    with worker.lake.staged_dir("checkpoints", name) as out:
+        return checkpoint_dir(worker.lake, name)
+    with worker.lake.staged_dir(*checkpoint_parts(name)) as out:
         model.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
-        (out / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-    return checkpoint_dir(worker, name)
+        write_manifest(out, manifest)
+    return checkpoint_dir(worker.lake, name)
 
 
 @contextlib.contextmanager
@@ -90,7 +84,7 @@ def trainer_state_dir(worker: Worker, name: str, run: dict[str, Any]) -> Iterato
 
 def _curve(losses: list[tuple[int, float]], title: str) -> dict:
     png = line_plot_png({"loss": [(float(s), v) for s, v in losses]}, title, "step", "loss")
-    return {"raw_value": markdown_image(png, title), "type": "md"}
+    return md(markdown_image(png, title))
 
 
 def run_sft(worker: Worker, dataset: str = "sft_dataset", name: str = "sft") -> dict:
@@ -102,9 +96,10 @@ def run_sft(worker: Worker, dataset: str = "sft_dataset", name: str = "sft") -> 
     if data.is_empty():
         raise ValueError(f"{dataset} is empty: nothing to train on")
     rows = [{"prompt": [m[0]], "completion": [m[1]]} for m in data["messages"].to_list()]
-    source = student_source(worker)
-    model, tokenizer = _load(source, device, profile.models.student.trust_remote_code)
-    from widen_dag.train.dpo import chat_length
+    student = resolve_model(profile, worker.lake, "student")
+    source = student.describe()
+    model, tokenizer = _load(student, device)
+    from widen_dag.train.preference import chat_length
 
     lengths = [chat_length(tokenizer, r["prompt"] + r["completion"]) for r in rows]
     truncated = sum(n > cfg.max_length for n in lengths)
@@ -126,8 +121,8 @@ def run_sft(worker: Worker, dataset: str = "sft_dataset", name: str = "sft") -> 
         "truncated_rows": truncated, "steps": stats.steps, "resumed_from_step": stats.resumed_from_step or 0,
         "train_seconds": round(stats.seconds, 1),
         "tokens_per_s": round(stats.tokens_per_s, 1), "final_loss": stats.final_loss,
-        "loss_curve": _curve(stats.losses, f"{name} SFT loss"), "input_data_versions": {"raw_value": inputs, "type": "json"},
-        "config": {"raw_value": cfg.model_dump(), "type": "json"},
+        "loss_curve": _curve(stats.losses, f"{name} SFT loss"), "input_data_versions": json_value(inputs),
+        "config": json_value(cfg.model_dump()),
     }
 
 
@@ -145,13 +140,12 @@ def run_dpo(worker: Worker, variant: str) -> dict:
         raise ValueError(f"unknown DPO variant {variant!r}: the profile defines {', '.join(cfg.variants)}")
     v = cfg.variants[variant]
     device = resolve_device(profile.train.device)
-    sft_path = checkpoint_dir(worker, "sft")
-    if not (sft_path / MANIFEST).is_file():
-        raise RuntimeError(f"no SFT checkpoint at {sft_path}: materialize sft_checkpoint first")
+    sft = checkpoint_location(profile, worker.lake, "sft")
+    sft_path = sft.name_or_path
     rows = pair_rows(worker.lake.read_table("preference_pairs"), v.balanced)
-    model, tokenizer = _load(str(sft_path), device)
-    ref_model, _ = _load(str(sft_path), device)  # the reference is the SFT model, frozen
-    sft_manifest = json.loads((sft_path / MANIFEST).read_text())
+    model, tokenizer = _load(sft, device)
+    ref_model, _ = _load(sft, device)  # the reference is the SFT model, frozen
+    sft_manifest = read_manifest(Path(sft_path)) or {}
     inputs = {"preference_pairs": worker.lake.table_sha256("preference_pairs"), "sft_checkpoint": sft_manifest["inputs"]}
     run = {"inputs": inputs, "config": cfg.model_dump(exclude={"variants"}), "variant": v.model_dump(), "seed": profile.train.seed}
     with trainer_state_dir(worker, f"dpo-{variant}", run) as state:
@@ -162,7 +156,7 @@ def run_dpo(worker: Worker, variant: str) -> dict:
                           checkpoint_every=profile.train.checkpoint_every)
         if stats.resumed_from_step:
             worker.log(f"dpo-{variant}: resumed from the Trainer checkpoint at step {stats.resumed_from_step}")
-    manifest = {"kind": "dpo", "variant": variant, "base": str(sft_path), "inputs": inputs,
+    manifest = {"kind": "dpo", "variant": variant, "base": sft_path, "inputs": inputs,
                 "config": {**cfg.model_dump(exclude={"variants"}), **v.model_dump()}, "rows": len(rows),
                 "problem_ids": [r["problem_id"] for r in rows],
                 "metrics": {"final_loss": stats.losses[-1][1] if stats.losses else None, "s_per_step": stats.s_per_step}}
@@ -173,8 +167,8 @@ def run_dpo(worker: Worker, variant: str) -> dict:
         "train_seconds": round(stats.seconds, 1), "s_per_step": round(stats.s_per_step, 3),
         "final_loss": stats.losses[-1][1] if stats.losses else None, "rewards_accuracy": stats.rewards_accuracy,
         "loss_curve": _curve(stats.losses, f"DPO ({variant}) loss"),
-        "input_data_versions": {"raw_value": inputs, "type": "json"},
-        "config": {"raw_value": manifest["config"], "type": "json"},
+        "input_data_versions": json_value(inputs),
+        "config": json_value(manifest["config"]),
     }
 
 

@@ -1,14 +1,14 @@
 """Data products from the trees: token lengths (Python) and the dbt-like SQL models over DuckDB."""
 
-from pathlib import Path
-
+import dagster as dg
 import polars as pl
 
-import dagster as dg
-from widen_dag import lengths, sqlmodels
+from widen_dag.datasets import lengths
+from widen_dag.datasets import sql as sqlmodels
 from widen_dag.defs.metadata import markdown_preview, table_metadata
 from widen_dag.defs.resources import PipelineResource
-from widen_dag.plots import length_distribution_png, markdown_image
+from widen_dag.reporting.plots import length_distribution_png, markdown_image
+from widen_dag.storage.artifacts import resolve_model
 
 MODELS = sqlmodels.load_models()
 CHECKS = sqlmodels.load_checks(MODELS)
@@ -34,9 +34,9 @@ def node_lengths(context: dg.AssetExecutionContext, pipeline: PipelineResource) 
     """Length of every tree node in the student's tokenizer (fast tokenizer, batched), joined
     by the SQL models: Thoughts Length Balance is measured in the tokens the student trains on."""
     profile, lake = pipeline.load_profile(), pipeline.lake()
-    ref = profile.models.student
-    source = str(Path(lake.dir_path("models", "student_base"))) if ref.source == "bootstrap" else ref.name
-    tokenizer = lengths.load_student_tokenizer(source, ref.revision)
+    student = resolve_model(profile, lake, "student")
+    source = student.describe()
+    tokenizer = lengths.load_student_tokenizer(student.name_or_path, student.revision)
     nodes = lake.read_all("search_trees")
     df = lengths.node_lengths(nodes, tokenizer)
     written = lake.write_table("node_lengths", df)

@@ -2,6 +2,7 @@
 
 
 import dagster as dg
+
 from widen_dag.defs.resources import PipelineResource
 from widen_dag.defs.workers import run_worker
 

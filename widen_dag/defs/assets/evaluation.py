@@ -2,15 +2,15 @@
 
 import json
 
+import dagster as dg
 import polars as pl
 
-import dagster as dg
 from widen_dag.defs.metadata import table_metadata
 from widen_dag.defs.resources import PipelineResource
 from widen_dag.defs.workers import run_worker
 from widen_dag.domains import get_domain
 from widen_dag.evaluate import report
-from widen_dag.plots import markdown_image
+from widen_dag.reporting.plots import markdown_image
 from widen_dag.train import distill
 
 

@@ -1,6 +1,7 @@
 """Model assets: the search policy and the student base, built or named by the profile."""
 
 import dagster as dg
+
 from widen_dag.defs.resources import PipelineResource
 from widen_dag.defs.workers import run_worker
 

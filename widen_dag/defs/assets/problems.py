@@ -1,9 +1,9 @@
 """Problem assets: raw shards as loaded, then the staged, deduplicated, split set."""
 
 
+import dagster as dg
 import polars as pl
 
-import dagster as dg
 from widen_dag.defs.metadata import counts_markdown, table_metadata
 from widen_dag.defs.partitions import problem_shards
 from widen_dag.defs.resources import PipelineResource

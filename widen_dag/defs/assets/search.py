@@ -1,6 +1,7 @@
 """The search stage: MCTS trees per problem shard, run by a Pipes worker in pool `gpu`."""
 
 import dagster as dg
+
 from widen_dag.defs.partitions import problem_shards
 from widen_dag.defs.resources import PipelineResource
 from widen_dag.defs.workers import run_worker

@@ -1,6 +1,6 @@
 """Trees -> paths -> length balance -> preference pairs on 1,000,000 synthetic nodes.
 
-    .venv/bin/python bench/datasets.py [--nodes 1000000]
+    .venv/bin/python bench/data_products.py [--nodes 1000000]
 
 Runs the SQL models (tree_paths, sft_dataset, preference_pairs) over DuckDB, and a plain-
 Python implementation of the same rules; both read the same lake tables, produce the same three
@@ -23,9 +23,10 @@ from collections import defaultdict
 import polars as pl
 import pyarrow as pa
 
-from widen_dag.lake import Lake
+from widen_dag.datasets.sql import load_models, run_models
 from widen_dag.search.store import NODE_SCHEMA
-from widen_dag.sqlmodels import load_models, run_models
+from widen_dag.storage.lake import Lake
+from widen_dag.train.preference import common_prefix_length
 
 TYPES = ["sub_task", "thinking", "double_check", "thinking", "answer"]
 
@@ -90,17 +91,6 @@ def _frame(rows: list[dict], schema: dict) -> pl.DataFrame:
     return pl.from_arrow(table)
 
 
-def _shared_prefix(a: list, b: list) -> int:
-    # widen_dag.train.dpo.common_prefix_length's twin: importing it pulls in TRL, which imports
-    # HF `datasets`, which this file's own name shadows when run as bench/datasets.py
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def python_reference(source: Lake, lake: Lake) -> dict[str, pl.DataFrame]:
     """The same rules as the SQL models (tree_paths, sft_dataset with 'longest', preference_pairs),
     in plain Python loops: reads the same input tables, writes the same tables to ``lake``."""
@@ -150,7 +140,7 @@ def python_reference(source: Lake, lake: Lake) -> dict[str, pl.DataFrame]:
             wrong = [p for p in ps if not p["correct"] and p["tree_id"] == c["tree_id"]]
             if not wrong:
                 continue
-            shared, _, _, w = min(((_shared_prefix(c["node_ids"], w["node_ids"]), w["tokens"], w["path_id"], w) for w in wrong),
+            shared, _, _, w = min(((common_prefix_length(c["node_ids"], w["node_ids"]), w["tokens"], w["path_id"], w) for w in wrong),
                                   key=lambda s: s[:3])
             pairs.append({"pairing": pairing, "problem_id": pid, "tree_id": c["tree_id"],
                           "prompt": [{"role": "user", "content": prompt}],

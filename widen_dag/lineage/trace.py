@@ -11,15 +11,13 @@ Reads the checkpoint's manifest (written by the training worker) and the lake; n
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from widen_dag.lake import Lake
-
-MANIFEST = "widen_dag_checkpoint.json"
+from widen_dag.storage.artifacts import MANIFEST, checkpoint_dir, read_manifest
+from widen_dag.storage.lake import Lake
 
 
 class TraceError(ValueError):
@@ -34,7 +32,7 @@ def resolve_checkpoint(lake: Lake, target: str) -> Path:
         name = "sft"
     elif target.startswith("dpo_checkpoint:"):
         name = "dpo-" + target.split(":", 1)[1]
-    candidates.append(Path(lake.dir_path("checkpoints", name)))
+    candidates.append(checkpoint_dir(lake, name))
     for c in candidates:
         if (c / MANIFEST).is_file():
             return c
@@ -44,7 +42,7 @@ def resolve_checkpoint(lake: Lake, target: str) -> Path:
 def trace_checkpoint(lake: Lake, target: str) -> dict[str, Any]:
     """The checkpoint's manifest, each input's data version then and now, and its rows."""
     path = resolve_checkpoint(lake, target)
-    manifest = json.loads((path / MANIFEST).read_text())
+    manifest = read_manifest(path) or {}
     inputs = {}
     for asset, version in manifest.get("inputs", {}).items():
         if isinstance(version, dict):  # a DPO checkpoint records its SFT checkpoint's inputs too

@@ -29,9 +29,9 @@ import polars as pl
 import sqlglot
 from sqlglot import exp
 
-from widen_dag.lake import Lake, Written, ddl
+from widen_dag.storage.lake import Lake, Written, ddl
 
-SQL_DIR = Path(__file__).resolve().parents[1] / "dbt_like_sql"
+SQL_DIR = Path(__file__).resolve().parents[2] / "dbt_like_sql"
 _HEADER_RE = re.compile(r"^--\s?(.*)$")
 _META_RE = re.compile(r"^(model|blocking|description)\s*:\s*(.+)$", re.IGNORECASE)
 
@@ -93,6 +93,8 @@ def table_refs(tree: exp.Expression) -> set[str]:
 
 
 def load_models(sql_dir: Path = SQL_DIR) -> dict[str, SqlModel]:
+    if not sql_dir.is_dir():
+        raise SqlModelError(f"no SQL model folder at {sql_dir}")
     models = {}
     for path in sorted(sql_dir.glob("*.sql")):
         sql = path.read_text()

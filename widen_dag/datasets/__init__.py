@@ -1,0 +1,1 @@
+"""Data products from the search trees: the dbt-like SQL models over DuckDB and token lengths."""

@@ -1,0 +1,1 @@
+"""How workers are launched at scale: pod specs, accelerate commands, memory plans (no Dagster)."""

@@ -1,0 +1,1 @@
+"""Lineage past the asset graph: from a checkpoint back to its data, trees and problems."""

@@ -1,0 +1,397 @@
+"""The typed schema of a pipeline profile: every setting, its default and what it does.
+
+Every model forbids unknown keys, so a typo fails at load with the field's dotted name
+instead of being silently ignored. Defaults follow SPEC.md; where the paper is silent the
+value is ours, and a field rather than a constant. ``widen-dag profile --explain`` prints
+these descriptions; ``widen-dag profile --schema`` the JSON schema.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+INBOX_DATASET = "inbox"  # reserved dataset name of files dropped into the inbox
+
+# Each literal is defined once and shared by every field that takes it.
+DomainName = Literal["math", "blocksworld", "arithmetic"]
+SplitRole = Literal["train", "eval", "split"]
+Device = Literal["auto", "cpu", "cuda"]
+BackendName = Literal["vllm", "transformers"]
+ARITHMETIC_OPS = r"^[+*-]+$"
+
+
+class ProfileError(ValueError):
+    """A profile that cannot be loaded; the message names the file and the dotted field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ArithmeticShape(_Strict):
+    """The shape of synthetic arithmetic problems (shared by the dataset source and the tiny models)."""
+
+    steps: int = Field(2, ge=1, le=6, description="Operations per problem (a op b op c has 2).")
+    max_operand: int = Field(9, ge=2, description="Largest operand.")
+    ops: str = Field("+-*", pattern=ARITHMETIC_OPS, description="Operators drawn from, e.g. '+-'.")
+
+
+class ArithmeticSource(ArithmeticShape):
+    """The embedded synthetic arithmetic generator (the tiny profile; no files needed)."""
+
+    kind: Literal["arithmetic"] = Field("arithmetic", description="Source type tag.")
+    n_problems: int = Field(600, gt=0, description="Problems generated (before dedupe and split).")
+
+
+class FileSource(_Strict):
+    """JSONL or Parquet file(s); field names are configurable per dataset."""
+
+    kind: Literal["file"] = Field("file", description="Source type tag.")
+    path: str = Field(description="File path (relative to the working directory) or glob.")
+    question_field: str = Field("question", description="Column holding the question text.")
+    answer_field: str = Field("answer", description="Column holding the gold answer (or a solution ending in it).")
+    id_field: str | None = Field(None, description="Column with the dataset's own id, kept as source_id.")
+    limit: int | None = Field(None, gt=0, description="Read at most this many rows.")
+
+
+class PlanBenchSource(_Strict):
+    """PlanBench Blocksworld instances (a folder of PDDL problems or its JSON export)."""
+
+    kind: Literal["planbench"] = Field("planbench", description="Source type tag.")
+    path: str = Field(description="PlanBench folder or file.")
+    limit: int | None = Field(None, gt=0, description="Read at most this many instances.")
+
+
+class HubSource(_Strict):
+    """An HF dataset id, for users who are online (never touched by the tiny profile)."""
+
+    kind: Literal["hub"] = Field("hub", description="Source type tag.")
+    name: str = Field(description="HF dataset id, e.g. openai/gsm8k.")
+    config: str | None = Field(None, description="Dataset configuration name, e.g. 'main'.")
+    split: str = Field("test", description="Dataset split to read.")
+    revision: str | None = Field(None, description="Pinned dataset revision (commit or tag).")
+    question_field: str = Field("question", description="Column holding the question text.")
+    answer_field: str = Field("answer", description="Column holding the gold answer.")
+    limit: int | None = Field(None, gt=0, description="Read at most this many rows.")
+
+
+class DatasetConfig(_Strict):
+    """One problem dataset, loaded as ``shards`` partitions of raw_problems."""
+
+    name: str = Field(pattern=r"^[a-z0-9_]+$", description="Dataset name; shard keys are <name>-<index>.")
+    domain: DomainName = Field(description="Which verifier and task prompt the problems use.")
+    source: ArithmeticSource | FileSource | PlanBenchSource | HubSource = Field(
+        discriminator="kind", description="Where the rows come from (kind: arithmetic | file | planbench | hub).")
+    shards: int = Field(1, ge=1, le=1000, description="Partitions the dataset is split into for loading and search.")
+    role: SplitRole = Field("split", description="train, eval, or split (a seeded train/eval split).")
+
+
+class InboxConfig(_Strict):
+    """A folder watched by the `problem_inbox` sensor: every new JSONL/Parquet file dropped
+    there becomes its own `problem_shards` partition, and search runs for exactly it.
+
+    Writers should write a file elsewhere (or under a dot-name) and rename it in: the
+    sensor skips hidden and ``.tmp`` files. ``$WIDEN_DAG_INBOX`` overrides ``path``."""
+
+    path: str = Field("inbox", description="The watched folder ($WIDEN_DAG_INBOX overrides).")
+    domain: DomainName = Field("math", description="Domain of the problems dropped there.")
+    role: SplitRole = Field("train", description="Split role of inbox rows.")
+    question_field: str = Field("question", description="Column holding the question text.")
+    answer_field: str = Field("answer", description="Column holding the gold answer.")
+    id_field: str | None = Field(None, description="Column with the file's own id, kept as source_id.")
+
+    def resolved_path(self) -> Path:
+        return Path(os.environ.get("WIDEN_DAG_INBOX") or self.path).expanduser()
+
+
+class ProblemsConfig(_Strict):
+    """Staging: dedupe, quarantine limits and the seeded train/eval split."""
+
+    eval_fraction: float = Field(0.25, ge=0.0, le=1.0, description="Share of 'split' datasets held out for evaluation.")
+    split_seed: int = Field(0, description="Seed of the train/eval split (by problem id hash).")
+    max_question_chars: int = Field(20_000, gt=0, description="Longer questions are quarantined.")
+    max_gold_chars: int = Field(2_000, gt=0, description="Longer gold answers are quarantined.")
+
+
+class ModelRef(_Strict):
+    """A model: ``bootstrap`` (built here from synthetic data) or an HF id / local path."""
+
+    source: Literal["bootstrap", "hub", "path"] = Field(
+        "bootstrap", description="bootstrap (trained here, tiny profiles), hub (an HF id) or path (a local folder).")
+    name: str | None = Field(None, description="HF model id or local folder (hub and path sources).")
+    revision: str | None = Field(None, description="Pinned hub revision (commit or tag); default branch if unset.")
+    trust_remote_code: bool = Field(False, description="Allow the model's own Python code (off unless needed).")
+
+    @model_validator(mode="after")
+    def _needs_name(self) -> ModelRef:
+        if self.source != "bootstrap" and not self.name:
+            raise ValueError(f"a {self.source} model needs 'name' (an HF id or a local path)")
+        return self
+
+
+class BootstrapConfig(ArithmeticShape):
+    """The tiny models of the embedded profile (tokenizer + small Llama), trained here.
+
+    Training length is a number of steps, never a time budget, so that the same seed on the
+    same machine gives the same models.
+    """
+
+    vocab_size: int = Field(1024, ge=300, description="BPE vocabulary of the tiny tokenizer.")
+    hidden_size: int = Field(128, ge=16, description="Hidden size of the tiny Llama.")
+    intermediate_size: int = Field(384, ge=16, description="MLP width of the tiny Llama.")
+    num_layers: int = Field(4, ge=1, description="Decoder layers.")
+    num_heads: int = Field(4, ge=1, description="Attention heads (head dim >= 32 for vLLM on CPU).")
+    max_position_embeddings: int = Field(1024, ge=64, description="Context length of the tiny models.")
+    train_problems: int = Field(20_000, gt=0, description="Synthetic problems the tiny models learn from.")
+    policy_steps: int = Field(400, gt=0, description="Training steps of the policy.")
+    student_steps: int = Field(60, gt=0, description="Training steps of the student base.")
+    student_style: Literal["plain", "direct"] = Field(
+        "plain", description="plain: untagged 'a + b = c.' solutions; direct: tagged thoughts without checks/reflections.")
+    batch_size: int = Field(32, gt=0, description="Training batch size.")
+    learning_rate: float = Field(4e-3, gt=0, description="Peak learning rate (linear decay).")
+    error_rate: float = Field(0.3, ge=0, le=1, description="Share of policy solutions with a slip, so search finds wrong paths.")
+    eval_problems: int = Field(200, gt=0, description="Held-out problems for the models' own accuracy check.")
+    eval_max_tokens: int = Field(200, gt=0, description="New tokens per answer in that check.")
+
+    @model_validator(mode="after")
+    def _head_dim(self) -> BootstrapConfig:
+        if self.hidden_size % self.num_heads or self.hidden_size // self.num_heads < 32:
+            raise ValueError(
+                f"hidden_size / num_heads must be a whole number >= 32 (vLLM's CPU attention), "
+                f"got {self.hidden_size} / {self.num_heads}"
+            )
+        return self
+
+
+class ModelsConfig(_Strict):
+    """The models: search policy, optional critic, the student that is trained, and the tiny bootstrap."""
+
+    policy: ModelRef = Field(ModelRef(), description="Writes the search's thoughts.")
+    critic: ModelRef | None = Field(None, description="Writes checks and reflections; unset: the policy does.")
+    student: ModelRef = Field(ModelRef(), description="The model that is post-trained and evaluated.")
+    bootstrap: BootstrapConfig = Field(BootstrapConfig(), description="How the tiny models are built (source: bootstrap).")
+
+
+class GenerationConfig(_Strict):
+    """Generation for search (and evaluation's engine settings)."""
+
+    backend: BackendName = Field("vllm", description="vllm or transformers.")
+    device: Device = Field("auto", description="auto, cpu or cuda.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype.")
+    temperature: float = Field(0.7, ge=0.0, description="Sampling temperature of expansions.")
+    top_p: float = Field(0.9, gt=0.0, le=1.0, description="Nucleus sampling.")
+    max_tokens_per_node: int = Field(512, gt=0, description="New tokens at most per thought.")
+    max_model_len: int = Field(4096, gt=0, description="Context length given to vLLM (sizes its KV cache).")
+    max_num_seqs: int = Field(256, gt=0, description="Sequences vLLM batches at once.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one vLLM engine spans.")
+    data_parallel_size: int = Field(1, ge=1, description="Engines (each tensor_parallel_size GPUs) sharing the work.")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="Share of GPU memory vLLM may take.")
+    cpu_kvcache_gib: float = Field(1.0, gt=0, description="vLLM's KV cache on CPU, GiB.")
+    enforce_eager: bool = Field(False, description="Skip graph capture (CPU: vLLM starts in ~20 s instead of ~60 s).")
+    block_size: int | None = Field(None, gt=0, description="vLLM KV block size; CPU needs a multiple of 32.")
+
+
+class SearchConfig(_Strict):
+    """MCTS over typed thoughts (SPEC section 1)."""
+
+    action_graph: dict[str, dict[str, int]] = Field({
+        "root": {"sub_task": 2},
+        "sub_task": {"thinking": 2},
+        "hypothesis": {"thinking": 2},
+        "thinking": {"double_check": 2, "thinking": 2},
+        "double_check": {"answer": 1},
+        "reflection": {"thinking_from_scratch": 2},
+        "thinking_from_scratch": {"thinking": 2},
+    }, description="Which child types (and how many of each) a node of each type gets when expanded.")
+    exploration_c: float = Field(1.414, ge=0, description="UCT exploration constant c.")
+    rollouts: int = Field(32, gt=0, description="R: rollouts after which a problem with k_min correct answers stops.")
+    k_min: int = Field(4, ge=0, description="Correct answers needed to stop after R rollouts.")
+    k_max: int = Field(8, ge=1, description="Correct answers after which a problem stops at once.")
+    give_up_factor: int = Field(4, ge=1, description="Give up after give_up_factor x R rollouts.")
+    max_depth: int = Field(24, gt=0, description="Safety limit on path depth.")
+    max_path_tokens: int = Field(3072, gt=0, description="Safety limit on a path's tokens.")
+    critic_node_types: list[str] = Field(["double_check", "reflection", "thinking_from_scratch"],
+                                         description="Node types the critic writes when one is configured.")
+    active_trees: int = Field(64, gt=0, description="Trees searched in lock-step at once.")
+    max_batch_sequences: int = Field(512, gt=0, description="Sequences per generation call.")
+    max_batch_tokens: int = Field(262_144, gt=0, description="Prompt+new tokens per generation call.")
+    seed: int = Field(0, description="Added to the profile seed for search sampling.")
+
+    @model_validator(mode="after")
+    def _k_range(self) -> SearchConfig:
+        if self.k_min > self.k_max:
+            raise ValueError(f"k_min ({self.k_min}) must not exceed k_max ({self.k_max})")
+        return self
+
+
+class DistillConfig(_Strict):
+    """The distillation bottleneck row: SFT on long CoT from a reasoning model.
+
+    ``synthetic``: an over-thinking teacher that pads correct solutions with habitual
+    reflections and repetitions (the tiny profile). ``file``: a JSONL/Parquet of long-CoT
+    responses with question and response fields (e.g. an export of Sky-T1's data).
+    """
+
+    source: Literal["synthetic", "file"] = Field("synthetic", description="synthetic (tiny) or file (a long-CoT export).")
+    path: str | None = Field(None, description="The long-CoT file (source: file).")
+    question_field: str = Field("question", description="Column holding the question.")
+    response_field: str = Field("response", description="Column holding the long-CoT response.")
+    reflections: int = Field(6, ge=0, description="Habitual reflections the synthetic teacher adds per solution.")
+    seed: int = Field(0, description="Seed of the synthetic teacher.")
+
+
+class DatasetsConfig(_Strict):
+    """The data products built from the trees."""
+
+    sft_selection: Literal["longest", "shortest", "all_correct"] = Field(
+        "longest", description="Which correct path(s) per problem the SFT set takes (SPEC: longest).")
+    distill: DistillConfig = Field(DistillConfig(), description="The long-CoT distillation baseline's data.")
+
+
+class SFTSettings(_Strict):
+    """SFT of the student on the balanced set (loss on the response only)."""
+
+    learning_rate: float = Field(2e-5, gt=0, description="Peak learning rate (cosine schedule).")
+    epochs: float = Field(3.0, gt=0, description="Passes over the SFT set.")
+    batch_size: int = Field(8, gt=0, description="Per-device batch size.")
+    max_length: int = Field(2048, gt=0, description="Tokens per example (longer ones are truncated and counted).")
+    warmup_ratio: float = Field(0.03, ge=0, le=1, description="Share of steps warming up.")
+
+
+class DPOVariant(_Strict):
+    """One ablation row: which of the paper's techniques are on."""
+
+    balanced: bool = Field(False, description="Shortest correct path as chosen (Thoughts Length Balance).")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO's eps (0: plain sigmoid DPO).")
+    sft_weight: float = Field(0.0, ge=0, description="alpha of the joint loss L_DPO + alpha L_SFT.")
+    prefix_mask: bool = Field(False, description="Exclude the shared prefix of chosen and rejected from the loss.")
+
+
+class DPOSettings(_Strict):
+    """Fine-grained DPO from the SFT checkpoint (reference = SFT model)."""
+
+    beta: float = Field(0.1, gt=0, description="DPO beta.")
+    learning_rate: float = Field(1e-6, gt=0, description="Peak learning rate (cosine schedule).")
+    epochs: float = Field(1.0, gt=0, description="Passes over the pairs.")
+    batch_size: int = Field(8, gt=0, description="Per-device batch size.")
+    max_length: int = Field(2048, gt=0, description="Tokens per sequence.")
+    warmup_ratio: float = Field(0.03, ge=0, le=1, description="Share of steps warming up.")
+    variants: dict[str, DPOVariant] = Field({
+        "dpo": DPOVariant(),
+        "balanced": DPOVariant(balanced=True),
+        "cdpo": DPOVariant(balanced=True, label_smoothing=0.1),
+        "joint": DPOVariant(balanced=True, label_smoothing=0.1, sft_weight=1.0),
+        "joint_masked": DPOVariant(balanced=True, label_smoothing=0.1, sft_weight=1.0, prefix_mask=True),
+    }, description="The ablation rows, in table order; each is a dpo_checkpoint partition.")
+
+
+class TrainConfig(_Strict):
+    """Training of the student: SFT, then the DPO variants."""
+
+    device: Device = Field("auto", description="auto, cpu or cuda.")
+    seed: int = Field(0, description="Trainer seed.")
+    num_processes: int = Field(1, ge=1, description="> 1: training runs under `accelerate launch --num_processes N`.")
+    checkpoint_every: int = Field(200, ge=0, description="Trainer checkpoints every N steps (resume after a crash); 0: none.")
+    sft: SFTSettings = Field(SFTSettings(), description="SFT settings.")
+    dpo: DPOSettings = Field(DPOSettings(), description="DPO settings and the ablation variants.")
+
+
+class EvalConfig(_Strict):
+    """Evaluation of every checkpoint on the held-out problems."""
+
+    # The tiny profile uses transformers: at ~1M parameters HF generate is as fast here and
+    # skips vLLM's ~20 s engine start per checkpoint.
+    backend: BackendName = Field("vllm", description="vllm or transformers.")
+    test_at_n: int = Field(4, ge=1, description="Samples per problem (Test@N).")
+    temperature: float = Field(0.7, ge=0, description="Sampling temperature.")
+    max_new_tokens: int = Field(1024, gt=0, description="New tokens per answer.")
+    max_problems: int | None = Field(None, gt=0, description="At most this many problems per eval set.")
+
+
+class K8sConfig(_Strict):
+    """Workers as Kubernetes pods (dagster-k8s PipesK8sClient), the lake on object storage.
+
+    ``secret_env`` maps an environment variable to ``<secret name>/<key>``: credentials reach
+    the pods only as environment variables from Kubernetes secrets, never through the profile."""
+
+    image: str = Field(description="Container image with widen-dag[gpu,k8s] installed.")
+    namespace: str = Field("widen-dag", description="Namespace of the worker pods.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent", description="Pod image pull policy.")
+    service_account: str | None = Field(None, description="Service account of the pods.")
+    gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource name of a GPU.")
+    cpu: str = Field("8", description="CPU request/limit per pod.")
+    memory: str = Field("64Gi", description="Memory request/limit per pod.")
+    shm_size: str = Field("16Gi", description="Memory-backed /dev/shm (vLLM and NCCL move tensors through it).")
+    node_selector: dict[str, str] = Field({}, description="Node selector for GPU nodes.")
+    tolerations: list[dict[str, str]] = Field([], description="Tolerations for GPU nodes.")
+    secret_env: dict[str, str] = Field({}, description="ENV_NAME: '<secret name>/<key>' from Kubernetes secrets.")
+    lake_root: str = Field(pattern=r"^[a-z0-9]+://", description="The lake on object storage, e.g. s3://bucket/widen-dag.")
+
+    @field_validator("secret_env")
+    @classmethod
+    def _secret_refs(cls, value: dict[str, str]) -> dict[str, str]:
+        for env, ref in value.items():
+            if ref.count("/") != 1 or ref.startswith("/") or ref.endswith("/"):
+                raise ValueError(f"secret_env.{env}: expected '<secret name>/<key>', got {ref!r}")
+        return value
+
+
+class RuntimeConfig(_Strict):
+    """Where workers run: ``local`` subprocesses (default) or ``k8s`` pods."""
+
+    kind: Literal["local", "k8s"] = Field("local", description="local subprocesses or k8s pods.")
+    k8s: K8sConfig | None = Field(None, description="Pod settings (kind: k8s).")
+    worker_timeout_s: int = Field(48 * 3600, gt=0, description=(
+        "A worker still running after this long is stopped (local: SIGTERM, then SIGKILL 60 s later; "
+        "k8s: the pod's activeDeadlineSeconds) and the asset's retry policy takes over."))
+
+    @model_validator(mode="after")
+    def _k8s_settings(self) -> RuntimeConfig:
+        if self.kind == "k8s" and self.k8s is None:
+            raise ValueError("runtime.kind 'k8s' needs a runtime.k8s section (image, lake_root, ...)")
+        return self
+
+
+class Profile(_Strict):
+    """A whole pipeline configuration: data, models, search, training, evaluation, runtime."""
+
+    name: str = Field(description="Profile name.")
+    description: str = Field("", description="One line shown in listings.")
+    seed: int = Field(0, description="Base seed; stages add their own offsets.")
+    datasets: list[DatasetConfig] = Field(description="Problem datasets (at least one).")
+    inbox: InboxConfig = Field(InboxConfig(), description="The problem inbox folder.")
+    problems: ProblemsConfig = Field(ProblemsConfig(), description="Staging and the train/eval split.")
+    models: ModelsConfig = Field(ModelsConfig(), description="Policy, critic, student and the tiny bootstrap.")
+    generation: GenerationConfig = Field(GenerationConfig(), description="Generation settings.")
+    search: SearchConfig = Field(SearchConfig(), description="MCTS settings.")
+    data: DatasetsConfig = Field(DatasetsConfig(), description="Data products from the trees.")
+    train: TrainConfig = Field(TrainConfig(), description="Training settings.")
+    eval: EvalConfig = Field(EvalConfig(), description="Evaluation settings.")
+    runtime: RuntimeConfig = Field(RuntimeConfig(), description="Where workers run.")
+
+    @field_validator("datasets")
+    @classmethod
+    def _unique_names(cls, value: list[DatasetConfig]) -> list[DatasetConfig]:
+        names = [d.name for d in value]
+        if INBOX_DATASET in names:
+            raise ValueError(f"dataset name {INBOX_DATASET!r} is reserved for the problem inbox")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"dataset names must be unique; repeated: {', '.join(dupes)}")
+        if not value:
+            raise ValueError("a profile needs at least one dataset")
+        return value
+
+    def shard_keys(self) -> list[str]:
+        """Partition keys of ``raw_problems``: ``<dataset>-<shard index>``."""
+        return [f"{d.name}-{i:03d}" for d in self.datasets for i in range(d.shards)]
+
+    def dataset(self, name: str) -> DatasetConfig:
+        for d in self.datasets:
+            if d.name == name:
+                return d
+        raise ProfileError(f"profile {self.name!r} has no dataset {name!r}")

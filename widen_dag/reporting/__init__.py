@@ -1,0 +1,1 @@
+"""Reporting helpers shared by workers and assets: plots and Markdown (no Dagster)."""

@@ -1,0 +1,1 @@
+"""Where data and artifacts live: the lake (Parquet tables, staged folders) and model locations."""

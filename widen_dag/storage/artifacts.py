@@ -1,0 +1,116 @@
+"""Where every model and checkpoint lives: the one home for that rule (no Dagster, no torch).
+
+A model is a hub id (with its pinned revision and trust_remote_code), a local folder, a tiny
+model bootstrapped into the lake, or a checkpoint trained into the lake. Workers, the
+``node_lengths`` asset and ``widen-dag trace`` all ask here, so a pinned revision reaches
+every place a model loads.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from widen_dag.profiles import Profile
+from widen_dag.storage.lake import Lake
+
+Role = Literal["policy", "critic", "student"]
+MANIFEST = "widen_dag_checkpoint.json"  # written beside every trained checkpoint's weights
+# The lake folders of the bootstrapped tiny models, named like their assets.
+BOOTSTRAP_ASSETS: dict[str, str] = {"policy": "policy_model", "student": "student_base"}
+
+
+class ArtifactMissing(RuntimeError):
+    """A model or checkpoint that should be in the lake is not; the message says what to materialize."""
+
+
+@dataclass(frozen=True)
+class ModelLocation:
+    """Everything a loader needs: what to load and how far to trust it."""
+
+    name_or_path: str
+    revision: str | None = None
+    trust_remote_code: bool = False
+    source: Literal["bootstrap", "hub", "path", "checkpoint"] = "path"
+
+    @property
+    def is_local(self) -> bool:
+        return self.source != "hub"
+
+    def describe(self) -> str:
+        return self.name_or_path + (f"@{self.revision}" if self.revision else "")
+
+
+def bootstrap_parts(which: str) -> tuple[str, str]:
+    """Lake path parts of a bootstrapped tiny model (``policy`` or ``student``), for ``staged_dir``."""
+    return ("models", BOOTSTRAP_ASSETS[which])
+
+
+def bootstrap_dir(lake: Lake, which: str) -> Path:
+    return Path(lake.dir_path(*bootstrap_parts(which)))
+
+
+def checkpoint_parts(name: str) -> tuple[str, str]:
+    """Lake path parts of a trained checkpoint (sft, distill, dpo-<variant>), for ``staged_dir``."""
+    return ("checkpoints", name)
+
+
+def checkpoint_dir(lake: Lake, name: str) -> Path:
+    return Path(lake.dir_path(*checkpoint_parts(name)))
+
+
+def resolve_model(profile: Profile, lake: Lake, role: Role, *, require: bool = True) -> ModelLocation:
+    """Where the profile's ``role`` model is. A critic left unset is the policy; a bootstrapped
+    critic shares the bootstrapped policy's folder. With ``require``, a bootstrapped model that
+    was not built yet is an error naming the asset to materialize."""
+    models = profile.models
+    ref = {"policy": models.policy, "critic": models.critic or models.policy, "student": models.student}[role]
+    if ref.source == "bootstrap":
+        which = "student" if role == "student" else "policy"
+        path = bootstrap_dir(lake, which)
+        if require and not (path / "config.json").is_file():
+            raise ArtifactMissing(f"no {role} model at {path}: materialize {BOOTSTRAP_ASSETS[which]} first")
+        return ModelLocation(str(path), source="bootstrap")
+    assert ref.name is not None  # ModelRef validates it for hub and path
+    return ModelLocation(ref.name, ref.revision, ref.trust_remote_code, ref.source)
+
+
+def checkpoint_location(profile: Profile, lake: Lake, name: str, *, require: bool = True) -> ModelLocation:
+    """A trained checkpoint as a loadable model; it keeps the student's trust_remote_code
+    (its code files are saved beside the weights), and has no hub revision."""
+    path = checkpoint_dir(lake, name)
+    if require and read_manifest(path) is None:
+        raise ArtifactMissing(f"no {name} checkpoint at {path}: materialize {checkpoint_asset(name)} first")
+    return ModelLocation(str(path), None, profile.models.student.trust_remote_code, "checkpoint")
+
+
+def checkpoint_asset(name: str) -> str:
+    """The asset (and partition) that writes checkpoint ``name``."""
+    if name.startswith("dpo-"):
+        return f"dpo_checkpoint[{name[4:]}]"
+    return f"{name}_checkpoint"
+
+
+def ablation_models(profile: Profile, lake: Lake) -> list[tuple[str, ModelLocation]]:
+    """(row, model) in the ablation table's order: the student base, the distillation baseline,
+    SFT on the trees, then each DPO variant. Every checkpoint must exist; the error lists all
+    that are missing."""
+    rows: list[tuple[str, str]] = [("distill_baseline", "distill"), ("sft", "sft")]
+    rows += [(v, f"dpo-{v}") for v in profile.train.dpo.variants]
+    missing = [f"{row} ({checkpoint_asset(name)})" for row, name in rows if read_manifest(checkpoint_dir(lake, name)) is None]
+    if missing:
+        raise ArtifactMissing(f"checkpoints not materialized yet: {', '.join(missing)}")
+    return [("base", resolve_model(profile, lake, "student"))] + [
+        (row, checkpoint_location(profile, lake, name)) for row, name in rows]
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """A checkpoint's manifest, or None where there is no published checkpoint."""
+    path = folder / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
