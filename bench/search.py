@@ -19,9 +19,10 @@ from pathlib import Path
 import polars as pl
 
 from widen_dag.domains import arithmetic
+from widen_dag.domains.base import Problem
 from widen_dag.llm import backend_from_profile
 from widen_dag.profiles import load_profile
-from widen_dag.search.lockstep import LockstepSearch, ProblemSpec
+from widen_dag.search.lockstep import LockstepSearch
 from widen_dag.search.mcts import SearchContext
 from widen_dag.search.store import tree_frame
 
@@ -80,7 +81,7 @@ def main() -> int:
     profile = load_profile(args.profile)
     src = profile.datasets[0].source
     drawn = arithmetic.generate(args.problems, src.steps, src.max_operand, seed=2024, ops=src.ops)
-    problems = [ProblemSpec(f"bench-{i:04d}", "arithmetic", p.question, p.gold) for i, p in enumerate(drawn)]
+    problems = [Problem(f"bench-{i:04d}", "arithmetic", p.question, p.gold) for i, p in enumerate(drawn)]
     backend = Recording(backend_from_profile(profile.generation, args.model, seed=profile.seed))
     try:
         backend.generate([])  # nothing; engine is up

@@ -6,8 +6,9 @@ import polars as pl
 import pytest
 
 from tests.search.fake_backend import FakeBackend
+from widen_dag.domains.base import Problem
 from widen_dag.profiles import SearchConfig
-from widen_dag.search.lockstep import LockstepSearch, ProblemSpec
+from widen_dag.search.lockstep import LockstepSearch
 from widen_dag.search.mcts import SearchContext, rollout, stop_reason
 from widen_dag.search.store import tree_frame
 from widen_dag.search.tree import Tree
@@ -18,8 +19,8 @@ def _ctx(backend: FakeBackend, **cfg) -> SearchContext:
                          temperature=0.7, top_p=0.9, max_tokens_per_node=64, has_critic=False, seed=5)
 
 
-def _problems(n: int) -> list[ProblemSpec]:
-    return [ProblemSpec(f"p{i:03d}", "arithmetic", f"Ann has {i} apples. How many apples does Ann have?", "7") for i in range(n)]
+def _problems(n: int) -> list[Problem]:
+    return [Problem(f"p{i:03d}", "arithmetic", f"Ann has {i} apples. How many apples does Ann have?", "7") for i in range(n)]
 
 
 def _search(backend, n_problems=6, **cfg) -> tuple[pl.DataFrame, dict]:

@@ -26,6 +26,16 @@ class Verdict:
 
 
 @dataclass(frozen=True)
+class Problem:
+    """A staged problem as search and evaluation see it: its id, domain, question and gold."""
+
+    problem_id: str
+    domain: str
+    question: str
+    gold: str
+
+
+@dataclass(frozen=True)
 class RawRecord:
     """One row as a loader read it, before normalisation (``error`` set when unreadable)."""
 

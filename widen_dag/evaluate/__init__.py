@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import re
 import statistics
-from dataclasses import dataclass
 from typing import Any
 
 from widen_dag.domains import get_domain
+from widen_dag.domains.base import Problem
 from widen_dag.llm.base import Backend, GenerationRequest
 from widen_dag.search.thoughts import is_well_formed
 from widen_dag.seeding import stable_seed
@@ -19,15 +19,7 @@ from widen_dag.seeding import stable_seed
 REFLECTION_RE = re.compile(r"\b(wait|alternatively|let me (?:re-?check|think again|double[- ]check)|hmm)\b|something is wrong", re.IGNORECASE)
 
 
-@dataclass(frozen=True)
-class EvalProblem:
-    problem_id: str
-    domain: str
-    question: str
-    gold: str
-
-
-def sample_and_score(backend: Backend, problems: list[EvalProblem], *, n: int, temperature: float, top_p: float,
+def sample_and_score(backend: Backend, problems: list[Problem], *, n: int, temperature: float, top_p: float,
                      max_tokens: int, seed: int = 0) -> list[dict[str, Any]]:
     """n samples per problem; one row per sample with its verdict and lengths.
 

@@ -10,7 +10,7 @@ prompts the prefix cache served.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 FinishReason = Literal["stop", "length"]
 
@@ -84,6 +84,20 @@ class EngineStats:
             "generated_tokens_per_s": round(self.generated_tokens_per_s, 1),
             **self.extra,
         }
+
+
+class ChatTokenizerMixin:
+    """Prompts and token counts from the model's own tokenizer and chat template (``self.tokenizer``),
+    shared by the backends."""
+
+    tokenizer: Any
+
+    def chat_prompt(self, user: str, assistant_prefix: str = "") -> str:
+        text = self.tokenizer.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True, tokenize=False)
+        return text + assistant_prefix
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
 class Backend(Protocol):

@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
-from widen_dag.llm.base import EngineStats, GenerationRequest, Sample, cut_at_stop
+from widen_dag.llm.base import ChatTokenizerMixin, EngineStats, GenerationRequest, Sample, cut_at_stop
 from widen_dag.llm.loading import load_tokenizer, resolve_model_path
 
 
-class TransformersBackend:
+class TransformersBackend(ChatTokenizerMixin):
     name = "transformers"
 
     def __init__(self, model: str, *, device: str = "auto", dtype: str = "auto", seed: int = 0,
@@ -38,13 +38,6 @@ class TransformersBackend:
         self.max_batch = max_batch
         self.stats = EngineStats()
         self._torch = torch
-
-    def chat_prompt(self, user: str, assistant_prefix: str = "") -> str:
-        text = self.tokenizer.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True, tokenize=False)
-        return text + assistant_prefix
-
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     def _ids(self, req: GenerationRequest) -> list[int]:
         if req.prompt_token_ids is not None:

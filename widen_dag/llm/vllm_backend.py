@@ -13,11 +13,11 @@ import math
 import os
 import time
 
-from widen_dag.llm.base import EngineStats, GenerationRequest, Sample, cut_at_stop
+from widen_dag.llm.base import ChatTokenizerMixin, EngineStats, GenerationRequest, Sample, cut_at_stop
 from widen_dag.llm.loading import load_tokenizer, resolve_model_path
 
 
-class VLLMBackend:
+class VLLMBackend(ChatTokenizerMixin):
     name = "vllm"
 
     def __init__(self, model: str, *, device: str = "auto", dtype: str = "auto", seed: int = 0,
@@ -63,13 +63,6 @@ class VLLMBackend:
             kwargs["max_num_batched_tokens"] = max(16_384, max_model_len)
         self.llm = LLM(**kwargs)
         self.stats = EngineStats()
-
-    def chat_prompt(self, user: str, assistant_prefix: str = "") -> str:
-        text = self.tokenizer.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True, tokenize=False)
-        return text + assistant_prefix
-
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     def generate(self, requests: list[GenerationRequest]) -> list[list[Sample]]:
         from vllm import SamplingParams

@@ -13,18 +13,11 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from widen_dag.domains.base import Problem
 from widen_dag.llm.base import Backend, Sample
 from widen_dag.search.mcts import Expansion, SearchContext, rollout, stop_reason
 from widen_dag.search.tree import Tree
 from widen_dag.seeding import stable_seed
-
-
-@dataclass(frozen=True)
-class ProblemSpec:
-    problem_id: str
-    domain: str
-    question: str
-    gold: str
 
 
 @dataclass
@@ -106,10 +99,10 @@ class LockstepSearch:
             tokens += t
         return picked
 
-    def run(self, problems: Iterable[ProblemSpec], on_tree_done: Callable[[Tree], None]) -> SearchStats:
+    def run(self, problems: Iterable[Problem], on_tree_done: Callable[[Tree], None]) -> SearchStats:
         stats = SearchStats()
         start = time.perf_counter()
-        queue: Iterator[ProblemSpec] = iter(problems)
+        queue: Iterator[Problem] = iter(problems)
         active: list[_Active] = []
 
         def refill() -> None:

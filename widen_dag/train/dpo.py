@@ -18,12 +18,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from widen_dag.train.preference import chat_length, common_prefix_length, dpo_loss_terms, validate_pairs
+from widen_dag.train.trainer import TrainStats, logging_callback, quiet, train_resuming, trainer_defaults
 
 
 class PrefixMaskCollator(DataCollatorForPreference):
@@ -45,28 +45,10 @@ class PrefixMaskCollator(DataCollatorForPreference):
         return out
 
 
-@dataclass
-class DPOStats:
-    steps: int = 0
-    pairs: int = 0
-    truncated_pairs: int = 0
-    masked_prefix_tokens: int = 0
-    seconds: float = 0.0
-    losses: list[tuple[int, float]] = field(default_factory=list)
-    rewards_accuracy: float | None = None
-    resumed_from_step: int | None = None
-
-    @property
-    def s_per_step(self) -> float:
-        return self.seconds / self.steps if self.steps else 0.0
-
-
 def dpo_config(output_dir: str, *, beta: float, learning_rate: float, batch_size: int, max_length: int,
                label_smoothing: float, sft_weight: float, steps: int, warmup_ratio: float, device: str, seed: int,
                log_every: int, checkpoint_every: int = 0):
     from trl import DPOConfig
-
-    from widen_dag.train.sft import trainer_defaults
 
     losses, weights = dpo_loss_terms(label_smoothing, sft_weight)
     return DPOConfig(
@@ -89,36 +71,23 @@ def dpo_config(output_dir: str, *, beta: float, learning_rate: float, batch_size
 def train_dpo(model: Any, ref_model: Any, tokenizer: Any, rows: list[dict[str, Any]], *, output_dir: str, beta: float,
               learning_rate: float, batch_size: int, max_length: int, epochs: float, label_smoothing: float,
               sft_weight: float, prefix_mask: bool, warmup_ratio: float = 0.03, device: str = "cpu", seed: int = 0,
-              on_log: Callable[[str], None] | None = None, checkpoint_every: int = 0) -> DPOStats:
+              on_log: Callable[[str], None] | None = None, checkpoint_every: int = 0) -> TrainStats:
     import datasets
-    from transformers import TrainerCallback
     from trl import DPOTrainer
-
-    from widen_dag.train.sft import quiet, train_resuming
 
     validate_pairs(rows)
     steps = max(1, math.ceil(len(rows) * epochs / batch_size))
     config = dpo_config(output_dir, beta=beta, learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
                         label_smoothing=label_smoothing, sft_weight=sft_weight, steps=steps, warmup_ratio=warmup_ratio,
                         device=device, seed=seed, log_every=max(1, steps // 10), checkpoint_every=checkpoint_every)
-    stats = DPOStats(pairs=len(rows))
-
-    class _Log(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                stats.losses.append((state.global_step, float(logs["loss"])))
-                acc = logs.get("rewards/accuracies")
-                if acc is not None:
-                    stats.rewards_accuracy = float(acc)
-                if on_log:
-                    on_log(f"step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f}")
+    stats = TrainStats(pairs=len(rows))
 
     keep = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows]
     collator = None
     if prefix_mask:
         collator = PrefixMaskCollator(pad_token_id=tokenizer.pad_token_id, max_length=max_length, truncation_mode="keep_start")
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=config, train_dataset=datasets.Dataset.from_list(keep),
-                         processing_class=tokenizer, data_collator=collator, callbacks=[_Log()])
+                         processing_class=tokenizer, data_collator=collator, callbacks=[logging_callback(stats, on_log)])
     quiet(trainer)
     for r in keep:  # counted on the untruncated token sequences, so truncation is never silent
         longest = max(chat_length(tokenizer, r["prompt"] + r[k]) for k in ("chosen", "rejected"))

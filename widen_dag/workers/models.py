@@ -19,13 +19,15 @@ import time
 from pathlib import Path
 
 from widen_dag.domains import arithmetic
-from widen_dag.evaluate import EvalProblem, sample_and_score, summarize
+from widen_dag.domains.base import Problem
+from widen_dag.evaluate import sample_and_score, summarize
 from widen_dag.llm import backend_from_profile
 from widen_dag.reporting.markdown import md
 from widen_dag.reporting.plots import line_plot_png, markdown_image
 from widen_dag.storage.artifacts import BOOTSTRAP_ASSETS, bootstrap_dir, bootstrap_parts
 from widen_dag.train import bootstrap
-from widen_dag.train.sft import resolve_device, train_sft
+from widen_dag.train.sft import train_sft
+from widen_dag.train.trainer import resolve_device
 from widen_dag.workers.common import Worker, open_worker
 
 EVAL_SEED_OFFSET = 424_242  # held-out problems drawn apart from the training problems
@@ -38,10 +40,10 @@ def _excluded_questions(worker: Worker) -> list[str]:
     return []
 
 
-def _heldout(cfg, seed: int, exclude: set[str]) -> list[EvalProblem]:
+def _heldout(cfg, seed: int, exclude: set[str]) -> list[Problem]:
     pool = arithmetic.generate(cfg.eval_problems * 2 + len(exclude), cfg.steps, cfg.max_operand, seed + EVAL_SEED_OFFSET, cfg.ops)
     picked = [p for p in pool if p.question not in exclude][: cfg.eval_problems]
-    return [EvalProblem(f"heldout-{i}", "arithmetic", p.question, p.gold) for i, p in enumerate(picked)]
+    return [Problem(f"heldout-{i}", "arithmetic", p.question, p.gold) for i, p in enumerate(picked)]
 
 
 def _rows(problems, text_fn) -> list[dict[str, str]]:
@@ -105,7 +107,7 @@ def build_tiny(worker: Worker, which: str) -> dict:
     }
 
 
-def evaluate_saved(worker: Worker, path: Path, problems: list[EvalProblem], max_tokens: int) -> dict:
+def evaluate_saved(worker: Worker, path: Path, problems: list[Problem], max_tokens: int) -> dict:
     gen = worker.profile.generation
     start = time.perf_counter()
     # The evaluation stage's backend: on tiny that is transformers, which skips a vLLM engine

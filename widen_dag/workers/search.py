@@ -16,9 +16,10 @@ from pathlib import Path
 
 import polars as pl
 
+from widen_dag.domains.base import Problem
 from widen_dag.llm import backend_from_profile
 from widen_dag.reporting.markdown import markdown_table, md
-from widen_dag.search.lockstep import LockstepSearch, ProblemSpec, SearchStats, tree_id_for
+from widen_dag.search.lockstep import LockstepSearch, SearchStats, tree_id_for
 from widen_dag.search.mcts import SearchContext
 from widen_dag.search.store import TreeStore, config_hash
 from widen_dag.search.tree import render_markdown
@@ -35,10 +36,10 @@ def model_fingerprint(path: str) -> str:
     return json.dumps([(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files])
 
 
-def shard_problems(worker: Worker, shard: str) -> list[ProblemSpec]:
+def shard_problems(worker: Worker, shard: str) -> list[Problem]:
     staged = worker.lake.read_table("stg_problems")
     rows = staged.filter((pl.col("shard") == shard) & (pl.col("split") == "train")).sort("problem_id")
-    return [ProblemSpec(r["problem_id"], r["domain"], r["question"], r["gold"]) for r in rows.iter_rows(named=True)]
+    return [Problem(r["problem_id"], r["domain"], r["question"], r["gold"]) for r in rows.iter_rows(named=True)]
 
 
 def search_shards(worker: Worker, shards: list[str]) -> dict:

@@ -34,7 +34,8 @@ from widen_dag.storage.artifacts import (
     resolve_model,
     write_manifest,
 )
-from widen_dag.train.sft import resolve_device, train_sft
+from widen_dag.train.sft import train_sft
+from widen_dag.train.trainer import resolve_device
 from widen_dag.workers.common import Worker, open_worker, process_rank
 
 
