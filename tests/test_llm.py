@@ -6,23 +6,9 @@ import random
 
 import pytest
 
-from widen_dag.domains import arithmetic
 from widen_dag.llm import GenerationConfigError, GenerationRequest, Sample, create_backend
 from widen_dag.llm.loading import resolve_model_path
 from widen_dag.search.thoughts import choose_prefill, open_tag
-from widen_dag.train import bootstrap
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny")
-    rng = random.Random(0)
-    problems = arithmetic.generate(300, 2, 9, seed=1)
-    corpus = [arithmetic.task_prompt(p.question) + bootstrap.tagged_solution(p, rng, 0.3) for p in problems]
-    tok = bootstrap.train_tokenizer(corpus, 400, out)
-    model = bootstrap.new_model(tok, 64, 128, 2, 2, 512, seed=0)  # vLLM-CPU attention needs head_dim >= 32
-    model.save_pretrained(out, safe_serialization=True)
-    return out
 
 
 @pytest.fixture(scope="module", params=["transformers", "vllm"])

@@ -6,6 +6,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from tests.lakes import build_small_lake, node_row, run_sql_models
 from widen_dag.datasets import sql as sqlmodels
 from widen_dag.search.store import NODE_SCHEMA
 from widen_dag.storage.lake import Lake
@@ -80,59 +81,13 @@ def test_a_failing_model_still_lands_the_models_computed_before_it(tmp_path):
 
 
 # ---- the rules on hand-built trees --------------------------------------------------------
-def _node(tree, idx, parent, ntype, tokens, *, reward=None, terminal=False, no_answer=False):
-    return {"tree_id": tree, "problem_id": tree.split("-")[0], "node_id": f"{tree}/{idx}",
-            "parent_id": None if parent is None else f"{tree}/{parent}", "depth": 0, "node_type": ntype,
-            "model": "policy", "text": f"<{ntype}>{tree}:{idx}</{ntype}>" if idx else "", "n_tokens": tokens,
-            "visits": 1, "value_sum": 0.0, "is_terminal": terminal, "reward": reward, "answer": None,
-            "no_answer": no_answer, "finish_reason": "stop"}
-
-
-def _trees() -> pl.DataFrame:
-    rows = [
-        # P1: correct paths of 25 and 45 tokens; wrong paths sharing 3, 1 and 1 nodes with the shortest.
-        _node("P1-s0", 0, None, "root", 0), _node("P1-s0", 1, 0, "sub_task", 10), _node("P1-s0", 2, 1, "thinking", 10),
-        _node("P1-s0", 3, 2, "answer", 5, reward=1.0, terminal=True), _node("P1-s0", 4, 2, "answer", 5, reward=0.0, terminal=True),
-        _node("P1-s0", 5, 1, "thinking", 30), _node("P1-s0", 6, 5, "answer", 5, reward=1.0, terminal=True),
-        _node("P1-s0", 7, 0, "sub_task", 8), _node("P1-s0", 8, 7, "answer", 4, reward=0.0, terminal=True),
-        _node("P1-s0", 9, 7, "thinking", 20, terminal=True, no_answer=True, reward=0.0),
-        # P2: only correct paths -> SFT row, no pair. Two equal lengths: the tie goes to the smaller path id.
-        _node("P2-s0", 0, None, "root", 0), _node("P2-s0", 1, 0, "sub_task", 10),
-        _node("P2-s0", 2, 1, "answer", 5, reward=1.0, terminal=True), _node("P2-s0", 3, 1, "answer", 5, reward=1.0, terminal=True),
-        # P3: an eval problem: never in training data.
-        _node("P3-s0", 0, None, "root", 0), _node("P3-s0", 1, 0, "answer", 5, reward=1.0, terminal=True),
-        _node("P3-s0", 2, 0, "answer", 5, reward=0.0, terminal=True),
-        # P5: the only wrong path shares the sub_task with the chosen one.
-        _node("P5-s0", 0, None, "root", 0), _node("P5-s0", 1, 0, "sub_task", 10),
-        _node("P5-s0", 2, 1, "answer", 5, reward=1.0, terminal=True), _node("P5-s0", 3, 1, "answer", 7, reward=0.0, terminal=True),
-    ]
-    return pl.DataFrame(rows, schema=NODE_SCHEMA)
-
-
 @pytest.fixture()
 def small_lake(tmp_path) -> Lake:
     return build_small_lake(tmp_path)
 
 
-def build_small_lake(tmp_path) -> Lake:
-    lake = Lake(str(tmp_path / "lake"))
-    nodes = _trees()
-    lake.write_table("search_trees", nodes, "hand-000")
-    # Student tokens differ from the policy's n_tokens: the SQL must use the student's.
-    lake.write_table("node_lengths", nodes.select("node_id", (pl.col("n_tokens") * 2).cast(pl.Int32).alias("student_tokens")))
-    lake.write_table("stg_problems", pl.DataFrame({
-        "problem_id": ["P1", "P2", "P3", "P5"], "domain": "arithmetic", "split": ["train", "train", "eval", "train"],
-        "prompt": ["solve P1", "solve P2", "solve P3", "solve P5"]}))
-    return lake
-
-
-def _run(lake, selection="longest"):
-    models = sqlmodels.load_models()
-    return {run.name: run.df for run in sqlmodels.run_models(lake, models, list(models), {"sft_selection": selection})}
-
-
 def test_tree_paths_rebuild_every_root_to_terminal_path(small_lake):
-    paths = _run(small_lake)["tree_paths"]
+    paths = run_sql_models(small_lake)["tree_paths"]
     p1 = {r["path_id"]: r for r in paths.filter(pl.col("problem_id") == "P1").iter_rows(named=True)}
     assert set(p1) == {"P1-s0/3", "P1-s0/4", "P1-s0/6", "P1-s0/8", "P1-s0/9"}
     assert p1["P1-s0/6"]["node_ids"] == ["P1-s0/0", "P1-s0/1", "P1-s0/5", "P1-s0/6"]
@@ -143,16 +98,16 @@ def test_tree_paths_rebuild_every_root_to_terminal_path(small_lake):
 
 
 def test_sft_takes_the_longest_correct_path_per_train_problem(small_lake):
-    sft = _run(small_lake)["sft_dataset"].sort("problem_id")
+    sft = run_sql_models(small_lake)["sft_dataset"].sort("problem_id")
     assert sft["path_id"].to_list() == ["P1-s0/6", "P2-s0/2", "P5-s0/2"]  # P2: tie -> smaller id; P3 is eval
     msgs = sft.row(0, named=True)["messages"]
     assert msgs[0] == {"role": "user", "content": "solve P1"} and msgs[1]["role"] == "assistant"
-    assert _run(small_lake, "shortest")["sft_dataset"].sort("problem_id")["path_id"].to_list() == ["P1-s0/3", "P2-s0/2", "P5-s0/2"]
-    assert _run(small_lake, "all_correct")["sft_dataset"].height == 5
+    assert run_sql_models(small_lake, "shortest")["sft_dataset"].sort("problem_id")["path_id"].to_list() == ["P1-s0/3", "P2-s0/2", "P5-s0/2"]
+    assert run_sql_models(small_lake, "all_correct")["sft_dataset"].height == 5
 
 
 def test_pairs_take_the_shortest_correct_and_the_earliest_diverging_shortest_wrong(small_lake):
-    pairs = _run(small_lake)["preference_pairs"].filter(pl.col("pairing") == "balanced").sort("problem_id")
+    pairs = run_sql_models(small_lake)["preference_pairs"].filter(pl.col("pairing") == "balanced").sort("problem_id")
     assert pairs["problem_id"].to_list() == ["P1", "P5"]  # P2 has no wrong path, P3 is eval
     p1, p5 = pairs.row(0, named=True), pairs.row(1, named=True)
     assert p1["chosen_path_id"] == "P1-s0/3"
@@ -169,7 +124,7 @@ def test_pairs_take_the_shortest_correct_and_the_earliest_diverging_shortest_wro
 def test_exports_load_with_hf_datasets(small_lake):
     import datasets
 
-    _run(small_lake)
+    run_sql_models(small_lake)
     sft = datasets.load_dataset("parquet", data_files=small_lake.table_path("sft_dataset"), split="train")
     pairs = datasets.load_dataset("parquet", data_files=small_lake.table_path("preference_pairs"), split="train")
     assert sft[0]["messages"][1]["role"] == "assistant"
@@ -177,7 +132,7 @@ def test_exports_load_with_hf_datasets(small_lake):
 
 
 def test_checks_pass_on_good_data_and_catch_a_poisoned_pair(small_lake):
-    _run(small_lake)
+    run_sql_models(small_lake)
     models = sqlmodels.load_models()
     con = small_lake.connect()
     for check in sqlmodels.load_checks(models):
@@ -210,15 +165,15 @@ def test_dagster_multi_asset_materializes_a_subset_with_its_checks(small_lake):
 def test_the_rejected_path_comes_from_the_chosen_paths_tree(tmp_path):
     # P6 was searched twice (two trees). Node numbers restart per tree, so a problem-wide
     # comparison would see s1's wrong answer as sharing the sub_task of s0's chosen path.
-    extra = [_node("P6-s0", 0, None, "root", 0), _node("P6-s0", 1, 0, "sub_task", 10),
-             _node("P6-s0", 2, 1, "answer", 5, reward=1.0, terminal=True), _node("P6-s0", 3, 1, "answer", 9, reward=0.0, terminal=True),
-             _node("P6-s1", 0, None, "root", 0), _node("P6-s1", 1, 0, "answer", 2, reward=0.0, terminal=True)]
+    extra = [node_row("P6-s0", 0, None, "root", 0), node_row("P6-s0", 1, 0, "sub_task", 10),
+             node_row("P6-s0", 2, 1, "answer", 5, reward=1.0, terminal=True), node_row("P6-s0", 3, 1, "answer", 9, reward=0.0, terminal=True),
+             node_row("P6-s1", 0, None, "root", 0), node_row("P6-s1", 1, 0, "answer", 2, reward=0.0, terminal=True)]
     lake = build_small_lake(tmp_path)
     lake.write_table("search_trees", pl.DataFrame(extra, schema=NODE_SCHEMA), "hand-001")
     nodes = lake.read_all("search_trees")
     lake.write_table("node_lengths", nodes.select("node_id", pl.col("n_tokens").alias("student_tokens")))
     stg = lake.read_table("stg_problems")
     lake.write_table("stg_problems", pl.concat([stg, stg.head(1).with_columns(problem_id=pl.lit("P6"), prompt=pl.lit("solve P6"))]))
-    pairs = _run(lake)["preference_pairs"].filter(pl.col("problem_id") == "P6")
+    pairs = run_sql_models(lake)["preference_pairs"].filter(pl.col("problem_id") == "P6")
     assert pairs["rejected_path_id"].to_list() == ["P6-s0/3", "P6-s0/3"]  # balanced and default
     assert pairs["common_prefix_nodes"].to_list() == [1, 1] and pairs["tree_id"].to_list() == ["P6-s0", "P6-s0"]

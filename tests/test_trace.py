@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_sql_models import _run, build_small_lake
+from tests.lakes import build_small_lake, run_sql_models
 from widen_dag.lineage.trace import TraceError, render, trace_checkpoint, trace_pair
 
 REPO = Path(__file__).resolve().parents[1]
@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture()
 def traced_lake(tmp_path):
     lake = build_small_lake(tmp_path)
-    _run(lake)
+    run_sql_models(lake)
     import hashlib
 
     def sha(asset):

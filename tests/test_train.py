@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
-from widen_dag.domains import arithmetic
-from widen_dag.train import bootstrap
 from widen_dag.train.dpo import PrefixMaskCollator, dpo_config, train_dpo
 from widen_dag.train.preference import PairDataError, common_prefix_length, dpo_loss_terms, validate_pairs
 from widen_dag.train.sft import train_sft
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny")
-    rng = random.Random(0)
-    problems = arithmetic.generate(200, 2, 9, seed=3, ops="+-")
-    corpus = [arithmetic.task_prompt(p.question) + bootstrap.tagged_solution(p, rng, 0.3) for p in problems]
-    tok = bootstrap.train_tokenizer(corpus, 400, out)
-    model = bootstrap.new_model(tok, 64, 128, 2, 2, 512, seed=0)
-    model.save_pretrained(out, safe_serialization=True)
-    return out, tok
+def tiny(tiny_checkpoint):
+    from transformers import AutoTokenizer
+
+    return tiny_checkpoint, AutoTokenizer.from_pretrained(tiny_checkpoint)
 
 
 def _pairs(n=4):
