@@ -5,7 +5,7 @@ PYTHON ?= python3
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 PYTEST_ARGS ?=
 
-.PHONY: install browser-deps demo smoke test ui bench clean
+.PHONY: install browser-deps demo smoke test test-fast lint ui bench clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,15 @@ smoke: install
 
 test: install browser-deps
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# Day-to-day: everything but the tests marked slow (whole pipeline, vLLM, kill -9, browser).
+test-fast: install
+	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 ui: install
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000

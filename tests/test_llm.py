@@ -11,7 +11,7 @@ from widen_dag.llm.loading import resolve_model_path
 from widen_dag.search.thoughts import choose_prefill, open_tag
 
 
-@pytest.fixture(scope="module", params=["transformers", "vllm"])
+@pytest.fixture(scope="module", params=["transformers", pytest.param("vllm", marks=pytest.mark.slow)])
 def backend(request, tiny_checkpoint):
     b = create_backend(request.param, str(tiny_checkpoint), device="cpu", seed=0, max_model_len=512, max_num_seqs=64,
                        cpu_kvcache_gib=1, enforce_eager=True, block_size=32)

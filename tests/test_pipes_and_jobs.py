@@ -66,6 +66,7 @@ def test_problem_assets_write_the_lake_and_report_counts(tmp_path):
     assert str(mats["stg_problems"].metadata["path"].value).endswith("stg_problems/__all__.parquet")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_demo_command_runs_every_shard_into_a_persistent_dagster_home(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "WIDEN_DAG_LAKE": str(tmp_path / "lake")}

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.reliability import faults
+
+pytestmark = pytest.mark.slow  # real processes killed mid-run: minutes
 
 
 def test_search_killed_five_times_reruns_to_the_uninterrupted_trees(tmp_path):
