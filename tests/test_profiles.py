@@ -53,3 +53,32 @@ def test_yaml_path_and_bad_yaml(tmp_path):
     bad.write_text("name: [unclosed\n")
     with pytest.raises(ProfileError, match="not valid YAML"):
         load_profile(str(bad))
+
+
+def test_every_profile_setting_is_described_and_explained():
+    from pydantic import BaseModel
+
+    from widen_dag.profiles import Profile, explain
+
+    def undescribed(model: type[BaseModel], prefix: str = "") -> list[str]:
+        out = []
+        for name, field in model.model_fields.items():
+            if not field.description:
+                out.append(prefix + name)
+            for arg in (field.annotation, *getattr(field.annotation, "__args__", ())):
+                if isinstance(arg, type) and issubclass(arg, BaseModel) and arg is not model:
+                    out += undescribed(arg, f"{prefix}{name}.")
+        return out
+
+    assert undescribed(Profile) == []
+    lines = explain()
+    assert any(line.startswith("train.dpo.beta = 0.1: ") for line in lines)
+    assert any(line.startswith("search.rollouts = 32: ") for line in lines)
+
+
+def test_the_resolved_profile_round_trips_through_json_unchanged():
+    from widen_dag.profiles import profile_from_json, profile_to_json
+
+    for name in available_profiles():
+        profile = load_profile(name)
+        assert profile_from_json(profile_to_json(profile)) == profile

@@ -126,6 +126,29 @@ def trace_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def profile_command(args: argparse.Namespace) -> int:
+    """The resolved profile (YAML), every setting with its description, or the JSON schema."""
+    import json
+
+    import yaml
+
+    from widen_dag.profiles import Profile, ProfileError, explain, load_profile
+
+    if args.schema:
+        print(json.dumps(Profile.model_json_schema(), indent=2))
+        return 0
+    if args.explain:
+        print("\n".join(explain()))
+        return 0
+    try:
+        profile = load_profile(args.profile)
+    except ProfileError as err:
+        print(f"widen-dag: {err}", file=sys.stderr)
+        return 2
+    print(yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="widen-dag", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,7 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--pair", metavar="PROBLEM_ID", help="show one preference pair node by node")
     tr.add_argument("--lake", help="lake root (default: $WIDEN_DAG_LAKE or ./lake)")
     tr.add_argument("--json", action="store_true", help="print JSON instead of text")
+    pr = sub.add_parser("profile", help="show the resolved profile, explain every setting, or print the JSON schema")
+    pr.add_argument("--profile", help="profile name or YAML path (default: $WIDEN_DAG_PROFILE or tiny)")
+    pr.add_argument("--explain", action="store_true", help="every setting: dotted name, default and what it does")
+    pr.add_argument("--schema", action="store_true", help="the profile's JSON schema")
     args = parser.parse_args(argv)
+    if args.command == "profile":
+        return profile_command(args)
     if args.command == "init-home":
         print(init_home() / "dagster.yaml")
         return 0
