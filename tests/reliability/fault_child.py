@@ -16,7 +16,7 @@ def _die() -> None:
 
 def sql_mid_write(folder: Path) -> None:
     """Run the SQL models; die after the bytes of `preference_pairs` are written, before the rename."""
-    from tests.test_sql_models import build_small_lake
+    from tests.lakes import build_small_lake
     from widen_dag.datasets import sql as sqlmodels
     from widen_dag.storage import lake as lake_module
 
