@@ -223,8 +223,23 @@ class DistillConfig(_Strict):
     seed: int = 0
 
 
+class DuckDBConfig(_Strict):
+    """DuckDB under the SQL models. A real search is 10-20M nodes: past ``batch_rows`` rows of
+    input the models run per range of problems and stream to the lake, and DuckDB spills to
+    ``temp_directory`` beyond ``memory_limit`` instead of dying; the tables come out the same."""
+
+    # DuckDB's buffer manager cap (DuckDB units: "512MB", "4GB"); its own default is 80% of RAM
+    memory_limit: str = Field("4GB", pattern=r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$")
+    # where it spills; null: a private temporary folder per run (not ./.tmp, DuckDB's default)
+    temp_directory: str | None = None
+    threads: int | None = Field(None, ge=1)  # null: one per core
+    # input rows (search_trees + stg_problems, whole problems) per batch; peak memory follows it
+    batch_rows: int = Field(1_000_000, gt=0)
+
+
 class DatasetsConfig(_Strict):
     sft_selection: Literal["longest", "shortest", "all_correct"] = "longest"
+    duckdb: DuckDBConfig = DuckDBConfig()
     distill: DistillConfig = DistillConfig()
 
 
