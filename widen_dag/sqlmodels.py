@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import re
 import tempfile
 import time
@@ -439,7 +440,7 @@ def _edge_keys(model: SqlModel, table: Any) -> tuple[tuple, tuple]:
 def _in_order(bounds: list[tuple[tuple, tuple]]) -> bool:
     """Whether the batches, appended, are already sorted: each ends before the next begins."""
     try:
-        return all(prev[1] < nxt[0] for prev, nxt in zip(bounds, bounds[1:]))
+        return all(prev[1] < nxt[0] for prev, nxt in itertools.pairwise(bounds))
     except TypeError:  # NULLs in a sort key: let DuckDB order them
         return False
 
