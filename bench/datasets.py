@@ -138,6 +138,8 @@ def run_sql(root: str, settings: DuckDBSettings) -> dict:
         "rows": rows, "rows_per_s": round(sum(rows.values()) / seconds),
         "batches": max(run.batches for run in runs),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        # CPU time barely moves when other jobs share the cores; wall seconds do
+        "cpu_seconds": round(sum(resource.getrusage(resource.RUSAGE_SELF)[:2]), 1),
         "duckdb_memory_mb_max": round(max((b.duckdb_memory_bytes for b in batches), default=0) / 2**20),
         "duckdb_spilled_mb_max": round(max((b.duckdb_temp_bytes for b in batches), default=0) / 2**20),
     }
