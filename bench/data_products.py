@@ -1,12 +1,21 @@
-"""Trees -> paths -> length balance -> preference pairs on 1,000,000 synthetic nodes.
+"""Trees -> paths -> length balance -> preference pairs at search scale (1M to 20M nodes).
 
-    .venv/bin/python bench/data_products.py [--nodes 1000000]
+    .venv/bin/python bench/data_products.py [--max-nodes 20000000] [--sizes 1000000,4000000,...]
+                                            [--batch-rows N] [--memory-limit 4GB] [--python]
 
-Runs the SQL models (tree_paths, sft_dataset, preference_pairs) over DuckDB, and a plain-
-Python implementation of the same rules; both read the same lake tables, produce the same three
-tables (every column, same row order) and write them to a lake. Prints JSON with `nodes`,
-`seconds` (SQL, with `query_seconds` per model), `python_seconds`, `speedup_vs_python` and
-`outputs_match` (whole tables equal).
+For each size, a child process writes synthetic search trees of realistic shape to a fresh
+lake (depth up to 16, 4-8 children per expanded node, ~half the terminal paths correct,
+search_trees in shards, node_lengths and stg_problems beside them), and another child runs all
+SQL models over it the way the Dagster asset does (DuckDB settings and batches from the tiny
+profile's ``data.duckdb`` unless given). Each size reports wall seconds per model and in all,
+rows/s, peak RSS of the child that ran the models, DuckDB's own memory report after each batch
+(duckdb_memory(): held in memory / spilled) and seconds per million nodes; the sweep reports the
+slope of seconds vs nodes and how far from linear the largest size is (per-node time relative
+to the smallest). Prints JSON.
+
+``--python`` (1M nodes only) also runs a plain-Python implementation of the same rules
+(tree_paths, sft_dataset 'longest', preference_pairs) over the same lake and checks that both
+produce the same three tables (every column, same row order).
 """
 
 from __future__ import annotations
@@ -14,59 +23,127 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import random
+import os
+import resource
+import subprocess
 import sys
 import tempfile
 import time
 from collections import defaultdict
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from widen_dag.datasets.sql import load_models, run_models
+from widen_dag.datasets.sql import DuckDBSettings, load_models, run_models
+from widen_dag.profiles import load_profile
 from widen_dag.search.store import NODE_SCHEMA
 from widen_dag.storage.lake import Lake
 from widen_dag.train.preference import common_prefix_length
 
-TYPES = ["sub_task", "thinking", "double_check", "thinking", "answer"]
+TYPES = np.array(["sub_task", "thinking", "double_check", "thinking"])
+SIZES = (1_000_000, 4_000_000, 10_000_000, 20_000_000)
+SHARD_NODES = 1_000_000  # search_trees is written in shards (partitions) of about this many nodes
 
 
-def synthetic_nodes(n_nodes: int, seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Random trees in the search's node-table schema (+ a staged-problems table)."""
-    rng = random.Random(seed)
-    cols: dict[str, list] = {k: [] for k in NODE_SCHEMA}
-    problems = []
-    t = 0
-    while len(cols["node_id"]) < n_nodes:
-        tree, pid = f"t{t:06d}", f"p{t:06d}"
-        problems.append(pid)
-        frontier = [(f"{tree}/0", 0)]
-        count = 1
-        cols_row = [tree, pid, f"{tree}/0", None, 0, "root", "", "", 0, 1, 0.0, False, None, None, False, "stop"]
-        for k, v in zip(NODE_SCHEMA, cols_row, strict=True):
-            cols[k].append(v)
-        size = rng.randint(40, 160)
-        while frontier and count < size:
-            parent, depth = frontier.pop(rng.randrange(len(frontier)))
-            for _ in range(rng.randint(1, 3)):
-                node_id = f"{tree}/{count}"
-                count += 1
-                leaf = depth + 1 >= 6 or rng.random() < 0.25
-                ntype = "answer" if leaf else TYPES[min(depth, 3)]
-                reward = (1.0 if rng.random() < 0.4 else 0.0) if leaf else None
-                no_answer = leaf and reward == 0.0 and rng.random() < 0.2
-                text = f"<{ntype}>node {count} {'x' * rng.randint(5, 60)}</{ntype}>"
-                row = [tree, pid, node_id, parent, depth + 1, ntype, "policy", text, rng.randint(5, 60), 1, 0.0,
-                       leaf, reward, None, no_answer, "stop"]
-                for k, v in zip(NODE_SCHEMA, row, strict=True):
-                    cols[k].append(v)
-                if not leaf:
-                    frontier.append((node_id, depth + 1))
-        t += 1
-    nodes = pl.DataFrame(cols, schema=NODE_SCHEMA)
-    staged = pl.DataFrame({"problem_id": problems, "domain": "arithmetic", "split": "train",
-                           "prompt": [f"Solve {p}" for p in problems]})
+def _shape(rng: np.random.Generator, n_trees: int, max_depth: int = 16, p_expand: float = 0.17,
+           p_terminal: float = 0.8) -> list[np.ndarray]:
+    """Tree structure, level by level across all trees at once: each expanded node gets 4-8
+    children; a child is expanded further (p_expand, ~1.0 expanded children per parent keeps
+    trees finite but deep), else a terminal answer (p_terminal) or an unexpanded leaf. Returns
+    tree, node index, parent index, depth and kind (0 root, 1 inner, 2 terminal, 3 leaf)."""
+    tree = np.arange(n_trees)
+    idx = np.zeros(n_trees, dtype=np.int64)
+    count = np.ones(n_trees, dtype=np.int64)
+    out = [[tree], [idx], [np.full(n_trees, -1)], [np.zeros(n_trees, np.int64)], [np.zeros(n_trees, np.int8)]]
+    for depth in range(1, max_depth + 1):
+        if not len(tree):
+            break
+        k = rng.integers(4, 9, len(tree))
+        child_tree, parent = np.repeat(tree, k), np.repeat(idx, k)
+        starts = np.r_[True, child_tree[1:] != child_tree[:-1]]
+        rank = np.arange(len(child_tree)) - np.maximum.accumulate(np.where(starts, np.arange(len(child_tree)), 0))
+        child_idx = count[child_tree] + rank
+        np.add.at(count, child_tree, 1)
+        expand = (rng.random(len(child_tree)) < p_expand) & (depth < max_depth)
+        kind = np.where(expand, 1, np.where(rng.random(len(child_tree)) < p_terminal, 2, 3)).astype(np.int8)
+        for acc, col in zip(out, (child_tree, child_idx, parent, np.full(len(child_tree), depth), kind), strict=True):
+            acc.append(col)
+        tree, idx = child_tree[expand], child_idx[expand]
+    return [np.concatenate(acc) for acc in out]
+
+
+def synthetic_chunk(rng: np.random.Generator, first_tree: int, n_trees: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``n_trees`` random trees (one per problem) in the search's node-table schema, and their
+    staged problems. Rows go tree by tree, nodes in index order, as the search writes them."""
+    tree, idx, parent, depth, kind = _shape(rng, n_trees)
+    order = np.lexsort((idx, tree))
+    tree, idx, parent, depth, kind = (a[order] for a in (tree, idx, parent, depth, kind))
+    n = len(tree)
+    terminal = kind == 2
+    correct = terminal & (rng.random(n) < 0.5)
+    no_answer = terminal & ~correct & (rng.random(n) < 0.2)
+    ntype = np.where(kind == 0, "root", np.where(terminal, "answer", TYPES[np.clip(depth - 1, 0, 3)]))
+    raw = pl.DataFrame({"t": tree + first_tree, "i": idx, "p": parent, "depth": depth, "node_type": ntype,
+                        "n_tokens": rng.integers(5, 61, n), "is_terminal": terminal, "correct": correct,
+                        "no_answer": no_answer, "pad": rng.integers(5, 61, n)})
+    tree_id = pl.format("t{}", pl.col("t").cast(pl.String).str.zfill(7))
+    text = pl.format("<{}>node {} {}</{}>", "node_type", "i", pl.lit("x" * 60).str.slice(0, pl.col("pad")), "node_type")
+    nodes = raw.select(
+        tree_id.alias("tree_id"), pl.format("p{}", pl.col("t").cast(pl.String).str.zfill(7)).alias("problem_id"),
+        pl.format("{}/{}", tree_id, "i").alias("node_id"),
+        pl.when(pl.col("p") >= 0).then(pl.format("{}/{}", tree_id, "p")).alias("parent_id"),
+        "depth", "node_type", pl.lit("policy").alias("model"),
+        pl.when(pl.col("i") > 0).then(text).otherwise(pl.lit("")).alias("text"),
+        "n_tokens", pl.lit(1).alias("visits"), pl.lit(0.0).alias("value_sum"), "is_terminal",
+        pl.when("is_terminal").then(pl.col("correct").cast(pl.Float64)).alias("reward"),
+        pl.lit(None, pl.String).alias("answer"), "no_answer", pl.lit("stop").alias("finish_reason"),
+    ).cast(NODE_SCHEMA)
+    ids = [f"p{t:07d}" for t in range(first_tree, first_tree + n_trees)]
+    staged = pl.DataFrame({"problem_id": ids, "domain": "arithmetic", "split": "train", "prompt": [f"Solve {p}" for p in ids]})
     return nodes, staged
+
+
+def build_lake(root: str, n_nodes: int, seed: int = 0) -> dict:
+    """A lake holding ``n_nodes`` synthetic nodes (search_trees in shards, node_lengths,
+    stg_problems), written chunk by chunk so the generator's memory stays small."""
+    rng = np.random.default_rng(seed)
+    lake = Lake(root)
+    lengths, problems = lake.table_writer("node_lengths"), lake.table_writer("stg_problems")
+    nodes = trees = shard = 0
+    while nodes < n_nodes:
+        # ~116 nodes per tree on average: size the chunk to land near the target
+        chunk, staged = synthetic_chunk(rng, trees, max(1, min(8_000, (n_nodes - nodes) // 116 + 1)))
+        lake.write_table("search_trees", chunk, f"synthetic-{shard:03d}")
+        lengths.write(chunk.select("node_id", pl.col("n_tokens").alias("student_tokens")).to_arrow())
+        problems.write(staged.to_arrow())
+        nodes, trees, shard = nodes + chunk.height, trees + staged.height, shard + 1
+    lengths.commit()
+    problems.commit()
+    return {"nodes": nodes, "trees": trees, "shards": shard}
+
+
+def run_sql(root: str, settings: DuckDBSettings) -> dict:
+    """All SQL models over the lake at ``root``, as the Dagster asset runs them."""
+    lake = Lake(root)
+    models = load_models()
+    batches: list = []
+    started = time.perf_counter()
+    runs = list(run_models(lake, models, list(models), {"sft_selection": "longest"}, settings=settings,
+                           progress=batches.append))
+    seconds = time.perf_counter() - started
+    rows = {run.name: run.written.rows for run in runs}
+    return {
+        "seconds": round(seconds, 2),
+        "query_seconds": {run.name: round(run.seconds, 2) for run in runs},
+        "rows": rows, "rows_per_s": round(sum(rows.values()) / seconds),
+        "batches": max(run.batches for run in runs),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        # CPU time barely moves when other jobs share the cores; wall seconds do
+        "cpu_seconds": round(sum(resource.getrusage(resource.RUSAGE_SELF)[:2]), 1),
+        "duckdb_memory_mb_max": round(max((b.duckdb_memory_bytes for b in batches), default=0) / 2**20),
+        "duckdb_spilled_mb_max": round(max((b.duckdb_temp_bytes for b in batches), default=0) / 2**20),
+    }
 
 
 MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
@@ -160,35 +237,76 @@ def python_reference(source: Lake, lake: Lake) -> dict[str, pl.DataFrame]:
     return out
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--nodes", type=int, default=1_000_000)
-    args = ap.parse_args()
-    nodes, staged = synthetic_nodes(args.nodes)
-    lengths = nodes.select("node_id", pl.col("n_tokens").alias("student_tokens"))
-    with tempfile.TemporaryDirectory() as sql_tmp, tempfile.TemporaryDirectory() as py_tmp:
-        lake = Lake(sql_tmp)
-        lake.write_table("search_trees", nodes, "synthetic-000")
-        lake.write_table("node_lengths", lengths)
-        lake.write_table("stg_problems", staged)
-        models = load_models()
-        start = time.perf_counter()
-        runs = list(run_models(lake, models, ["tree_paths", "sft_dataset", "preference_pairs"], {"sft_selection": "longest"}))
-        seconds = time.perf_counter() - start
-        sql = {run.name: run.df for run in runs}
-        start = time.perf_counter()
+def _child(*args: str) -> dict:
+    # each stage in its own process: peak RSS is then that of the model run alone
+    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                                          os.environ.get("PYTHONPATH", "")])})
+    return json.loads(out.stdout)
+
+
+def python_comparison(root: str) -> dict:
+    """The SQL tables of the run at ``root`` against the plain-Python rules on the same lake."""
+    lake = Lake(root)
+    with tempfile.TemporaryDirectory() as py_tmp:
+        started = time.perf_counter()
         ref = python_reference(lake, Lake(py_tmp))
-        py_seconds = time.perf_counter() - start
-    # whole tables, every column and row order: the SQL and the loops give the same files
-    match = {name: sql[name].equals(ref[name]) for name in ref}
-    print(json.dumps({
-        "nodes": nodes.height, "trees": staged.height, "paths": sql["tree_paths"].height,
-        "sft_rows": sql["sft_dataset"].height, "pairs": sql["preference_pairs"].height,
-        "seconds": round(seconds, 2), "query_seconds": {run.name: round(run.seconds, 2) for run in runs},
-        "python_seconds": round(py_seconds, 2),
-        "speedup_vs_python": round(py_seconds / seconds, 2), "outputs_match": all(match.values()), "match_by_model": match,
-    }, indent=2))
-    return 0 if all(match.values()) else 1
+        py_seconds = time.perf_counter() - started
+    match = {name: lake.read_table(name).equals(df) for name, df in ref.items()}
+    return {"python_seconds": round(py_seconds, 2), "outputs_match": all(match.values()), "match_by_model": match}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default=",".join(str(n) for n in SIZES), help="node counts, comma-separated")
+    ap.add_argument("--max-nodes", type=int, default=SIZES[-1], help="skip sizes above this")
+    ap.add_argument("--batch-rows", type=int, help="default: the tiny profile's data.duckdb.batch_rows")
+    ap.add_argument("--memory-limit", help="default: the tiny profile's data.duckdb.memory_limit")
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--python", action="store_true", help="at 1M nodes, also compare with plain Python")
+    ap.add_argument("--generate", nargs=2, metavar=("ROOT", "NODES"), help=argparse.SUPPRESS)
+    ap.add_argument("--run", nargs=2, metavar=("ROOT", "SETTINGS"), help=argparse.SUPPRESS)
+    ap.add_argument("--compare", metavar="ROOT", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.generate:
+        print(json.dumps(build_lake(args.generate[0], int(args.generate[1]))))
+        return 0
+    if args.run:
+        print(json.dumps(run_sql(args.run[0], DuckDBSettings(**json.loads(args.run[1])))))
+        return 0
+    if args.compare:
+        print(json.dumps(python_comparison(args.compare)))
+        return 0
+
+    config = load_profile("tiny").data.duckdb.model_dump()
+    config.update({k: v for k, v in {"batch_rows": args.batch_rows, "memory_limit": args.memory_limit,
+                                     "threads": args.threads}.items() if v is not None})
+    sizes = [n for n in (int(x) for x in args.sizes.split(",")) if n <= args.max_nodes]
+    results = []
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix="widen-bench-") as root:
+            made = _child("--generate", root, str(n))
+            run = _child("--run", root, json.dumps(config))
+            result = {**made, **run, "seconds_per_m_nodes": round(run["seconds"] / made["nodes"] * 1e6, 3)}
+            if args.python and n == 1_000_000:
+                result.update(_child("--compare", root))
+                result["speedup_vs_python"] = round(result["python_seconds"] / result["seconds"], 2)
+        results.append(result)
+        print(json.dumps(result), file=sys.stderr, flush=True)  # progress while the sweep goes on
+    summary: dict = {"settings": config, "sizes": results, "largest_completed": results[-1]["nodes"] if results else 0}
+    if len(results) > 1:
+        x = np.array([r["nodes"] for r in results], dtype=float)
+        y = np.array([r["seconds"] for r in results])
+        slope, intercept = np.polyfit(x, y, 1)
+        first, last = results[0], results[-1]
+        summary.update({
+            "slope_seconds_per_m_nodes": round(slope * 1e6, 3), "intercept_seconds": round(intercept, 2),
+            # per-node time at the largest size over that at the smallest: 1.0 is exactly linear
+            "linearity_ratio": round(last["seconds_per_m_nodes"] / first["seconds_per_m_nodes"], 3),
+            "max_peak_rss_mb": max(r["peak_rss_mb"] for r in results),
+        })
+    print(json.dumps(summary, indent=2))
+    return 0 if all(r.get("outputs_match", True) for r in results) else 1
 
 
 if __name__ == "__main__":

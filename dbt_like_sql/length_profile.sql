@@ -1,5 +1,6 @@
 -- Thoughts Length Balance, measured: the shortest, median and longest correct path of each
 -- problem in student tokens (the paper's Figure 3), with the problem's domain.
+-- batch_by: problem_id
 SELECT
     t.problem_id,
     s.domain,

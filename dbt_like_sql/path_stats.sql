@@ -1,5 +1,6 @@
 -- Per problem: how many paths the search found, how many correct, wrong and without an
 -- answer, and the token lengths of its correct paths.
+-- batch_by: problem_id
 SELECT
     problem_id,
     count(*) AS paths,

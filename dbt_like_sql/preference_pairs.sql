@@ -4,6 +4,7 @@
 -- incorrect path (wrong or no answer) of the same search tree sharing the shortest common prefix
 -- with the chosen one, ties broken by the shortest. The shared prefix is recorded in nodes, tokens and characters.
 -- Problems without an incorrect path give no pair. Columns follow TRL: prompt, chosen, rejected.
+-- batch_by: problem_id
 WITH correct AS (
     -- ids and lengths only: texts are joined once, for the winning pairs
     SELECT problem_id,

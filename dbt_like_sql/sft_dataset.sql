@@ -2,6 +2,7 @@
 -- default ($sft_selection = 'longest'; 'shortest' and 'all_correct' for the ablation), in
 -- TRL's conversational `messages` column (user = task prompt with the problem, assistant =
 -- the path's tagged thoughts), with provenance: problem, tree and node ids.
+-- batch_by: problem_id
 WITH picked AS (
     -- ranks on ids and lengths only; texts are joined for the picked paths alone
     SELECT path_id

@@ -3,6 +3,7 @@
 -- correct or missing, its depth, and its length in student-tokenizer tokens and characters.
 -- node_idx: the same ids as integers within the tree; cum_tokens / cum_chars: the running
 -- length after each node. Both serve common-prefix computations.
+-- batch_by: problem_id
 WITH RECURSIVE nodes AS (
     SELECT n.tree_id, n.problem_id, n.node_id, n.parent_id, n.node_type, n.text,
            n.is_terminal, n.reward, n.no_answer,

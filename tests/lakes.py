@@ -17,7 +17,7 @@ def node_row(tree, idx, parent, ntype, tokens, *, reward=None, terminal=False, n
             "no_answer": no_answer, "finish_reason": "stop"}
 
 
-def _trees() -> pl.DataFrame:
+def hand_built_trees() -> pl.DataFrame:
     rows = [
         # P1: correct paths of 25 and 45 tokens; wrong paths sharing 3, 1 and 1 nodes with the shortest.
         node_row("P1-s0", 0, None, "root", 0), node_row("P1-s0", 1, 0, "sub_task", 10), node_row("P1-s0", 2, 1, "thinking", 10),
@@ -40,7 +40,7 @@ def _trees() -> pl.DataFrame:
 
 def build_small_lake(tmp_path) -> Lake:
     lake = Lake(str(tmp_path / "lake"))
-    nodes = _trees()
+    nodes = hand_built_trees()
     lake.write_table("search_trees", nodes, "hand-000")
     # Student tokens differ from the policy's n_tokens: the SQL must use the student's.
     lake.write_table("node_lengths", nodes.select("node_id", (pl.col("n_tokens") * 2).cast(pl.Int32).alias("student_tokens")))

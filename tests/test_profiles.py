@@ -31,6 +31,8 @@ def test_tiny_is_the_default_and_env_var_selects(monkeypatch):
         ({"models": {"policy": {"source": "hub"}}}, "models.policy: Value error, a hub model needs 'name'"),
         ({"datasets": [{"name": "a", "domain": "math", "source": {"kind": "file", "path": "x", "qestion_field": "q"}}]},
          "datasets.0.source.qestion_field: Extra inputs are not permitted"),
+        ({"data": {"duckdb": {"memory_limit": "lots"}}}, "data.duckdb.memory_limit: String should match pattern"),
+        ({"data": {"duckdb": {"batch_rows": 0}}}, "data.duckdb.batch_rows: Input should be greater than 0"),
     ],
 )
 def test_bad_profiles_fail_with_the_dotted_field(patch, message):

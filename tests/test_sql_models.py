@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import pytest
 
-from tests.lakes import build_small_lake, node_row, run_sql_models
+from tests.lakes import build_small_lake, hand_built_trees, node_row, run_sql_models
 from widen_dag.datasets import sql as sqlmodels
 from widen_dag.search.store import NODE_SCHEMA
 from widen_dag.storage.lake import Lake
@@ -177,3 +178,88 @@ def test_the_rejected_path_comes_from_the_chosen_paths_tree(tmp_path):
     pairs = run_sql_models(lake)["preference_pairs"].filter(pl.col("problem_id") == "P6")
     assert pairs["rejected_path_id"].to_list() == ["P6-s0/3", "P6-s0/3"]  # balanced and default
     assert pairs["common_prefix_nodes"].to_list() == [1, 1] and pairs["tree_id"].to_list() == ["P6-s0", "P6-s0"]
+
+
+# ---- at scale: batches, a memory limit and spilling change nothing -------------------------
+def _many_trees_lake(tmp_path, copies: int) -> Lake:
+    """The hand-built problems (P6 with two trees included) repeated ``copies`` times under new ids."""
+    base = pl.concat([hand_built_trees(), pl.DataFrame(
+        [node_row("P6-s0", 0, None, "root", 0), node_row("P6-s0", 1, 0, "sub_task", 10),
+         node_row("P6-s0", 2, 1, "answer", 5, reward=1.0, terminal=True), node_row("P6-s0", 3, 1, "answer", 9, reward=0.0, terminal=True),
+         node_row("P6-s1", 0, None, "root", 0), node_row("P6-s1", 1, 0, "answer", 2, reward=0.0, terminal=True)], schema=NODE_SCHEMA)])
+    lake = Lake(str(tmp_path / "lake"))
+    shards = []
+    for c in range(copies):
+        tag = pl.lit(f"{c:04d}")
+        shards.append(base.with_columns(  # P1-s0/3 -> P1x0007-s0/3: the copy's problem, tree and node ids
+            *(pl.col(k).str.replace(r"^(P\d)", "${1}x" + f"{c:04d}") for k in ("tree_id", "problem_id", "node_id", "parent_id")),
+            pl.concat_str(pl.col("text"), tag)))
+    nodes = pl.concat(shards)
+    half = nodes.height // 2
+    lake.write_table("search_trees", nodes.head(half), "many-000")  # a problem may straddle shards
+    lake.write_table("search_trees", nodes.tail(nodes.height - half), "many-001")
+    lake.write_table("node_lengths", nodes.select("node_id", (pl.col("n_tokens") * 2).cast(pl.Int32).alias("student_tokens")))
+    problems = nodes.select("problem_id").unique().sort("problem_id")
+    lake.write_table("stg_problems", problems.with_columns(
+        domain=pl.lit("arithmetic"), split=pl.when(pl.col("problem_id").str.starts_with("P3")).then(pl.lit("eval")).otherwise(pl.lit("train")),
+        prompt=pl.concat_str(pl.lit("solve "), "problem_id")))
+    return lake
+
+
+def _tables(lake: Lake, settings=None, progress=None) -> dict[str, tuple[pl.DataFrame, str, int]]:
+    models = sqlmodels.load_models()
+    runs = list(sqlmodels.run_models(lake, models, list(models), {"sft_selection": "longest"}, settings=settings, progress=progress))
+    return {r.name: (lake.read_table(r.name), r.written.sha256, r.batches) for r in runs}
+
+
+def test_a_tiny_memory_limit_and_many_batches_give_the_same_tables(tmp_path):
+    lake = _many_trees_lake(tmp_path / "a", copies=400)  # 10,800 nodes, 2,000 problems
+    whole = _tables(lake)
+    assert {b for _, _, b in whole.values()} == {1}
+    batches = []
+    # 32MB: about DuckDB's floor for these queries on one thread (16MB fails to allocate)
+    tight = sqlmodels.DuckDBSettings(memory_limit="32MB", threads=1, temp_directory=str(tmp_path / "spill"), batch_rows=1_500)
+    batched = _tables(lake, tight, batches.append)
+    in_one_piece = _tables(lake, dataclasses.replace(tight, batch_rows=10**9))
+    assert len(batches) > 5 and all(b for _, _, b in batched.values())
+    assert sum(b.input_rows for b in batches) == lake.read_all("search_trees").height + lake.read_table("stg_problems").height
+    for name, (df, _, _) in whole.items():
+        assert df.height > 0 and batched[name][0].equals(df), name  # every column, every row, same order
+        assert in_one_piece[name][0].equals(df) and in_one_piece[name][1] == whole[name][1], name  # same bytes too
+    # preference_pairs is ordered by (pairing, problem_id): its batches were merged by a sort
+    assert batched["preference_pairs"][0]["pairing"].to_list() == sorted(batched["preference_pairs"][0]["pairing"].to_list())
+    # a no-op rerun publishes the same bytes (the data version), and nothing is left staged
+    again = _tables(lake, tight)
+    assert {n: h for n, (_, h, _) in again.items()} == {n: h for n, (_, h, _) in batched.items()}
+    assert not [p for p in Path(lake.root).rglob(".*") if p.is_file()]
+
+
+def test_a_failing_batch_publishes_nothing(tmp_path):
+    lake = _many_trees_lake(tmp_path, copies=20)
+    before = {name: lake.table_sha256(name) for name in ("tree_paths", "sft_dataset")}
+    sql_dir = tmp_path / "sql"
+    _write(sql_dir, "tree_paths", "-- batch_by: problem_id\nSELECT problem_id, node_id FROM search_trees ORDER BY node_id")
+    # fails only on the batch holding P5x0019's rows, after earlier batches were staged
+    _write(sql_dir, "sft_dataset", "-- batch_by: problem_id\nSELECT problem_id, CAST(CASE WHEN problem_id = 'P5x0019' "
+                                   "THEN 'x' ELSE '1' END AS INTEGER) AS n FROM tree_paths ORDER BY problem_id")
+    models = sqlmodels.load_models(sql_dir)
+    with pytest.raises(Exception, match="Conversion Error"):
+        list(sqlmodels.run_models(lake, models, list(models), settings=sqlmodels.DuckDBSettings(batch_rows=50)))
+    assert {name: lake.table_sha256(name) for name in before} == before == {"tree_paths": None, "sft_dataset": None}
+    assert not [p for p in Path(lake.root).rglob(".*") if p.is_file()]
+
+
+def test_the_dagster_asset_runs_in_batches_from_the_profile(tmp_path):
+    from widen_dag.defs.assets.datasets import dbt_like_sql
+    from widen_dag.defs.resources import PipelineResource
+
+    lake = _many_trees_lake(tmp_path, copies=10)
+    profile = tmp_path / "batched.yaml"
+    profile.write_text("extends: tiny\ndata:\n  duckdb:\n    batch_rows: 40\n    memory_limit: 64MB\n")
+    res = {"pipeline": PipelineResource(profile=str(profile), lake_root=lake.root)}
+    result = dg.materialize([dbt_like_sql], resources=res, selection=["tree_paths", "preference_pairs"])
+    assert result.success
+    meta = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
+    assert meta["tree_paths"]["batches"].value > 1
+    assert meta["tree_paths"]["dagster/row_count"].value == lake.read_table("tree_paths").height == 10 * 14
+    assert meta["preference_pairs"]["pairs_by_pairing"].value == {"balanced": 30, "default": 30}

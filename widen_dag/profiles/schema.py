@@ -244,11 +244,25 @@ class DistillConfig(_Strict):
     seed: int = Field(0, description="Seed of the synthetic teacher.")
 
 
+class DuckDBConfig(_Strict):
+    """DuckDB under the SQL models. A real search is 10-20M nodes: past ``batch_rows`` rows of
+    input the models run per range of problems and stream to the lake, and DuckDB spills to
+    ``temp_directory`` beyond ``memory_limit`` instead of dying; the tables come out the same."""
+
+    memory_limit: str = Field("4GB", pattern=r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$",
+                              description="DuckDB's buffer manager cap, e.g. '512MB', '4GB' (its own default is 80% of RAM).")
+    temp_directory: str | None = Field(None, description="Where DuckDB spills; null: a private temporary folder per run.")
+    threads: int | None = Field(None, ge=1, description="DuckDB threads; null: one per core.")
+    batch_rows: int = Field(1_000_000, gt=0, description=(
+        "Input rows (search_trees + stg_problems, whole problems) per batch; peak memory follows it."))
+
+
 class DatasetsConfig(_Strict):
     """The data products built from the trees."""
 
     sft_selection: Literal["longest", "shortest", "all_correct"] = Field(
         "longest", description="Which correct path(s) per problem the SFT set takes (SPEC: longest).")
+    duckdb: DuckDBConfig = Field(DuckDBConfig(), description="DuckDB memory, spilling and batching of the SQL models.")
     distill: DistillConfig = Field(DistillConfig(), description="The long-CoT distillation baseline's data.")
 
 

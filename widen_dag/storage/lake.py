@@ -15,6 +15,7 @@ import hashlib
 import io
 import os
 import re
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,6 +25,8 @@ from pathlib import Path
 import duckdb
 import fsspec
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 CATALOG_FILE = "widen_lake.duckdb"
@@ -103,6 +106,11 @@ class Lake:
         self.write_bytes(self.table_path(asset, partition), data)
         self.refresh_catalog(asset)
         return Written(self.table_uri(asset, partition), hashlib.sha256(data).hexdigest(), df.height)
+
+    def table_writer(self, asset: str, partition: str | None = None, staging_dir: str | None = None) -> TableWriter:
+        """A Parquet writer for tables too large to hold in memory: append Arrow batches, then
+        ``commit()`` publishes the file atomically (or ``abort()`` drops it). See TableWriter."""
+        return TableWriter(self, asset, partition, staging_dir)
 
     def table_sha256(self, asset: str, partition: str | None = None) -> str | None:
         """Content hash of a written table (the same hash write_table returned), None if absent."""
@@ -232,6 +240,85 @@ class Lake:
             except duckdb.IOException:
                 time.sleep(0.1 * (attempt + 1))
         raise LakeError(f"could not update the DuckDB catalog {path}: it stayed locked")
+
+
+class TableWriter:
+    """Streams Arrow batches into one (asset, partition) Parquet file, row groups in the order
+    written, and publishes it the way write_table does: nothing is visible under the table's
+    name until ``commit()`` renames the finished file into place.
+
+    A local lake stages the file as a hidden sibling (the rename is then atomic); a remote one
+    stages it in ``staging_dir`` (a local folder, default the system's) and uploads on commit.
+    Files read back like write_table's (zstd, statistics); their bytes differ (pyarrow writes them).
+    """
+
+    def __init__(self, lake: Lake, asset: str, partition: str | None = None, staging_dir: str | None = None) -> None:
+        self.lake, self.asset, self.partition = lake, asset, partition
+        self.final = lake.table_path(asset, partition)
+        parent, name = self.final.rsplit("/", 1)
+        if lake.is_local:
+            os.makedirs(parent, exist_ok=True)
+            self.staged = f"{parent}/.{name}.tmp-{uuid.uuid4().hex}"
+        else:
+            self.staged = str(Path(staging_dir or tempfile.gettempdir()) / f".{asset}-{name}.tmp-{uuid.uuid4().hex}")
+        self.rows = 0
+        self._schema: pa.Schema | None = None
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, table: pa.Table | pa.RecordBatch) -> None:
+        if self._schema is None:
+            self._schema = table.schema
+        if table.num_rows == 0:
+            return
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.staged, self._schema, compression="zstd", write_statistics=True)
+        self._writer.write(table)
+        self.rows += table.num_rows
+
+    @property
+    def schema(self) -> pa.Schema | None:
+        return self._schema
+
+    def close(self) -> None:
+        """Finish the staged file (readable at ``staged``) without publishing it."""
+        if self._writer is None:  # no rows: still a valid, empty table with the columns
+            if self._schema is None:
+                raise LakeError(f"{self.asset}: nothing was written, not even a schema")
+            self._writer = pq.ParquetWriter(self.staged, self._schema, compression="zstd", write_statistics=True)
+        self._writer.close()
+
+    def commit(self) -> Written:
+        self.close()
+        digest = hashlib.sha256()
+        with open(self.staged, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(chunk)
+        fs = self.lake.fs
+        try:
+            if self.lake.is_local:
+                os.replace(self.staged, self.final)  # atomic on POSIX
+            else:
+                parent, name = self.final.rsplit("/", 1)
+                remote_tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex}"
+                fs.put_file(self.staged, remote_tmp)
+                try:
+                    fs.mv(remote_tmp, self.final)
+                finally:
+                    with contextlib.suppress(FileNotFoundError):
+                        if fs.exists(remote_tmp):
+                            fs.rm(remote_tmp)
+        finally:
+            self.abort()
+        self.lake.refresh_catalog(self.asset)
+        return Written(self.lake.table_uri(self.asset, self.partition), digest.hexdigest(), self.rows)
+
+    def abort(self) -> None:
+        """Drop the staged file (after a failure); the published table, if any, is untouched."""
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.staged)
 
 
 def ddl(con: duckdb.DuckDBPyConnection, sql: str) -> None:

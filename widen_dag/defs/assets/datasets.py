@@ -46,19 +46,23 @@ def node_lengths(context: dg.AssetExecutionContext, pipeline: PipelineResource) 
                                 data_version=dg.DataVersion(written.sha256))
 
 
-def _extra_metadata(name: str, df: pl.DataFrame) -> dict:
-    if name == "length_profile" and df.height:
+def _extra_metadata(name: str, lf: pl.LazyFrame, rows: int) -> dict:
+    # lazy: a batched result is scanned from its file for the few columns needed, never loaded whole
+    if name == "length_profile" and rows:
+        df = lf.select("domain", "shortest_tokens", "median_tokens", "longest_tokens").collect()
         groups = {d: {"shortest": g["shortest_tokens"].to_list(), "median": g["median_tokens"].to_list(),
                       "longest": g["longest_tokens"].to_list()}
                   for (d,), g in df.group_by("domain", maintain_order=True)}
         png = length_distribution_png(groups, "correct path lengths")
         return {"length_plot": dg.MetadataValue.md(markdown_image(png, "length profile")),
                 "mean_shortest": float(df["shortest_tokens"].mean()), "mean_longest": float(df["longest_tokens"].mean())}
-    if name == "preference_pairs" and df.height:
+    if name == "preference_pairs" and rows:
+        df = lf.select("pairing", "common_prefix_tokens").collect()
         return {"pairs_by_pairing": dg.MetadataValue.json(dict(df.group_by("pairing").len().rows())),
                 "mean_common_prefix_tokens": float(df["common_prefix_tokens"].mean())}
-    if name == "tree_paths" and df.height:
-        return {"correct_paths": int(df["correct"].sum()), "no_answer_paths": int(df["no_answer"].sum())}
+    if name == "tree_paths" and rows:
+        sums = lf.select(pl.col("correct").sum(), pl.col("no_answer").sum()).collect()
+        return {"correct_paths": int(sums["correct"][0]), "no_answer_paths": int(sums["no_answer"][0])}
     return {}
 
 
@@ -75,16 +79,29 @@ def _extra_metadata(name: str, df: pl.DataFrame) -> dict:
 )
 def dbt_like_sql(context: dg.AssetExecutionContext, pipeline: PipelineResource):
     """Runs the selected SQL models of dbt_like_sql/ in dependency order over one DuckDB
-    connection, writes each to the lake, then runs the checks on it."""
+    connection, writes each to the lake, then runs the checks on it. Past the profile's
+    data.duckdb.batch_rows input rows the models run per range of problems under its memory
+    limit (spilling beyond it) and stream to the lake; each batch is logged."""
     profile, lake = pipeline.load_profile(), pipeline.lake()
     selected = [k.path[-1] for k in context.selected_asset_keys]
     params = {"sft_selection": profile.data.sft_selection}
+    settings = sqlmodels.DuckDBSettings(**profile.data.duckdb.model_dump())
     con = lake.connect()
     selected_checks = {k.name for k in context.selected_asset_check_keys}
-    for name, df, written, seconds in sqlmodels.run_models(lake, MODELS, selected, params, con):
-        context.log.info(f"{name}: {df.height} rows in {seconds:.2f} s -> {written.uri}")
-        timing = {"query_seconds": round(seconds, 3), "rows_per_s": round(df.height / max(seconds, 1e-6))}
-        yield dg.MaterializeResult(asset_key=name, metadata={**table_metadata(df, written), **timing, **_extra_metadata(name, df)},
+
+    def progress(b: sqlmodels.BatchProgress) -> None:
+        made = ", ".join(f"{n} {r}" for n, r in b.output_rows.items())
+        context.log.info(f"batch {b.index}/{b.total} (problems {b.first_key} .. {b.last_key}, {b.input_rows} input rows) "
+                         f"in {b.seconds:.1f} s: {made}; DuckDB holds {b.duckdb_memory_bytes >> 20} MiB, "
+                         f"spilled {b.duckdb_temp_bytes >> 20} MiB")
+
+    for run in sqlmodels.run_models(lake, MODELS, selected, params, con, settings, progress):
+        name, written, seconds, rows = run.name, run.written, run.seconds, run.written.rows
+        context.log.info(f"{name}: {rows} rows in {seconds:.2f} s ({run.batches} batches) -> {written.uri}")
+        timing = {"query_seconds": round(seconds, 3), "rows_per_s": round(rows / max(seconds, 1e-6)), "batches": run.batches}
+        head = run.df if run.df is not None else run.lazy().head(5).collect()
+        yield dg.MaterializeResult(asset_key=name, metadata={**table_metadata(head, written), "dagster/row_count": rows,
+                                                             **timing, **_extra_metadata(name, run.lazy(), rows)},
                                    data_version=dg.DataVersion(written.sha256))
         for check in CHECKS:
             if check.model != name or check.name not in selected_checks:
