@@ -18,24 +18,52 @@ EN_CAPS = EN.upper()
 CASES = [
     ("keywords:existence", {"keywords": ["apple", "river"]}, "I ate an apple by the river.", True, True),
     ("keywords:existence", {"keywords": ["apple", "river"]}, "I ate a pear.", False, False),
-    ("keywords:frequency", {"keyword": "blue", "frequency": 3, "relation": "at least"}, "blue sky, blue sea, blue eyes", True, True),
+    (
+        "keywords:frequency",
+        {"keyword": "blue", "frequency": 3, "relation": "at least"},
+        "blue sky, blue sea, blue eyes",
+        True,
+        True,
+    ),
     ("keywords:frequency", {"keyword": "blue", "frequency": 3, "relation": "at least"}, "a blue sky", False, False),
     ("keywords:forbidden_words", {"forbidden_words": ["cat"]}, "A dog barked.", True, True),
     ("keywords:forbidden_words", {"forbidden_words": ["cat"]}, "The cat sat.", False, False),
     ("keywords:letter_frequency", {"letter": "z", "let_frequency": 2, "let_relation": "at least"}, "zebra pizza", True, True),
     ("keywords:letter_frequency", {"letter": "z", "let_frequency": 2, "let_relation": "at least"}, "apple", False, False),
     ("language:response_language", {"language": "en"}, EN, True, True),
-    ("language:response_language", {"language": "en"}, "Bonjour, je m'appelle Pierre et j'habite à Paris depuis très longtemps avec ma famille.", False, False),
+    (
+        "language:response_language",
+        {"language": "en"},
+        "Bonjour, je m'appelle Pierre et j'habite à Paris depuis très longtemps avec ma famille.",
+        False,
+        False,
+    ),
     ("length_constraints:number_sentences", {"num_sentences": 2, "relation": "less than"}, "Only one sentence here.", True, True),
     ("length_constraints:number_sentences", {"num_sentences": 2, "relation": "less than"}, "One. Two. Three.", False, False),
     ("length_constraints:number_paragraphs", {"num_paragraphs": 2}, "First paragraph.\n***\nSecond paragraph.", True, True),
     ("length_constraints:number_paragraphs", {"num_paragraphs": 2}, "Just one paragraph.", False, False),
     ("length_constraints:number_words", {"num_words": 5, "relation": "less than"}, "Too few words", True, True),
-    ("length_constraints:number_words", {"num_words": 5, "relation": "less than"}, "this one has far too many words in it", False, False),
-    ("length_constraints:nth_paragraph_first_word", {"num_paragraphs": 2, "nth_paragraph": 2, "first_word": "however"},
-     "Intro here.\n\nHowever, this works.", True, True),
-    ("length_constraints:nth_paragraph_first_word", {"num_paragraphs": 2, "nth_paragraph": 2, "first_word": "however"},
-     "Intro here.\n\nBut not this.", False, False),
+    (
+        "length_constraints:number_words",
+        {"num_words": 5, "relation": "less than"},
+        "this one has far too many words in it",
+        False,
+        False,
+    ),
+    (
+        "length_constraints:nth_paragraph_first_word",
+        {"num_paragraphs": 2, "nth_paragraph": 2, "first_word": "however"},
+        "Intro here.\n\nHowever, this works.",
+        True,
+        True,
+    ),
+    (
+        "length_constraints:nth_paragraph_first_word",
+        {"num_paragraphs": 2, "nth_paragraph": 2, "first_word": "however"},
+        "Intro here.\n\nBut not this.",
+        False,
+        False,
+    ),
     ("detectable_content:number_placeholders", {"num_placeholders": 2}, "Dear [name], we live at [address].", True, True),
     ("detectable_content:number_placeholders", {"num_placeholders": 2}, "Dear friend.", False, False),
     ("detectable_content:postscript", {"postscript_marker": "P.S."}, "Hello there.\nP.S. see you soon", True, True),
@@ -46,8 +74,13 @@ CASES = [
     ("detectable_format:constrained_response", {}, "Maybe later.", False, False),
     ("detectable_format:number_highlighted_sections", {"num_highlights": 1}, "This is *important* text.", True, True),
     ("detectable_format:number_highlighted_sections", {"num_highlights": 1}, "Nothing stands out.", False, False),
-    ("detectable_format:multiple_sections", {"section_spliter": "Section", "num_sections": 2},
-     "Section 1\nfoo\nSection 2\nbar", True, True),
+    (
+        "detectable_format:multiple_sections",
+        {"section_spliter": "Section", "num_sections": 2},
+        "Section 1\nfoo\nSection 2\nbar",
+        True,
+        True,
+    ),
     ("detectable_format:multiple_sections", {"section_spliter": "Section", "num_sections": 2}, "foo and bar", False, False),
     ("detectable_format:json_format", {}, '{"a": 1}', True, True),
     ("detectable_format:json_format", {}, 'Here is the JSON:\n{"a": 1}', False, True),  # loose drops the first line
@@ -62,7 +95,13 @@ CASES = [
     ("startend:end_checker", {"end_phrase": "Any other questions?"}, "Done. Any other questions?\nThanks!", False, True),
     ("startend:end_checker", {"end_phrase": "Any other questions?"}, "Done.", False, False),
     ("change_case:capital_word_frequency", {"capital_frequency": 2, "capital_relation": "at least"}, "THIS IS BIG", True, True),
-    ("change_case:capital_word_frequency", {"capital_frequency": 2, "capital_relation": "at least"}, "this is small", False, False),
+    (
+        "change_case:capital_word_frequency",
+        {"capital_frequency": 2, "capital_relation": "at least"},
+        "this is small",
+        False,
+        False,
+    ),
     ("change_case:english_capital", {}, EN_CAPS, True, True),
     ("change_case:english_capital", {}, EN, False, False),
     ("change_case:english_lowercase", {}, EN, True, True),
@@ -79,7 +118,9 @@ def test_cases_cover_every_supported_instruction():
     assert {c[0] for c in CASES} == set(ifd.supported_instructions())
 
 
-@pytest.mark.parametrize(("iid", "kwargs", "response", "strict", "loose"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize(
+    ("iid", "kwargs", "response", "strict", "loose"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)]
+)
 def test_checkers_agree_with_lm_eval_and_hand_labels(iid, kwargs, response, strict, loose):
     from lm_eval.tasks.ifeval import utils as lm_utils
 
@@ -99,16 +140,27 @@ def test_prompt_and_instruction_level_agree_with_lm_eval_on_a_multi_constraint_r
     response = "Sure!\n" + EN + ", is there anything else i can help with?"
     ours = ifd.score(response, ifd.constraints_from(ids, kwargs), "p")
     inp = lm_utils.InputExample(key=0, instruction_id_list=ids, prompt="p", kwargs=kwargs)
-    strict, loose = lm_utils.test_instruction_following_strict(inp, response), lm_utils.test_instruction_following_loose(inp, response)
+    strict, loose = (
+        lm_utils.test_instruction_following_strict(inp, response),
+        lm_utils.test_instruction_following_loose(inp, response),
+    )
     assert ours.strict == tuple(strict.follow_instruction_list) == (False, False, True)
     # loose: without the first line it is lowercase; without the last line ("Sure!") it has no comma
     assert ours.loose == tuple(loose.follow_instruction_list) == (True, True, True)
-    assert (ours.prompt_strict, ours.prompt_loose) == (strict.follow_all_instructions, loose.follow_all_instructions) == (False, True)
+    assert (
+        (ours.prompt_strict, ours.prompt_loose)
+        == (strict.follow_all_instructions, loose.follow_all_instructions)
+        == (False, True)
+    )
 
 
 def _multi_if_row(**over):
     row = {
-        "turns": "", "responses": "", "key": "k1", "turn_index": "0", "language": "English",
+        "turns": "",
+        "responses": "",
+        "key": "k1",
+        "turn_index": "0",
+        "language": "English",
         "turn_1_prompt": json.dumps({"role": "user", "content": "Describe a fox in lowercase letters only."}),
         "turn_1_instruction_id_list": json.dumps(["change_case:english_lowercase"]),
         "turn_1_kwargs": json.dumps(["{}"]),
@@ -116,7 +168,9 @@ def _multi_if_row(**over):
         "turn_2_instruction_id_list": json.dumps(["change_case:english_lowercase", "startend:end_checker"]),
         "turn_2_kwargs": json.dumps(["{}", json.dumps({"end_phrase": "the end."})]),
         "turn_3_prompt": json.dumps({"role": "user", "content": "Do not use any commas."}),
-        "turn_3_instruction_id_list": json.dumps(["change_case:english_lowercase", "startend:end_checker", "punctuation:no_comma"]),
+        "turn_3_instruction_id_list": json.dumps(
+            ["change_case:english_lowercase", "startend:end_checker", "punctuation:no_comma"]
+        ),
         "turn_3_kwargs": json.dumps(["{}", json.dumps({"end_phrase": "the end."}), "{}"]),
     }
     return {**row, **over}
@@ -148,8 +202,9 @@ def test_response_without_answer_block_is_no_answer_unless_the_dataset_allows_th
 
 def test_multi_if_csv_loads_909_items_and_stages_without_quarantining_good_rows(datasets_dir):
     path = datasets_dir / "multi_if" / "multiIF_20241018_english.csv"
-    ds = DatasetConfig.model_validate({"name": "multi_if", "domain": "instruction_following", "role": "eval",
-                                       "source": {"kind": "file", "path": str(path)}})
+    ds = DatasetConfig.model_validate(
+        {"name": "multi_if", "domain": "instruction_following", "role": "eval", "source": {"kind": "file", "path": str(path)}}
+    )
     recs = dataset_records(ds, seed=0)
     assert len({r.meta["item"] for r in recs}) == 909
     assert [r.error for r in recs if r.error] == []
@@ -174,8 +229,13 @@ def test_corrupted_multi_if_copy_quarantines_the_bad_rows_with_reasons(datasets_
     rows[2]["turn_2_kwargs"] = "[not json"
     rows[3]["turn_3_kwargs"] = json.dumps(["{}"])  # one kwargs entry for several instructions
     rows[4]["turn_1_prompt"] = ""
-    rows[5]["turn_2_kwargs"] = json.dumps(["{}", json.dumps({"relation": "sideways", "num_words": 3})] + json.loads(rows[5]["turn_2_kwargs"])[2:])
-    rows[5]["turn_2_instruction_id_list"] = json.dumps(["change_case:english_lowercase", "length_constraints:number_words"] + json.loads(rows[5]["turn_2_instruction_id_list"])[2:])
+    rows[5]["turn_2_kwargs"] = json.dumps(
+        ["{}", json.dumps({"relation": "sideways", "num_words": 3})] + json.loads(rows[5]["turn_2_kwargs"])[2:]
+    )
+    rows[5]["turn_2_instruction_id_list"] = json.dumps(
+        ["change_case:english_lowercase", "length_constraints:number_words"]
+        + json.loads(rows[5]["turn_2_instruction_id_list"])[2:]
+    )
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=header)
     writer.writeheader()
@@ -183,8 +243,9 @@ def test_corrupted_multi_if_copy_quarantines_the_bad_rows_with_reasons(datasets_
     text = buf.getvalue() + '"only","three","fields"\n'
     path = tmp_path / "corrupt.csv"
     path.write_text(text, encoding="utf-8")
-    ds = DatasetConfig.model_validate({"name": "mif", "domain": "instruction_following", "role": "eval",
-                                       "source": {"kind": "file", "path": str(path)}})
+    ds = DatasetConfig.model_validate(
+        {"name": "mif", "domain": "instruction_following", "role": "eval", "source": {"kind": "file", "path": str(path)}}
+    )
     from widen_dag.domains.problems import load_shard
 
     staged, quarantine = stage_problems(load_shard(ds, 0, 0), ProblemsConfig(), {"mif": "eval"})
@@ -204,9 +265,17 @@ def test_corrupted_multi_if_copy_quarantines_the_bad_rows_with_reasons(datasets_
 
 def test_ifeval_jsonl_rows_load_and_bad_ones_carry_reasons(tmp_path):
     lines = [
-        json.dumps({"key": 1, "prompt": "Write a haiku without commas.", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}),
-        json.dumps({"key": 2, "prompt": "Write 3 bullets.", "instruction_id_list": ["detectable_format:number_bullet_lists"],
-                    "kwargs": [{"num_bullets": 3}]}),
+        json.dumps(
+            {"key": 1, "prompt": "Write a haiku without commas.", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}
+        ),
+        json.dumps(
+            {
+                "key": 2,
+                "prompt": "Write 3 bullets.",
+                "instruction_id_list": ["detectable_format:number_bullet_lists"],
+                "kwargs": [{"num_bullets": 3}],
+            }
+        ),
         json.dumps({"key": 3, "prompt": "x", "instruction_id_list": ["no:such_check"], "kwargs": [{}]}),
         json.dumps({"key": 4, "prompt": "y", "instruction_id_list": ["length_constraints:number_words"], "kwargs": [{}]}),
         "{broken",
@@ -218,4 +287,7 @@ def test_ifeval_jsonl_rows_load_and_bad_ones_carry_reasons(tmp_path):
     assert "unknown instruction id 'no:such_check'" in recs[2].error
     assert "kwargs lack num_words" in recs[3].error
     assert recs[4].error.startswith("invalid JSON")
-    assert json.loads(recs[1].gold) == {"instruction_id_list": ["detectable_format:number_bullet_lists"], "kwargs": [{"num_bullets": 3}]}
+    assert json.loads(recs[1].gold) == {
+        "instruction_id_list": ["detectable_format:number_bullet_lists"],
+        "kwargs": [{"num_bullets": 3}],
+    }

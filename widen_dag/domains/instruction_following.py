@@ -232,8 +232,9 @@ def verify(response: str, gold: str, question: str | None = None) -> Verdict:
     if not text:
         return Verdict(False, True, None, "empty <answer> block")
     s = score(text, constraints, question or "")
-    detail = json.dumps({"prompt_strict": s.prompt_strict, "prompt_loose": s.prompt_loose,
-                         "strict": list(s.strict), "loose": list(s.loose)})
+    detail = json.dumps(
+        {"prompt_strict": s.prompt_strict, "prompt_loose": s.prompt_loose, "strict": list(s.strict), "loose": list(s.loose)}
+    )
     return Verdict(s.prompt_loose, False, text[:500], detail)
 
 
@@ -328,7 +329,9 @@ def read_rows(path: str | Path) -> list[Any]:
         rows: list[Any] = []
         for i, cells in enumerate(reader):
             if len(cells) != len(header):
-                rows.append(RawRecord(MAX_TURNS * i, None, None, error=f"CSV row {i + 2}: {len(cells)} fields, expected {len(header)}"))
+                rows.append(
+                    RawRecord(MAX_TURNS * i, None, None, error=f"CSV row {i + 2}: {len(cells)} fields, expected {len(header)}")
+                )
             else:
                 rows.append(dict(zip(header, cells, strict=True)))
         return rows
