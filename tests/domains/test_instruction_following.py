@@ -291,3 +291,31 @@ def test_ifeval_jsonl_rows_load_and_bad_ones_carry_reasons(tmp_path):
         "instruction_id_list": ["detectable_format:number_bullet_lists"],
         "kwargs": [{"num_bullets": 3}],
     }
+
+
+def test_real_profiles_list_multi_if_for_eval_and_the_planning_profile_searches_it_beside_blocksworld():
+    from widen_dag.profiles import load_profile
+
+    for name in ("qwen2_5_1_5b_math", "llama3_1_8b_planning", "llama3_1_8b_planning_k8s"):
+        multi_if = load_profile(name).dataset("multi_if")
+        assert multi_if.domain == "instruction_following" and multi_if.role in ("eval", "split")
+        assert multi_if.source.kind == "hub" and multi_if.source.where == {"language": "English"}
+    planning = load_profile("llama3_1_8b_planning")
+    searched = {d.domain for d in planning.datasets if d.role in ("train", "split")}
+    assert {"blocksworld", "instruction_following"} <= searched
+
+
+def test_hub_source_keeps_only_the_rows_its_where_filter_names(monkeypatch):
+    import datasets
+
+    rows = [_multi_if_row(key="en1"), _multi_if_row(key="fr1", language="French")]
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: rows)
+    ds = DatasetConfig.model_validate(
+        {
+            "name": "mif",
+            "domain": "instruction_following",
+            "source": {"kind": "hub", "name": "facebook/Multi-IF", "split": "train", "where": {"language": "English"}},
+        }
+    )
+    recs = dataset_records(ds, seed=0)
+    assert {r.source_id for r in recs} == {"en1:turn1", "en1:turn2", "en1:turn3"}
