@@ -304,6 +304,25 @@ class TrainConfig(_Strict):
     dpo: DPOSettings = Field(DPOSettings(), description="DPO settings and the ablation variants.")
 
 
+class MCTSDecodeConfig(_Strict):
+    """MCTS decoding at evaluation (paper Table 7): the search with a trained checkpoint as the
+    only policy and the verifier as oracle, beside sampled Test@N at the same N."""
+
+    variants: list[str] = Field(["sft", "joint_masked"], description=(
+        "Ablation rows decoded (eval_results variant names: base, distill_baseline, sft or a DPO variant); "
+        "the paper's Table 7 has SFT and the best DPO variant."))
+    rollouts: int = Field(32, gt=0, description="N: rollouts per problem at most (a problem stops at its first correct answer).")
+    test_at: list[int] = Field([1, 8, 32], min_length=1, description=(
+        "The k of the Test@k columns; sampled Test@k draws max(test_at) samples per problem at the eval temperature."))
+    max_problems: int | None = Field(None, gt=0, description="At most this many problems per eval set (default: eval.max_problems).")
+
+    @model_validator(mode="after")
+    def _reachable(self) -> MCTSDecodeConfig:
+        if any(k < 1 for k in self.test_at) or max(self.test_at) > self.rollouts:
+            raise ValueError(f"test_at {self.test_at} must lie in 1..rollouts ({self.rollouts})")
+        return self
+
+
 class EvalConfig(_Strict):
     """Evaluation of every checkpoint on the held-out problems."""
 
@@ -314,6 +333,7 @@ class EvalConfig(_Strict):
     temperature: float = Field(0.7, ge=0, description="Sampling temperature.")
     max_new_tokens: int = Field(1024, gt=0, description="New tokens per answer.")
     max_problems: int | None = Field(None, gt=0, description="At most this many problems per eval set.")
+    mcts_decode: MCTSDecodeConfig = Field(MCTSDecodeConfig(), description="MCTS decoding at evaluation (Table 7).")
 
 
 class K8sConfig(_Strict):
