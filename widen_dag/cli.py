@@ -68,6 +68,12 @@ def print_ablation_table() -> None:
         print("\nAblation (the paper's Table 5 layout):\n" + report.markdown_table(summary))
         print("\n".join(f"- {n}" for n in report.direction_notes(summary)))
         print(f"\nParquet: {lake.table_uri('ablation_report')}")
+    if lake.has_table("mcts_decode"):
+        from widen_dag.evaluate import table7
+        from widen_dag.profiles import load_profile
+
+        ks = load_profile().eval.mcts_decode.test_at
+        print("\nMCTS decode (the paper's Table 7 layout):\n" + table7.markdown_table7(table7.summarize_decode(lake.read_table("mcts_decode"), ks), ks))
 
 
 def _execute(target, tags: dict[str, str], label: str) -> tuple[bool, str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from widen_dag.defs.assets import datasets, environment, evaluation, models, problems, search, training
+from widen_dag.defs.assets import datasets, decode, environment, evaluation, models, problems, search, training
 from widen_dag.defs.automation import SCHEDULES, SENSORS
 from widen_dag.defs.jobs import JOBS
 from widen_dag.defs.resources import PipelineResource
@@ -22,7 +22,7 @@ def build_definitions(profile: str | None = None) -> dg.Definitions:
     ref = profile_ref(profile)
     resolved = load_profile(ref)
     return dg.Definitions(
-        assets=[*dg.load_assets_from_modules([problems, environment, models, search, datasets, training, evaluation]),
+        assets=[*dg.load_assets_from_modules([problems, environment, models, search, datasets, training, evaluation, decode]),
                 training.dpo_checkpoint_asset(resolved)],
         asset_checks=dg.load_asset_checks_from_modules([datasets]),
         jobs=JOBS,

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from widen_dag.domains import arithmetic, blocksworld, math
+from widen_dag.domains import arithmetic, blocksworld, instruction_following, math
 from widen_dag.domains.base import Verdict, problem_id
 
-DOMAINS: dict[str, ModuleType] = {"math": math, "blocksworld": blocksworld, "arithmetic": arithmetic}
+DOMAINS: dict[str, ModuleType] = {
+    "math": math, "blocksworld": blocksworld, "arithmetic": arithmetic, "instruction_following": instruction_following,
+}
 
 
 def get_domain(name: str) -> ModuleType:

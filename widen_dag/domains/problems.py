@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from widen_dag.domains import arithmetic, blocksworld, get_domain
+from widen_dag.domains import arithmetic, blocksworld, get_domain, instruction_following
 from widen_dag.domains import math as math_domain
 from widen_dag.domains.base import RawRecord, problem_id
 from widen_dag.profiles import INBOX_DATASET, DatasetConfig, FileSource, ProblemsConfig, Profile
@@ -158,17 +158,39 @@ def _file_records(source: Any) -> list[RawRecord]:
     return out[: source.limit] if source.limit else out
 
 
-def _hub_records(source: Any) -> list[RawRecord]:
+def _hub_rows(source: Any) -> list[dict[str, Any]]:
     import datasets  # only for online users; the tiny profile never comes here
 
     ds = datasets.load_dataset(source.name, source.config, split=source.split, revision=source.revision)
-    rows = [dict(r) for r in ds]
+    return [dict(r) for r in ds if all(str(r.get(k)) == v for k, v in source.where.items())]
+
+
+def _hub_records(source: Any) -> list[RawRecord]:
+    rows = _hub_rows(source)
     records = math_domain.records_from_rows(rows, source.question_field, source.answer_field, None)
     return records[: source.limit] if source.limit else records
 
 
+def _instruction_records(dataset: DatasetConfig) -> list[RawRecord]:
+    """Multi-IF (CSV, one record per turn) or IFEval (JSONL) rows, from a file or the hub."""
+    src = dataset.source
+    if src.kind == "file":
+        try:
+            rows = instruction_following.read_rows(src.path)
+        except (OSError, ValueError) as err:
+            raise ProblemSourceError(str(err)) from None
+    elif src.kind == "hub":
+        rows = _hub_rows(src)
+    else:
+        raise ProblemSourceError(f"instruction_following reads file or hub sources, not {src.kind!r}")
+    records = instruction_following.records_from_rows(rows, dataset.answer_fallback)
+    return records[: src.limit] if src.limit else records
+
+
 def dataset_records(dataset: DatasetConfig, seed: int) -> list[RawRecord]:
     src = dataset.source
+    if dataset.domain == "instruction_following":
+        return _instruction_records(dataset)
     if src.kind == "arithmetic":
         # Seeded by profile seed and dataset name, so each dataset draws its own problems.
         ds_seed = seed * 1_000_003 + stable_seed(dataset.name)

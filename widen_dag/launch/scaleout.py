@@ -14,7 +14,7 @@ from typing import Any
 from widen_dag.profiles import K8sConfig, Profile
 
 # Worker modules and the stage whose GPU count they need.
-_GENERATION_MODULES = {"search", "evaluate"}
+_GENERATION_MODULES = {"search", "evaluate", "decode"}
 _TRAINING_MODULES = {"train"}
 
 

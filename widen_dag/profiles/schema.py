@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 INBOX_DATASET = "inbox"  # reserved dataset name of files dropped into the inbox
 
 # Each literal is defined once and shared by every field that takes it.
-DomainName = Literal["math", "blocksworld", "arithmetic"]
+DomainName = Literal["math", "blocksworld", "arithmetic", "instruction_following"]
 SplitRole = Literal["train", "eval", "split"]
 Device = Literal["auto", "cpu", "cuda"]
 BackendName = Literal["vllm", "transformers"]
@@ -51,7 +51,7 @@ class FileSource(_Strict):
     """JSONL or Parquet file(s); field names are configurable per dataset."""
 
     kind: Literal["file"] = Field("file", description="Source type tag.")
-    path: str = Field(description="File path (relative to the working directory) or glob.")
+    path: str = Field(description="File path (relative to the working directory) or glob; instruction_following also reads a Multi-IF .csv.")
     question_field: str = Field("question", description="Column holding the question text.")
     answer_field: str = Field("answer", description="Column holding the gold answer (or a solution ending in it).")
     id_field: str | None = Field(None, description="Column with the dataset's own id, kept as source_id.")
@@ -76,6 +76,7 @@ class HubSource(_Strict):
     revision: str | None = Field(None, description="Pinned dataset revision (commit or tag).")
     question_field: str = Field("question", description="Column holding the question text.")
     answer_field: str = Field("answer", description="Column holding the gold answer.")
+    where: dict[str, str] = Field({}, description="Keep only rows whose column equals the value, e.g. {language: English}.")
     limit: int | None = Field(None, gt=0, description="Read at most this many rows.")
 
 
@@ -88,6 +89,9 @@ class DatasetConfig(_Strict):
         discriminator="kind", description="Where the rows come from (kind: arithmetic | file | planbench | hub).")
     shards: int = Field(1, ge=1, le=1000, description="Partitions the dataset is split into for loading and search.")
     role: SplitRole = Field("split", description="train, eval, or split (a seeded train/eval split).")
+    answer_fallback: bool = Field(False, description=(
+        "instruction_following only: score the whole response when it has no final <answer> block "
+        "(otherwise it is a no-answer)."))
 
 
 class InboxConfig(_Strict):
@@ -314,6 +318,25 @@ class TrainConfig(_Strict):
     dpo: DPOSettings = Field(DPOSettings(), description="DPO settings and the ablation variants.")
 
 
+class MCTSDecodeConfig(_Strict):
+    """MCTS decoding at evaluation (paper Table 7): the search with a trained checkpoint as the
+    only policy and the verifier as oracle, beside sampled Test@N at the same N."""
+
+    variants: list[str] = Field(["sft", "joint_masked"], description=(
+        "Ablation rows decoded (eval_results variant names: base, distill_baseline, sft or a DPO variant); "
+        "the paper's Table 7 has SFT and the best DPO variant."))
+    rollouts: int = Field(32, gt=0, description="N: rollouts per problem at most (a problem stops at its first correct answer).")
+    test_at: list[int] = Field([1, 8, 32], min_length=1, description=(
+        "The k of the Test@k columns; sampled Test@k draws max(test_at) samples per problem at the eval temperature."))
+    max_problems: int | None = Field(None, gt=0, description="At most this many problems per eval set (default: eval.max_problems).")
+
+    @model_validator(mode="after")
+    def _reachable(self) -> MCTSDecodeConfig:
+        if any(k < 1 for k in self.test_at) or max(self.test_at) > self.rollouts:
+            raise ValueError(f"test_at {self.test_at} must lie in 1..rollouts ({self.rollouts})")
+        return self
+
+
 class EvalConfig(_Strict):
     """Evaluation of every checkpoint on the held-out problems."""
 
@@ -324,6 +347,7 @@ class EvalConfig(_Strict):
     temperature: float = Field(0.7, ge=0, description="Sampling temperature.")
     max_new_tokens: int = Field(1024, gt=0, description="New tokens per answer.")
     max_problems: int | None = Field(None, gt=0, description="At most this many problems per eval set.")
+    mcts_decode: MCTSDecodeConfig = Field(MCTSDecodeConfig(), description="MCTS decoding at evaluation (Table 7).")
 
 
 class K8sConfig(_Strict):

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from tests.search.fake_backend import FakeBackend
+from widen_dag.domains.base import Problem
+from widen_dag.evaluate.table7 import DECODE_SCHEMA, markdown_table7, summarize_decode
+from widen_dag.profiles import SearchConfig
+from widen_dag.search.decode import decode_config, mcts_decode, pass_at_k
+from widen_dag.search.mcts import SearchContext
+from widen_dag.search.store import TreeStore
+from widen_dag.storage.lake import Lake
+
+
+def _ctx(backend: FakeBackend, rollouts: int) -> SearchContext:
+    cfg = decode_config(SearchConfig(max_depth=12, max_path_tokens=600), rollouts)
+    return SearchContext(
+        cfg=cfg,
+        chat_prompt=backend.chat_prompt,
+        count_tokens=backend.count_tokens,
+        temperature=0.7,
+        top_p=0.9,
+        max_tokens_per_node=64,
+        has_critic=False,
+        seed=5,
+    )
+
+
+def _problems(n: int) -> list[Problem]:
+    return [Problem(f"p{i:03d}", "arithmetic", f"Ann has {i} apples. How many apples does Ann have?", "7") for i in range(n)]
+
+
+def test_decode_stops_at_the_first_correct_answer_or_after_n_rollouts(tmp_path):
+    backend = FakeBackend(p_correct=0.3)
+    rows, reused = mcts_decode(backend, _ctx(backend, 6), _problems(20), TreeStore(Lake(str(tmp_path)), "dec", "k"))
+    assert reused == 0 and len(rows) == 20
+    solved = [r for r in rows if r.solved]
+    assert solved and len(solved) < 20  # the coin makes some problems hard within 6 rollouts
+    assert all(1 <= r.first_correct <= 6 for r in solved)
+    assert all(r.rollouts <= 6 and r.first_correct is None for r in rows if not r.solved)
+    # more rollouts never solve fewer problems: Test@k is non-decreasing in k
+    at = [sum(r.solved and r.first_correct <= k for r in rows) for k in range(1, 7)]
+    assert at == sorted(at) and at[-1] == len(solved)
+    assert at[0] < at[-1]  # the search widens what is solved beyond its first rollout
+
+
+def test_a_rerun_reuses_the_checkpointed_trees_and_gives_the_same_rows(tmp_path):
+    lake = Lake(str(tmp_path))
+    backend = FakeBackend(p_correct=0.3)
+    first, _ = mcts_decode(backend, _ctx(backend, 4), _problems(8), TreeStore(lake, "dec", "k"))
+    calls = backend.stats.calls
+    again, reused = mcts_decode(backend, _ctx(backend, 4), _problems(8), TreeStore(lake, "dec", "k"))
+    assert reused == 8 and backend.stats.calls == calls
+    assert again == first
+
+
+def test_pass_at_k_is_the_unbiased_estimate():
+    assert pass_at_k(8, 0, 1) == 0.0
+    assert pass_at_k(8, 8, 1) == 1.0
+    assert pass_at_k(8, 2, 1) == pytest.approx(2 / 8)
+    assert pass_at_k(4, 1, 2) == pytest.approx(1 - 3 / 6)  # 1 - C(3,2)/C(4,2)
+    assert pass_at_k(4, 3, 2) == 1.0
+    with pytest.raises(ValueError):
+        pass_at_k(2, 1, 4)
+
+
+def test_table7_puts_mcts_decode_beside_sampling_at_equal_k():
+    base = {"checkpoint": "c", "eval_set": "arith", "budget": 4, "nodes": None}
+    rows = [
+        {**base, "variant": "sft", "problem_id": "a", "method": "sampled", "attempts": 4, "n_correct": 2, "first_correct": 2},
+        {**base, "variant": "sft", "problem_id": "b", "method": "sampled", "attempts": 4, "n_correct": 0, "first_correct": None},
+        {**base, "variant": "sft", "problem_id": "a", "method": "mcts", "attempts": 1, "n_correct": 1, "first_correct": 1},
+        {**base, "variant": "sft", "problem_id": "b", "method": "mcts", "attempts": 3, "n_correct": 1, "first_correct": 3},
+    ]
+    summary = summarize_decode(pl.DataFrame(rows, schema=DECODE_SCHEMA), [1, 4])
+    got = {r["method"]: (r["test_at_1"], r["test_at_4"]) for r in summary.iter_rows(named=True)}
+    assert got["sampled"] == pytest.approx((0.25, 0.5))  # a: 2/4 at k=1, 1 at k=4; b: never
+    assert got["mcts"] == pytest.approx((0.5, 1.0))  # a at rollout 1, b at rollout 3
+    table = markdown_table7(summary, [1, 4])
+    assert "| SFT | 25.0 | 50.0 |" in table and "| SFT + MCTS decode | 50.0 | 100.0 |" in table

@@ -1,0 +1,26 @@
+"""MCTS decoding at evaluation (paper Table 7), run by a Pipes worker in pool `gpu`."""
+
+import dagster as dg
+
+from widen_dag.defs.resources import PipelineResource
+from widen_dag.defs.workers import run_worker
+
+
+@dg.asset(
+    group_name="evaluation",
+    kinds={"vllm", "pytorch", "parquet"},
+    code_version="mcts_decode-v1",
+    pool="gpu",
+    deps=["student_base", "distill_checkpoint", "sft_checkpoint", "dpo_checkpoint", "stg_problems"],
+    # A crashed worker is retried; finished decode trees are reused from checkpoints.
+    retry_policy=dg.RetryPolicy(max_retries=1, delay=10),
+)
+def mcts_decode(
+    context: dg.AssetExecutionContext, pipeline: PipelineResource, pipes_subprocess_client: dg.PipesSubprocessClient
+) -> dg.MaterializeResult:
+    """The checkpoints of `eval.mcts_decode.variants` as MCTS decoders on every eval set: the
+    typed-thought search with the checkpoint as the only policy and the verifier as oracle, up
+    to N rollouts per problem, beside N samples per problem from the same checkpoint. One row
+    per (checkpoint, problem, method: mcts | sampled) with attempts, correct count and the
+    first successful attempt; metadata `table7` is the paper's Test@k layout."""
+    return run_worker(context, pipeline, pipes_subprocess_client, "decode")

@@ -1,0 +1,158 @@
+"""Worker: the `mcts_decode` asset (paper Table 7).
+
+``python -m widen_dag.workers.decode``
+
+For each checkpoint named in ``eval.mcts_decode.variants``, every held-out problem is decoded
+by the typed-thought search (the checkpoint as the only policy, the verifier as oracle, up to
+N rollouts, stopping at the first correct answer) and, at the same N, sampled N times at the
+eval temperature. One row per (checkpoint, problem, method) goes to the lake. Finished trees
+are checkpointed per checkpoint and eval set, so a rerun after a crash resumes.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import polars as pl
+
+from widen_dag.domains.base import Problem
+from widen_dag.evaluate import sample_and_score
+from widen_dag.evaluate.table7 import DECODE_SCHEMA, markdown_table7, summarize_decode
+from widen_dag.llm import backend_from_profile
+from widen_dag.reporting.markdown import md
+from widen_dag.search.decode import decode_config, mcts_decode
+from widen_dag.search.mcts import SearchContext
+from widen_dag.search.store import TreeStore, config_hash
+from widen_dag.storage.artifacts import ablation_models, read_manifest
+from widen_dag.workers.common import Worker, open_worker
+
+
+def decode_problems(worker: Worker) -> dict[str, list[Problem]]:
+    cfg = worker.profile.eval
+    limit = cfg.mcts_decode.max_problems or cfg.max_problems
+    staged = worker.lake.read_table("stg_problems").filter(pl.col("split") == "eval").sort("problem_id")
+    out: dict[str, list[Problem]] = {}
+    for (source,), group in staged.group_by("source", maintain_order=True):
+        rows = group.head(limit) if limit else group
+        out[source] = [Problem(r["problem_id"], r["domain"], r["question"], r["gold"]) for r in rows.iter_rows(named=True)]
+    if not out:
+        raise ValueError("no eval-split problems in stg_problems: raise problems.eval_fraction or add an eval dataset")
+    return out
+
+
+def decode_all(worker: Worker) -> dict:
+    profile = worker.profile
+    ev, gen, dc = profile.eval, profile.generation, profile.eval.mcts_decode
+    models = dict(ablation_models(profile, worker.lake))
+    unknown = [v for v in dc.variants if v not in models]
+    if unknown:
+        raise ValueError(f"eval.mcts_decode.variants: no checkpoint row {', '.join(unknown)} (rows: {', '.join(models)})")
+    sets = decode_problems(worker)
+    seed = profile.seed + profile.search.seed
+    cfg = decode_config(profile.search, dc.rollouts)
+    n_samples = max(dc.test_at)
+    frames, start, reused = [], time.perf_counter(), 0
+    for variant in dc.variants:
+        model = models[variant]
+        backend = backend_from_profile(gen, model, seed=seed, backend=ev.backend)
+        ctx = SearchContext(
+            cfg=cfg,
+            chat_prompt=backend.chat_prompt,
+            count_tokens=backend.count_tokens,
+            temperature=ev.temperature,
+            top_p=gen.top_p,
+            max_tokens_per_node=gen.max_tokens_per_node,
+            has_critic=False,
+            seed=seed,
+        )
+        # The manifest's content names the trained weights: a retrained checkpoint searches anew.
+        key = config_hash(
+            cfg.model_dump(),
+            ev.temperature,
+            gen.top_p,
+            gen.max_tokens_per_node,
+            ev.backend,
+            seed,
+            read_manifest(Path(model.name_or_path)) if model.source == "checkpoint" else model.describe(),
+        )
+        try:
+            for eval_set, problems in sets.items():
+                t0 = time.perf_counter()
+                store = TreeStore(worker.lake, f"mcts_decode-{variant}-{eval_set}", key)
+                rows, n_reused = mcts_decode(backend, ctx, problems, store)
+                reused += n_reused
+                t1 = time.perf_counter()
+                sampled = sample_and_score(
+                    backend,
+                    problems,
+                    n=n_samples,
+                    temperature=ev.temperature,
+                    top_p=gen.top_p,
+                    max_tokens=ev.max_new_tokens,
+                    seed=profile.seed,
+                )
+                t2 = time.perf_counter()
+                by_problem: dict[str, list[bool]] = {}
+                for r in sampled:
+                    by_problem.setdefault(r["problem_id"], []).append(r["correct"])
+                base = {"variant": variant, "checkpoint": model.describe(), "eval_set": eval_set, "budget": dc.rollouts}
+                recs = [
+                    {
+                        **base,
+                        "problem_id": r.problem_id,
+                        "method": "mcts",
+                        "attempts": r.rollouts,
+                        "n_correct": int(r.solved),
+                        "first_correct": r.first_correct,
+                        "nodes": r.nodes,
+                    }
+                    for r in rows
+                ]
+                for p in problems:
+                    hits = by_problem[p.problem_id]
+                    first = next((i + 1 for i, h in enumerate(hits) if h), None)
+                    recs.append(
+                        {
+                            **base,
+                            "budget": n_samples,
+                            "problem_id": p.problem_id,
+                            "method": "sampled",
+                            "attempts": len(hits),
+                            "n_correct": sum(hits),
+                            "first_correct": first,
+                            "nodes": None,
+                        }
+                    )
+                frames.append(pl.DataFrame(recs, schema=DECODE_SCHEMA))
+                worker.log(
+                    f"{variant} on {eval_set}: MCTS decode {t1 - t0:.0f}s ({n_reused} trees reused), "
+                    f"{n_samples} samples {t2 - t1:.0f}s"
+                )
+        finally:
+            backend.close()
+    table = pl.concat(frames)
+    written = worker.lake.write_table("mcts_decode", table)
+    summary = summarize_decode(table, dc.test_at)
+    return {
+        "metadata": {
+            "path": written.uri,
+            "dagster/row_count": table.height,
+            "rollouts": dc.rollouts,
+            "test_at": ", ".join(map(str, dc.test_at)),
+            "reused_trees": reused,
+            "decode_seconds": round(time.perf_counter() - start, 1),
+            "table7": md(markdown_table7(summary, dc.test_at)),
+        },
+        "data_version": written.sha256,
+    }
+
+
+def main() -> None:
+    with open_worker() as worker:
+        out = decode_all(worker)
+        worker.pipes.report_asset_materialization(metadata=out["metadata"], data_version=out["data_version"])
+
+
+if __name__ == "__main__":
+    main()
