@@ -32,6 +32,13 @@ def main() -> None:
     sys.set_int_max_str_digits(0)  # '9'*5000 must parse, not vanish
     import math_verify  # noqa: F401  (pay the import once, before the first request)
 
+    # Warm up the LaTeX grammar and sympy's printers: on a busy machine their first use alone
+    # can exceed the 1 s parsing/verify timeouts, and a right answer would be scored wrong.
+    try:
+        equivalent(r"\left( 3, \frac{\pi}{2} \right)", r"(3,\frac{\pi}{2})")
+    except Exception:
+        pass
+
     for line in sys.stdin:
         try:
             req = json.loads(line)
