@@ -18,7 +18,7 @@ from widen_dag.domains.base import Problem
 from widen_dag.evaluate import sample_and_score, summarize
 from widen_dag.llm import backend_from_profile
 from widen_dag.reporting.markdown import markdown_table, md
-from widen_dag.storage.artifacts import ablation_models
+from widen_dag.storage.artifacts import ablation_models, local_model
 from widen_dag.workers.common import Worker, open_worker
 
 EVAL_SCHEMA = {
@@ -46,8 +46,9 @@ def evaluate_all(worker: Worker) -> dict:
     sets = eval_problems(worker)
     frames, summary_rows = [], []
     start = time.perf_counter()
-    for variant, model in ablation_models(profile, worker.lake):
-        path = model.describe()
+    for variant, published in ablation_models(profile, worker.lake):
+        path = published.describe()
+        model = local_model(published, worker.lake)  # from an object-store lake: downloaded to the local cache
         t0 = time.perf_counter()
         backend = backend_from_profile(gen, model, seed=profile.seed, backend=ev.backend)
         try:
