@@ -40,7 +40,7 @@ from widen_dag.storage.artifacts import (
 from widen_dag.train.remote_state import lake_sync_callback, restore_latest
 from widen_dag.train.sft import train_sft
 from widen_dag.train.trainer import TrainStats, model_device, resolve_device
-from widen_dag.workers.common import Worker, open_worker, process_rank
+from widen_dag.workers.common import Worker, check_memory, open_worker, process_rank
 
 
 def _load(model: ModelLocation, device: str, *, frozen_base: bool = False):
@@ -160,6 +160,7 @@ def run_sft(worker: Worker, dataset: str = "sft_dataset", name: str = "sft") -> 
     if data.is_empty():
         raise ValueError(f"{dataset} is empty: nothing to train on")
     rows = [{"prompt": [m[0]], "completion": [m[1]]} for m in data["messages"].to_list()]
+    check_memory(profile, "sft")
     student = resolve_model(profile, worker.lake, "student")
     source = student.describe()
     model, tokenizer = _load(student, device, frozen_base=profile.train.lora.enabled)
@@ -205,6 +206,7 @@ def run_dpo(worker: Worker, variant: str) -> dict:
     if variant not in cfg.variants:
         raise ValueError(f"unknown DPO variant {variant!r}: the profile defines {', '.join(cfg.variants)}")
     v = cfg.variants[variant]
+    check_memory(profile, "dpo")
     device = resolve_device(profile.train.device)
     sft_uri = checkpoint_location(profile, worker.lake, "sft")
     sft_path = sft_uri.name_or_path
