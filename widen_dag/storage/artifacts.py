@@ -152,6 +152,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any] | None:
     published there: the manifest is written last, so a half-uploaded folder has none."""
     fs, path = fsspec.core.url_to_fs(str(folder))
     target = f"{path.rstrip('/')}/{MANIFEST}"
+    fs.invalidate_cache(path)  # object-store clients cache listings; another process may have published since
     if not fs.isfile(target):
         return None
     with fs.open(target, "r") as fh:

@@ -213,19 +213,28 @@ class Lake:
             fs.put_file(str(f), f"{final}/{f.relative_to(staging).as_posix()}")
         fs.put_file(str(staging / marker), f"{final}/{marker}")
 
+    def fresh(self, *parts: str) -> fsspec.AbstractFileSystem:
+        """The filesystem with its listing cache for ``parts`` dropped: object-store clients
+        (s3fs) cache listings, and another process (a worker, a pod) may have published since."""
+        fs = self.fs
+        if not isinstance(fs, LocalFileSystem):
+            fs.invalidate_cache(self._path(*parts))
+        return fs
+
     def is_published(self, *parts: str, marker: str = PUBLISHED_MARKER) -> bool:
         """Whether a staged folder was published completely: its marker exists (on a local lake,
         where publishing is one rename, the folder itself is enough for the default marker)."""
         if self.is_local and marker == PUBLISHED_MARKER:
             return Path(self._path(*parts)).is_dir()
-        return self.fs.exists(self._path(*parts, marker))
+        return self.fresh(*parts).exists(self._path(*parts, marker))
 
     def children(self, *parts: str) -> list[str]:
         """Names of the entries directly under ``parts`` (none when it does not exist)."""
         folder = self._path(*parts)
-        if not self.fs.exists(folder):
+        fs = self.fresh(*parts)
+        if not fs.exists(folder):
             return []
-        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(folder, detail=False))
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False))
 
     def remove_dir(self, *parts: str) -> None:
         folder = self._path(*parts)
@@ -238,12 +247,13 @@ class Lake:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.parent / f".download-{dest.name}-{uuid.uuid4().hex[:8]}"
         src = self._path(*parts)
+        fs = self.fresh(*parts)
         try:
-            for remote in self.fs.find(src):
+            for remote in fs.find(src):
                 rel = remote[len(src):].lstrip("/")
                 target = tmp / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
-                self.fs.get_file(remote, str(target))
+                fs.get_file(remote, str(target))
             if dest.exists():
                 _rmtree(dest)
             tmp.rename(dest)
