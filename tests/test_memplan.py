@@ -43,7 +43,7 @@ def test_an_8b_full_fine_tune_on_one_24_gib_gpu_exits_1_with_the_numbers(capsys)
     err = capsys.readouterr().err
     assert "does not fit: sft: needs 144.0 GiB per GPU on 1 GPU(s)" in err and "24.0 GiB available" in err
     assert "optimizer 59.8" in err and "dpo: needs" in err
-    assert "tensor_parallel_size=2 needs 2 GPUs, 1 given" in err
+    assert "tensor_parallel_size=2 x data_parallel_size=1 needs 2 GPUs, 1 given" in err
 
 
 def test_a_worker_refuses_the_stage_before_loading_with_the_stage_named():

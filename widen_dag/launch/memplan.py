@@ -194,9 +194,11 @@ def generation_plan(profile: Profile, stage: str, shapes: list[ModelShape], gpus
     fit_seqs = int(kv_room // one_seq) if one_seq and kv_room > 0 else 0
     plan.notes.append(f"vLLM TP={tp}, {gen.data_parallel_size} engine replica(s); KV for all {gen.max_num_seqs} seqs x "
                       f"{gen.max_model_len} tokens would take {full / GIB:.1f} GiB per GPU, room for {fit_seqs} at full length")
-    if gpus < tp:
+    need = tp * gen.data_parallel_size
+    if gpus < need:
         plan.gpus = gpus
-        plan.problem = f"{stage}: generation.tensor_parallel_size={tp} needs {tp} GPUs, {gpus} given"
+        plan.problem = (f"{stage}: generation.tensor_parallel_size={tp} x data_parallel_size={gen.data_parallel_size} "
+                        f"needs {need} GPUs, {gpus} given")
     elif engines * share > 1.0:
         plan.problem = (f"{stage}: {engines} vLLM engines in one process each take generation.gpu_memory_utilization="
                         f"{share} of every GPU ({engines * share:.2f} > 1); lower it to at most {1 / engines:.2f}")
@@ -229,7 +231,7 @@ def stage_plan(profile: Profile, stage: str, *, gpus: int | None = None, gpu_mem
 
     if training:
         return training_plan(profile, stage, shape(profile.models.student), gpus or profile.train.num_processes, gpu_bytes)
-    n = gpus or profile.generation.tensor_parallel_size
+    n = gpus or profile.generation.tensor_parallel_size * profile.generation.data_parallel_size
     return generation_plan(profile, stage, [shape(r) for r in _engine_models(profile, stage)], n, gpu_bytes)
 
 

@@ -191,7 +191,8 @@ class GenerationConfig(_Strict):
     max_model_len: int = Field(4096, gt=0, description="Context length given to vLLM (sizes its KV cache).")
     max_num_seqs: int = Field(256, gt=0, description="Sequences vLLM batches at once.")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one vLLM engine spans.")
-    data_parallel_size: int = Field(1, ge=1, description="Engines (each tensor_parallel_size GPUs) sharing the work.")
+    data_parallel_size: int = Field(1, ge=1, description=(
+        "Engine replicas sharing every batch, each in its own process on its own tensor_parallel_size GPUs."))
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="Share of GPU memory vLLM may take.")
     cpu_kvcache_gib: float = Field(1.0, gt=0, description="vLLM's KV cache on CPU, GiB.")
     enforce_eager: bool = Field(False, description="Skip graph capture (CPU: vLLM starts in ~20 s instead of ~60 s).")
