@@ -55,16 +55,26 @@ def build_tiny(folder: Path) -> Path:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     corpus = [q + a for q, a in _problems(2000)]
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=512, special_tokens=SPECIAL,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        corpus, trainers.BpeTrainer(vocab_size=512, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    )
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|end|>", pad_token="<|pad|>")
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(folder)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(fast), hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-                         eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id, bos_token_id=None,
-                         tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
     LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
     return folder
 
@@ -97,16 +107,23 @@ def check_hf_generation(model_dir: Path, device: str) -> dict:
 
     backend = create_backend("transformers", str(model_dir), device=device, seed=0)
     try:
-        requests = [GenerationRequest(prompt=backend.chat_prompt(q), n=1, temperature=0.7, top_p=0.9, max_tokens=64, seed=i)
-                    for i, (q, _) in enumerate(_problems(32, seed=1))]
+        requests = [
+            GenerationRequest(prompt=backend.chat_prompt(q), n=1, temperature=0.7, top_p=0.9, max_tokens=64, seed=i)
+            for i, (q, _) in enumerate(_problems(32, seed=1))
+        ]
         backend.generate(requests[:2])  # warm-up: kernels, allocator
         with Peak(device) as peak:
             start = time.perf_counter()
             out = backend.generate(requests)
             seconds = time.perf_counter() - start
         tokens = sum(s.n_tokens for samples in out for s in samples)
-        return {"batch": len(requests), "generated_tokens": tokens, "tokens_per_s": round(tokens / seconds, 1),
-                "model_device": str(next(backend.model.parameters()).device), "peak_gpu_mib": peak.mib}
+        return {
+            "batch": len(requests),
+            "generated_tokens": tokens,
+            "tokens_per_s": round(tokens / seconds, 1),
+            "model_device": str(next(backend.model.parameters()).device),
+            "peak_gpu_mib": peak.mib,
+        }
     finally:
         backend.close()
 
@@ -127,8 +144,13 @@ def _save_and_generate(stats, tok, out_dir: Path, device: str) -> dict:
     tok.save_pretrained(out_dir)
     backend = create_backend("transformers", str(out_dir), device=device, seed=0)
     try:
-        (samples,) = backend.generate([GenerationRequest(prompt=backend.chat_prompt("What is 2 + 3?"), n=1, temperature=0.0,
-                                                         top_p=1.0, max_tokens=16, seed=0)])
+        (samples,) = backend.generate(
+            [
+                GenerationRequest(
+                    prompt=backend.chat_prompt("What is 2 + 3?"), n=1, temperature=0.0, top_p=1.0, max_tokens=16, seed=0
+                )
+            ]
+        )
     finally:
         backend.close()
     from safetensors import safe_open
@@ -145,15 +167,35 @@ def check_sft(model_dir: Path, device: str, steps: int, lora: bool, work: Path) 
     from widen_dag.train.sft import train_sft
 
     model, tok = _load(model_dir, torch.bfloat16 if lora and device == "cuda" else None)
-    rows = [{"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}]}
-            for q, a in _problems(256, seed=2)]
+    rows = [
+        {"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}]}
+        for q, a in _problems(256, seed=2)
+    ]
     lora_cfg = {"enabled": True, "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"} if lora else None
     with Peak(device) as peak:
-        stats = train_sft(model, tok, rows, output_dir=str(work / "state"), learning_rate=1e-3, batch_size=16, max_length=128,
-                          max_steps=steps, device=device, seed=0, log_every=max(1, steps // 4), lora=lora_cfg)
-    out = {"steps": stats.steps, "s_per_step": round(stats.seconds / stats.steps, 4), "tokens_per_s": round(stats.tokens_per_s, 1),
-           "final_loss": stats.final_loss, "peak_gpu_mib": peak.mib, "model_device": str(next(model.parameters()).device),
-           "gradient_checkpointing": bool(getattr(model, "is_gradient_checkpointing", False))}
+        stats = train_sft(
+            model,
+            tok,
+            rows,
+            output_dir=str(work / "state"),
+            learning_rate=1e-3,
+            batch_size=16,
+            max_length=128,
+            max_steps=steps,
+            device=device,
+            seed=0,
+            log_every=max(1, steps // 4),
+            lora=lora_cfg,
+        )
+    out = {
+        "steps": stats.steps,
+        "s_per_step": round(stats.seconds / stats.steps, 4),
+        "tokens_per_s": round(stats.tokens_per_s, 1),
+        "final_loss": stats.final_loss,
+        "peak_gpu_mib": peak.mib,
+        "model_device": str(next(model.parameters()).device),
+        "gradient_checkpointing": bool(getattr(model, "is_gradient_checkpointing", False)),
+    }
     out.update(_save_and_generate(stats, tok, work / "saved", device))
     return out
 
@@ -168,15 +210,42 @@ def check_dpo(model_dir: Path, device: str, steps: int, lora: bool, work: Path) 
     pairs = []
     for i, (q, a) in enumerate(_problems(16 * steps, seed=3)):
         wrong = a.replace("The answer is: ", "The answer is: 1")
-        pairs.append({"problem_id": f"p{i}", "prompt": [{"role": "user", "content": q}],
-                      "chosen": [{"role": "assistant", "content": a}], "rejected": [{"role": "assistant", "content": wrong}]})
+        pairs.append(
+            {
+                "problem_id": f"p{i}",
+                "prompt": [{"role": "user", "content": q}],
+                "chosen": [{"role": "assistant", "content": a}],
+                "rejected": [{"role": "assistant", "content": wrong}],
+            }
+        )
     lora_cfg = {"enabled": True, "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"} if lora else None
     with Peak(device) as peak:
-        stats = train_dpo(model, ref, tok, pairs, output_dir=str(work / "state"), beta=0.1, learning_rate=1e-4, batch_size=16,
-                          max_length=128, epochs=1.0, label_smoothing=0.1, sft_weight=1.0, prefix_mask=True, device=device,
-                          seed=0, lora=lora_cfg)
-    out = {"steps": stats.steps, "s_per_step": round(stats.s_per_step, 4), "final_loss": stats.final_loss,
-           "reference_copy": ref is not None, "peak_gpu_mib": peak.mib, "masked_prefix_tokens": stats.masked_prefix_tokens}
+        stats = train_dpo(
+            model,
+            ref,
+            tok,
+            pairs,
+            output_dir=str(work / "state"),
+            beta=0.1,
+            learning_rate=1e-4,
+            batch_size=16,
+            max_length=128,
+            epochs=1.0,
+            label_smoothing=0.1,
+            sft_weight=1.0,
+            prefix_mask=True,
+            device=device,
+            seed=0,
+            lora=lora_cfg,
+        )
+    out = {
+        "steps": stats.steps,
+        "s_per_step": round(stats.s_per_step, 4),
+        "final_loss": stats.final_loss,
+        "reference_copy": ref is not None,
+        "peak_gpu_mib": peak.mib,
+        "masked_prefix_tokens": stats.masked_prefix_tokens,
+    }
     out.update(_save_and_generate(stats, tok, work / "saved", device))
     return out
 
@@ -184,18 +253,35 @@ def check_dpo(model_dir: Path, device: str, steps: int, lora: bool, work: Path) 
 def check_vllm(model_dir: Path, device: str) -> dict:
     from widen_dag.llm import GenerationRequest, create_backend
 
-    backend = create_backend("vllm", str(model_dir), device=device, seed=0, max_model_len=512, max_num_seqs=64,
-                             gpu_memory_utilization=0.2, cpu_kvcache_gib=1, enforce_eager=True, block_size=32)
+    backend = create_backend(
+        "vllm",
+        str(model_dir),
+        device=device,
+        seed=0,
+        max_model_len=512,
+        max_num_seqs=64,
+        gpu_memory_utilization=0.2,
+        cpu_kvcache_gib=1,
+        enforce_eager=True,
+        block_size=32,
+    )
     try:
-        requests = [GenerationRequest(prompt=backend.chat_prompt(q), n=2, temperature=0.7, top_p=0.9, max_tokens=64, seed=i)
-                    for i, (q, _) in enumerate(_problems(64, seed=4))]
+        requests = [
+            GenerationRequest(prompt=backend.chat_prompt(q), n=2, temperature=0.7, top_p=0.9, max_tokens=64, seed=i)
+            for i, (q, _) in enumerate(_problems(64, seed=4))
+        ]
         backend.generate(requests[:2])
         start = time.perf_counter()
         out = backend.generate(requests)
         seconds = time.perf_counter() - start
         tokens = sum(s.n_tokens for samples in out for s in samples)
-        return {"requests": len(requests), "samples_per_request": 2, "generated_tokens": tokens,
-                "tokens_per_s": round(tokens / seconds, 1), "prefix_cache_hit_rate": round(backend.stats.prefix_cache_hit_rate, 3)}
+        return {
+            "requests": len(requests),
+            "samples_per_request": 2,
+            "generated_tokens": tokens,
+            "tokens_per_s": round(tokens / seconds, 1),
+            "prefix_cache_hit_rate": round(backend.stats.prefix_cache_hit_rate, 3),
+        }
     finally:
         backend.close()
 
@@ -225,9 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print(json.dumps({"error": "--device cuda but torch sees no CUDA device (use --device cpu for a dry run)"}))
         return 2
-    report: dict = {"versions": versions(), "device": args.device,
-                    "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
-                    "gpus_visible": torch.cuda.device_count() if args.device == "cuda" else 0, "checks": {}}
+    report: dict = {
+        "versions": versions(),
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
+        "gpus_visible": torch.cuda.device_count() if args.device == "cuda" else 0,
+        "checks": {},
+    }
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="device-check-") as tmp:
         work = Path(tmp)
@@ -237,8 +327,18 @@ def main(argv: list[str] | None = None) -> int:
         checks = [("hf_generation", lambda: check_hf_generation(model_dir, args.device))]
         for lora in (False, True):
             tag = "lora" if lora else "full"
-            checks.append((f"sft_{tag}", lambda lora=lora, tag=tag: check_sft(model_dir, args.device, args.steps, lora, work / f"sft_{tag}")))
-            checks.append((f"dpo_{tag}", lambda lora=lora, tag=tag: check_dpo(model_dir, args.device, args.steps, lora, work / f"dpo_{tag}")))
+            checks.append(
+                (
+                    f"sft_{tag}",
+                    lambda lora=lora, tag=tag: check_sft(model_dir, args.device, args.steps, lora, work / f"sft_{tag}"),
+                )
+            )
+            checks.append(
+                (
+                    f"dpo_{tag}",
+                    lambda lora=lora, tag=tag: check_dpo(model_dir, args.device, args.steps, lora, work / f"dpo_{tag}"),
+                )
+            )
         if importlib.util.find_spec("vllm") and not args.skip_vllm:
             checks.append(("vllm", lambda: check_vllm(model_dir, args.device)))
         else:
@@ -252,8 +352,11 @@ def main(argv: list[str] | None = None) -> int:
                 result = {"ok": False, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-2000:]}
             result["seconds"] = round(time.perf_counter() - t0, 1)
             report["checks"][name] = result
-            print(f"[device_check] {name}: {'ok' if result['ok'] else 'FAILED ' + result['error']} ({result['seconds']} s)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[device_check] {name}: {'ok' if result['ok'] else 'FAILED ' + result['error']} ({result['seconds']} s)",
+                file=sys.stderr,
+                flush=True,
+            )
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     text = json.dumps(report, indent=2)
     print(text)

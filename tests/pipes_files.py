@@ -19,19 +19,28 @@ def pipes_env(folder: Path, profile: Profile, lake_root: str, asset: str, partit
     """Environment for one worker run, and the file its Pipes messages land in."""
     folder.mkdir(parents=True, exist_ok=True)
     context = {
-        "asset_keys": [asset], "code_version_by_asset_key": {asset: None}, "provenance_by_asset_key": {asset: None},
-        "partition_key": partition, "partition_key_range": None, "partition_time_window": None,
-        "run_id": "test-run", "job_name": "test", "retry_number": 0,
+        "asset_keys": [asset],
+        "code_version_by_asset_key": {asset: None},
+        "provenance_by_asset_key": {asset: None},
+        "partition_key": partition,
+        "partition_key_range": None,
+        "partition_time_window": None,
+        "run_id": "test-run",
+        "job_name": "test",
+        "retry_number": 0,
         "extras": {"profile_json": profile_to_json(profile), "lake_root": lake_root},
     }
     ctx_file, messages = folder / "context.json", folder / "messages.jsonl"
     ctx_file.write_text(json.dumps(context))
     messages.unlink(missing_ok=True)
-    env = {**os.environ,
-           DAGSTER_PIPES_CONTEXT_ENV_VAR: encode_param({"path": str(ctx_file)}),
-           DAGSTER_PIPES_MESSAGES_ENV_VAR: encode_param({"path": str(messages)}),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        DAGSTER_PIPES_CONTEXT_ENV_VAR: encode_param({"path": str(ctx_file)}),
+        DAGSTER_PIPES_MESSAGES_ENV_VAR: encode_param({"path": str(messages)}),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+    }
     return env, messages
 
 

@@ -25,8 +25,20 @@ def test_the_8b_profile_launches_fsdp_training_with_its_config_file():
     profile = load_profile("llama3_1_8b_planning")
     flags = scaleout.accelerate_args(profile, "train")
     assert flags == ["--config_file", str(scaleout.accelerate_config_file("fsdp"))]
-    argv = scaleout.worker_argv("train", "sft", num_processes=profile.train.num_processes, python="python", accelerate_flags=flags)
-    assert argv == ["python", "-m", "accelerate.commands.launch", *flags, "--num_processes", "4", "-m", "widen_dag.workers.train", "sft"]
+    argv = scaleout.worker_argv(
+        "train", "sft", num_processes=profile.train.num_processes, python="python", accelerate_flags=flags
+    )
+    assert argv == [
+        "python",
+        "-m",
+        "accelerate.commands.launch",
+        *flags,
+        "--num_processes",
+        "4",
+        "-m",
+        "widen_dag.workers.train",
+        "sft",
+    ]
     assert scaleout.accelerate_args(profile, "search") == []
 
 

@@ -30,23 +30,42 @@ def _profile(student: str, **train):
 
 def write_training_data(lake: Lake) -> None:
     user = [{"role": "user", "content": f"What is {i} + 3?"} for i in range(SFT_ROWS)]
-    answer = [{"role": "assistant", "content": f"<thinking>{i} + 3 = {i + 3}</thinking><answer>The answer is: {i + 3}</answer>"}
-              for i in range(SFT_ROWS)]
-    lake.write_table("sft_dataset", pl.DataFrame({"problem_id": [f"p{i}" for i in range(SFT_ROWS)],
-                                                  "messages": [[u, a] for u, a in zip(user, answer, strict=True)]}))
+    answer = [
+        {"role": "assistant", "content": f"<thinking>{i} + 3 = {i + 3}</thinking><answer>The answer is: {i + 3}</answer>"}
+        for i in range(SFT_ROWS)
+    ]
+    lake.write_table(
+        "sft_dataset",
+        pl.DataFrame(
+            {"problem_id": [f"p{i}" for i in range(SFT_ROWS)], "messages": [[u, a] for u, a in zip(user, answer, strict=True)]}
+        ),
+    )
     shared = "<thinking>Let me add. "
-    lake.write_table("preference_pairs", pl.DataFrame({
-        "problem_id": [f"p{i}" for i in range(PAIRS)], "pairing": ["default"] * PAIRS,
-        "prompt": [[user[i]] for i in range(PAIRS)],
-        "chosen": [[{"role": "assistant", "content": shared + f"{i + 3}</thinking><answer>{i + 3}</answer>"}] for i in range(PAIRS)],
-        "rejected": [[{"role": "assistant", "content": shared + f"{i + 4}</thinking><answer>{i + 4}</answer>"}] for i in range(PAIRS)],
-    }))
+    lake.write_table(
+        "preference_pairs",
+        pl.DataFrame(
+            {
+                "problem_id": [f"p{i}" for i in range(PAIRS)],
+                "pairing": ["default"] * PAIRS,
+                "prompt": [[user[i]] for i in range(PAIRS)],
+                "chosen": [
+                    [{"role": "assistant", "content": shared + f"{i + 3}</thinking><answer>{i + 3}</answer>"}]
+                    for i in range(PAIRS)
+                ],
+                "rejected": [
+                    [{"role": "assistant", "content": shared + f"{i + 4}</thinking><answer>{i + 4}</answer>"}]
+                    for i in range(PAIRS)
+                ],
+            }
+        ),
+    )
 
 
 def run_worker(tmp_path, profile, lake: Lake, asset: str, *args: str, partition: str | None = None) -> list[dict]:
     env, messages = pipes_env(tmp_path / f"pipes-{asset}", profile, lake.root, asset, partition)
-    argv = scaleout.worker_argv("train", *args, num_processes=profile.train.num_processes,
-                                accelerate_flags=scaleout.accelerate_args(profile, "train"))
+    argv = scaleout.worker_argv(
+        "train", *args, num_processes=profile.train.num_processes, accelerate_flags=scaleout.accelerate_args(profile, "train")
+    )
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return reports(messages)

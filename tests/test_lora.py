@@ -59,7 +59,11 @@ def test_lora_sft_and_dpo_checkpoints_are_merged_models_that_evaluation_and_vllm
         (meta,) = reports(messages)
         assert meta["lora"] is True
 
-    base, sft, dpo = _weights(str(tiny_checkpoint)), _weights(checkpoint_dir(lake, "sft")), _weights(checkpoint_dir(lake, "dpo-dpo"))
+    base, sft, dpo = (
+        _weights(str(tiny_checkpoint)),
+        _weights(checkpoint_dir(lake, "sft")),
+        _weights(checkpoint_dir(lake, "dpo-dpo")),
+    )
     assert set(sft) == set(base) == set(dpo)  # merged: the base model's tensors, no lora_A/lora_B, no adapter files
     changed = [k for k in base if not torch.equal(base[k], sft[k])]
     assert changed and all("proj" in k for k in changed)  # only the adapted linear layers moved
@@ -67,8 +71,17 @@ def test_lora_sft_and_dpo_checkpoints_are_merged_models_that_evaluation_and_vllm
 
     problems = [Problem(f"p{i}", "arithmetic", f"{i} + 3", str(i + 3)) for i in range(3)]
     for name in ("transformers", "vllm"):
-        backend = create_backend(name, checkpoint_dir(lake, "dpo-dpo"), device="cpu", seed=0, max_model_len=512,
-                                 max_num_seqs=16, cpu_kvcache_gib=1, enforce_eager=True, block_size=32)
+        backend = create_backend(
+            name,
+            checkpoint_dir(lake, "dpo-dpo"),
+            device="cpu",
+            seed=0,
+            max_model_len=512,
+            max_num_seqs=16,
+            cpu_kvcache_gib=1,
+            enforce_eager=True,
+            block_size=32,
+        )
         try:
             rows = sample_and_score(backend, problems, n=1, temperature=0.0, top_p=1.0, max_tokens=16)
         finally:

@@ -41,8 +41,13 @@ def s3_endpoint():
 def s3_lake(s3_endpoint, monkeypatch, tmp_path) -> Lake:
     import s3fs
 
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                       "AWS_ENDPOINT_URL": s3_endpoint, "WIDEN_DAG_CACHE": str(tmp_path / "cache")}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "WIDEN_DAG_CACHE": str(tmp_path / "cache"),
+    }.items():
         monkeypatch.setenv(key, value)
     s3fs.S3FileSystem.clear_instance_cache()
     bucket = f"lake-{uuid.uuid4().hex[:8]}"
@@ -111,8 +116,14 @@ def test_a_killed_upload_leaves_no_visible_checkpoint(s3_lake, tiny_checkpoint, 
     _publish(s3_lake, tiny_checkpoint, {"kind": "sft", "version": 1})
     script = tmp_path / "upload.py"
     script.write_text(textwrap.dedent(KILLED_UPLOAD))
-    proc = subprocess.run([sys.executable, str(script), s3_lake.root, str(tiny_checkpoint)], cwd=REPO,
-                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(script), s3_lake.root, str(tiny_checkpoint)],
+        cwd=REPO,
+        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert len(s3_lake.children(*checkpoint_parts("sft"))) == 2  # half the files are there ...
     assert read_manifest(checkpoint_dir(s3_lake, "sft")) is None  # ... but no checkpoint is visible
@@ -128,8 +139,13 @@ def test_trainer_state_round_trips_through_s3_and_the_run_resumes_exactly(s3_lak
     from widen_dag.train.sft import train_sft
 
     tok = AutoTokenizer.from_pretrained(tiny_checkpoint)
-    rows = [{"prompt": [{"role": "user", "content": f"What is {i} + 2?"}],
-             "completion": [{"role": "assistant", "content": f"<answer>{i + 2}</answer>"}]} for i in range(8)]
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"What is {i} + 2?"}],
+            "completion": [{"role": "assistant", "content": f"<answer>{i + 2}</answer>"}],
+        }
+        for i in range(8)
+    ]
     parts = ("trainer_state", "sft", "run")
 
     class Die(TrainerCallback):
@@ -140,8 +156,18 @@ def test_trainer_state_round_trips_through_s3_and_the_run_resumes_exactly(s3_lak
     def run(folder, callbacks):
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
-        stats = train_sft(model, tok, rows, output_dir=str(folder), learning_rate=1e-3, batch_size=2, max_length=64,
-                          max_steps=4, checkpoint_every=2, callbacks=callbacks)
+        stats = train_sft(
+            model,
+            tok,
+            rows,
+            output_dir=str(folder),
+            learning_rate=1e-3,
+            batch_size=2,
+            max_length=64,
+            max_steps=4,
+            checkpoint_every=2,
+            callbacks=callbacks,
+        )
         return model, stats
 
     with pytest.raises(KeyboardInterrupt):

@@ -35,4 +35,6 @@ def test_two_replica_processes_answer_greedy_requests_like_one_engine(tiny_check
         assert dp.stats.requests == len(problems) and dp.stats.calls == 2  # one call per replica
     finally:
         dp.close()
-    assert [(r["problem_id"], r["sample"], r["response"]) for r in got] == [(r["problem_id"], r["sample"], r["response"]) for r in expected]
+    assert [(r["problem_id"], r["sample"], r["response"]) for r in got] == [
+        (r["problem_id"], r["sample"], r["response"]) for r in expected
+    ]

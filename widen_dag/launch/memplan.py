@@ -84,8 +84,10 @@ def _config_dict(ref: ModelRef) -> tuple[str, dict[str, Any]]:
     try:
         path = hf_hub_download(ref.name, "config.json", revision=ref.revision)
     except Exception as err:  # offline, gated, missing: say which model and what to set instead
-        raise PlanError(f"cannot read config.json of {ref.name} from the hub ({type(err).__name__}); "
-                        f"set models.<role>.config_file to a copy of it") from err
+        raise PlanError(
+            f"cannot read config.json of {ref.name} from the hub ({type(err).__name__}); "
+            f"set models.<role>.config_file to a copy of it"
+        ) from err
     return "hub config.json", json.loads(Path(path).read_text())
 
 
@@ -108,11 +110,18 @@ def model_shape(ref: ModelRef, *, config: dict[str, Any] | None = None) -> Model
     heads = text.num_attention_heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    linears = tuple((n, m.in_features, m.out_features) for n, m in model.named_modules()
-                    if isinstance(m, torch.nn.Linear) and m is not head)
-    return ModelShape(name=f"{ref.name or 'model'} ({source})", params=params, layers=text.num_hidden_layers,
-                      hidden=text.hidden_size, vocab=text.vocab_size,
-                      kv_bytes_per_token=2 * text.num_hidden_layers * kv_heads * head_dim * 2, linear_shapes=linears)
+    linears = tuple(
+        (n, m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head
+    )
+    return ModelShape(
+        name=f"{ref.name or 'model'} ({source})",
+        params=params,
+        layers=text.num_hidden_layers,
+        hidden=text.hidden_size,
+        vocab=text.vocab_size,
+        kv_bytes_per_token=2 * text.num_hidden_layers * kv_heads * head_dim * 2,
+        linear_shapes=linears,
+    )
 
 
 @dataclass
@@ -138,9 +147,11 @@ class StagePlan:
     def verdict(self) -> str:
         if self.problem:
             return self.problem
-        return (f"{self.stage}: needs {self.total / GIB:.1f} GiB per GPU on {self.gpus} GPU(s) "
-                f"({', '.join(f'{k} {v / GIB:.1f}' for k, v in self.parts.items() if v)}), "
-                f"{self.budget / GIB:.1f} GiB available")
+        return (
+            f"{self.stage}: needs {self.total / GIB:.1f} GiB per GPU on {self.gpus} GPU(s) "
+            f"({', '.join(f'{k} {v / GIB:.1f}' for k, v in self.parts.items() if v)}), "
+            f"{self.budget / GIB:.1f} GiB available"
+        )
 
 
 def _activations(shape: ModelShape, batch: int, length: int, checkpointing: bool) -> float:
@@ -163,13 +174,15 @@ def training_plan(profile: Profile, stage: str, shape: ModelShape, gpus: int, gp
     if t.lora.enabled:
         trainable = shape.lora_params(t.lora.r, t.lora.target_modules)
         usage = estimate_training_usage(trainable * 4, "bfloat16")
-        parts = {"weights": 2 * shape.params + usage["model"], "gradients": usage["gradients"],
-                 "optimizer": usage["optimizer"]}
+        parts = {"weights": 2 * shape.params + usage["model"], "gradients": usage["gradients"], "optimizer": usage["optimizer"]}
         notes.append(f"LoRA r={t.lora.r}: {trainable / 1e6:.1f}M trainable parameters")
     else:
         usage = estimate_training_usage(shape.params * 4, "bfloat16")
-        parts = {"weights": usage["model"] / shard, "gradients": usage["gradients"] / shard,
-                 "optimizer": usage["optimizer"] / shard}
+        parts = {
+            "weights": usage["model"] / shard,
+            "gradients": usage["gradients"] / shard,
+            "optimizer": usage["optimizer"] / shard,
+        }
     batch = settings.batch_size * (2 if stage == "dpo" else 1)
     parts["activations"] = _activations(shape, batch, settings.max_length, checkpointing)
     if stage == "dpo" and not t.lora.enabled:
@@ -192,16 +205,22 @@ def generation_plan(profile: Profile, stage: str, shapes: list[ModelShape], gpus
     plan = StagePlan(stage, " + ".join(s.name for s in shapes), tp, parts, budget * engines)
     kv_room = plan.budget - weights - OVERHEAD_BYTES
     fit_seqs = int(kv_room // one_seq) if one_seq and kv_room > 0 else 0
-    plan.notes.append(f"vLLM TP={tp}, {gen.data_parallel_size} engine replica(s); KV for all {gen.max_num_seqs} seqs x "
-                      f"{gen.max_model_len} tokens would take {full / GIB:.1f} GiB per GPU, room for {fit_seqs} at full length")
+    plan.notes.append(
+        f"vLLM TP={tp}, {gen.data_parallel_size} engine replica(s); KV for all {gen.max_num_seqs} seqs x "
+        f"{gen.max_model_len} tokens would take {full / GIB:.1f} GiB per GPU, room for {fit_seqs} at full length"
+    )
     need = tp * gen.data_parallel_size
     if gpus < need:
         plan.gpus = gpus
-        plan.problem = (f"{stage}: generation.tensor_parallel_size={tp} x data_parallel_size={gen.data_parallel_size} "
-                        f"needs {need} GPUs, {gpus} given")
+        plan.problem = (
+            f"{stage}: generation.tensor_parallel_size={tp} x data_parallel_size={gen.data_parallel_size} "
+            f"needs {need} GPUs, {gpus} given"
+        )
     elif engines * share > 1.0:
-        plan.problem = (f"{stage}: {engines} vLLM engines in one process each take generation.gpu_memory_utilization="
-                        f"{share} of every GPU ({engines * share:.2f} > 1); lower it to at most {1 / engines:.2f}")
+        plan.problem = (
+            f"{stage}: {engines} vLLM engines in one process each take generation.gpu_memory_utilization="
+            f"{share} of every GPU ({engines * share:.2f} > 1); lower it to at most {1 / engines:.2f}"
+        )
     return plan
 
 
@@ -212,13 +231,20 @@ def _engine_models(profile: Profile, stage: str) -> list[ModelRef]:
     return [m.student]
 
 
-def stage_plan(profile: Profile, stage: str, *, gpus: int | None = None, gpu_memory_gib: float | None = None,
-               shapes: dict[str, ModelShape] | None = None) -> StagePlan | None:
+def stage_plan(
+    profile: Profile,
+    stage: str,
+    *,
+    gpus: int | None = None,
+    gpu_memory_gib: float | None = None,
+    shapes: dict[str, ModelShape] | None = None,
+) -> StagePlan | None:
     """The plan of one stage, or None where it runs on CPU (nothing to check)."""
     training = stage in ("sft", "dpo")
     device = profile.train.device if training else profile.generation.device
-    if device == "cpu" or any(r.source == "bootstrap" for r in (_engine_models(profile, stage) if not training
-                                                              else [profile.models.student])):
+    if device == "cpu" or any(
+        r.source == "bootstrap" for r in (_engine_models(profile, stage) if not training else [profile.models.student])
+    ):
         return None
     gpu_bytes = (gpu_memory_gib or profile.runtime.gpu_memory_gib) * GIB
     shapes = shapes if shapes is not None else _SHAPES
@@ -242,8 +268,11 @@ def plan(profile: Profile, *, gpus: int | None = None, gpu_memory_gib: float | N
 def render(rows: list[tuple[str, StagePlan | None]], gpu_memory_gib: float) -> str:
     cols = ["weights", "gradients", "optimizer", "activations", "reference", "kv_cache", "overhead"]
     head = ["stage", "GPUs", *cols, "total", "budget", "fits"]
-    lines = [f"GiB per GPU ({gpu_memory_gib:g} GiB GPUs; estimates, see widen_dag/launch/memplan.py)",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [
+        f"GiB per GPU ({gpu_memory_gib:g} GiB GPUs; estimates, see widen_dag/launch/memplan.py)",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     notes = []
     for stage, p in rows:
         if p is None:

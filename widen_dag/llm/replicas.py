@@ -25,10 +25,12 @@ def replica_gpus(replica: int, tensor_parallel_size: int) -> str:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     start = replica * tensor_parallel_size
     ids = visible.split(",") if visible else [str(i) for i in range(start + tensor_parallel_size)]
-    chosen = ids[start:start + tensor_parallel_size]
+    chosen = ids[start : start + tensor_parallel_size]
     if len(chosen) < tensor_parallel_size:
-        raise GenerationConfigError(f"generation.data_parallel_size: replica {replica} needs GPUs {start}..{start + tensor_parallel_size - 1}, "
-                                    f"only {len(ids)} visible")
+        raise GenerationConfigError(
+            f"generation.data_parallel_size: replica {replica} needs GPUs {start}..{start + tensor_parallel_size - 1}, "
+            f"only {len(ids)} visible"
+        )
     return ",".join(chosen)
 
 
@@ -60,14 +62,19 @@ def _serve(conn, name: str, model: str, gpus: str | None, kwargs: dict[str, Any]
 class DataParallelBackend(ChatTokenizerMixin):
     """N replica processes of backend ``name`` behind the one Backend protocol."""
 
-    def __init__(self, name: str, model: str, *, replicas: int, tensor_parallel_size: int = 1, pin_gpus: bool = True,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, name: str, model: str, *, replicas: int, tensor_parallel_size: int = 1, pin_gpus: bool = True, **kwargs: Any
+    ) -> None:
         from widen_dag.llm.loading import load_tokenizer, resolve_model_path
 
         self.name = f"{name}x{replicas}"
         self.model_name = model
-        self.tokenizer = load_tokenizer(resolve_model_path(model), model, revision=kwargs.get("revision"),
-                                        trust_remote_code=kwargs.get("trust_remote_code", False))
+        self.tokenizer = load_tokenizer(
+            resolve_model_path(model),
+            model,
+            revision=kwargs.get("revision"),
+            trust_remote_code=kwargs.get("trust_remote_code", False),
+        )
         self.stats = EngineStats()
         self._replica_stats: list[EngineStats] = [EngineStats() for _ in range(replicas)]
         ctx = mp.get_context("spawn")  # a fresh interpreter per replica: CUDA must not be inherited
@@ -93,7 +100,7 @@ class DataParallelBackend(ChatTokenizerMixin):
     def generate(self, requests: list[GenerationRequest]) -> list[list[Sample]]:
         n = len(self._conns)
         size = -(-len(requests) // n) if requests else 0
-        slices = [requests[i * size:(i + 1) * size] for i in range(n)]
+        slices = [requests[i * size : (i + 1) * size] for i in range(n)]
         busy = [i for i, part in enumerate(slices) if part]
         for i in busy:
             self._conns[i].send(("generate", slices[i]))
