@@ -4,6 +4,8 @@
     widen-dag smoke                    problems + the worker round trip
     widen-dag init-home                write $DAGSTER_HOME/dagster.yaml (pool gpu = 1, run monitoring)
     widen-dag trace dpo-cdpo [--pair P] a checkpoint's data versions, pairs, tree nodes, problems
+    widen-dag plan [--profile P] [--gpus N] [--gpu-memory-gib G]
+                                       GPU memory per stage vs the GPUs; exits 1 naming a stage that does not fit
 """
 
 from __future__ import annotations
@@ -155,6 +157,24 @@ def profile_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def plan_command(args: argparse.Namespace) -> int:
+    from widen_dag.launch.memplan import PlanError, plan, render
+    from widen_dag.profiles import ProfileError, load_profile
+
+    try:
+        profile = load_profile(args.profile)
+        rows = plan(profile, gpus=args.gpus, gpu_memory_gib=args.gpu_memory_gib)
+    except (ProfileError, PlanError) as err:
+        print(f"widen-dag plan: {err}", file=sys.stderr)
+        return 2
+    print(f"profile {profile.name}")
+    print(render(rows, args.gpu_memory_gib or profile.runtime.gpu_memory_gib))
+    failing = [p for _, p in rows if p is not None and not p.fits]
+    for p in failing:
+        print(f"widen-dag plan: does not fit: {p.verdict()}", file=sys.stderr)
+    return 1 if failing else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="widen-dag", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -171,9 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--profile", help="profile name or YAML path (default: $WIDEN_DAG_PROFILE or tiny)")
     pr.add_argument("--explain", action="store_true", help="every setting: dotted name, default and what it does")
     pr.add_argument("--schema", action="store_true", help="the profile's JSON schema")
+    pl = sub.add_parser("plan", help="GPU memory per stage against the GPUs (exits 1 when a stage does not fit)")
+    pl.add_argument("--profile", help="profile name or YAML path (default: $WIDEN_DAG_PROFILE or tiny)")
+    pl.add_argument("--gpus", type=int, help="GPUs per stage (default: what the profile asks for)")
+    pl.add_argument("--gpu-memory-gib", type=float, help="memory of one GPU (default: runtime.gpu_memory_gib)")
     args = parser.parse_args(argv)
     if args.command == "profile":
         return profile_command(args)
+    if args.command == "plan":
+        return plan_command(args)
     if args.command == "init-home":
         print(init_home() / "dagster.yaml")
         return 0

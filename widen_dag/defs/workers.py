@@ -24,7 +24,8 @@ def run_worker(context: dg.AssetExecutionContext, pipeline: PipelineResource, cl
     started = time.monotonic()
     try:
         return client.run(
-            command=scaleout.worker_argv(module, *args, num_processes=processes, timeout_s=timeout),
+            command=scaleout.worker_argv(module, *args, num_processes=processes, timeout_s=timeout,
+                                         accelerate_flags=scaleout.accelerate_args(profile, module)),
             context=context,
             extras=pipeline.worker_extras(profile),
         ).get_materialize_result()
@@ -49,7 +50,8 @@ def run_worker_pod(context: dg.AssetExecutionContext, pipeline: PipelineResource
     return PipesK8sClient().run(
         context=context,
         namespace=cfg.namespace,
-        command=scaleout.worker_argv(module, *args, num_processes=num_processes, python="python"),
+        command=scaleout.worker_argv(module, *args, num_processes=num_processes, python="python",
+                                     accelerate_flags=scaleout.accelerate_args(profile, module)),
         base_pod_spec=scaleout.pod_spec(profile, module),
         env=scaleout.pod_env(profile),
         extras=pipeline.worker_extras(profile, cfg.lake_root),

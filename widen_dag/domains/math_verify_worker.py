@@ -6,6 +6,7 @@ The parent kills this process when a call overruns its deadline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -34,10 +35,8 @@ def main() -> None:
 
     # Warm up the LaTeX grammar and sympy's printers: on a busy machine their first use alone
     # can exceed the 1 s parsing/verify timeouts, and a right answer would be scored wrong.
-    try:
+    with contextlib.suppress(Exception):
         equivalent(r"\left( 3, \frac{\pi}{2} \right)", r"(3,\frac{\pi}{2})")
-    except Exception:
-        pass
 
     for line in sys.stdin:
         try:

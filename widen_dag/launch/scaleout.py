@@ -9,6 +9,8 @@ generation pod, ``accelerate launch`` with one process per GPU for training.
 from __future__ import annotations
 
 import sys
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from widen_dag.profiles import K8sConfig, Profile
@@ -21,13 +23,35 @@ _TRAINING_MODULES = {"train"}
 TIMEOUT_EXIT_CODE = 124  # coreutils `timeout`: the command ran out of time
 
 
+def accelerate_config_file(distributed: str) -> Path:
+    """The accelerate config file shipped for ``train.distributed`` (ddp, fsdp, deepspeed_zero3)."""
+    path = Path(str(resources.files("widen_dag.launch") / "accelerate" / f"{distributed}.yaml"))
+    if not path.is_file():
+        raise ValueError(f"train.distributed: no accelerate config for {distributed!r} (expected {path})")
+    return path
+
+
+def accelerate_args(profile: Profile, module: str) -> list[str]:
+    """Flags for ``accelerate launch`` of a training worker: on CUDA the config file of
+    ``train.distributed``; on CPU (``train.device: cpu``) the torchrun launcher behind
+    ``--multi_gpu`` (accelerate's ``--cpu`` starts a single process), whose N ranks the Trainer
+    (``use_cpu``) joins over gloo."""
+    if module not in _TRAINING_MODULES or profile.train.num_processes <= 1:
+        return []
+    if profile.train.device == "cpu":
+        return ["--multi_gpu"]
+    return ["--config_file", str(accelerate_config_file(profile.train.distributed))]
+
+
 def worker_argv(module: str, *args: str, num_processes: int = 1, python: str = sys.executable,
-                timeout_s: int | None = None) -> list[str]:
-    """``python -m widen_dag.workers.<module> args``; under ``accelerate launch`` for N > 1;
-    under coreutils ``timeout`` (TERM, then KILL a minute later) when ``timeout_s`` is given."""
+                timeout_s: int | None = None, accelerate_flags: list[str] | None = None) -> list[str]:
+    """``python -m widen_dag.workers.<module> args``; under ``accelerate launch`` for N > 1 (with
+    ``accelerate_flags``, e.g. the config file); under coreutils ``timeout`` (TERM, then KILL a
+    minute later) when ``timeout_s`` is given."""
     target = ["-m", f"widen_dag.workers.{module}", *args]
     if num_processes > 1:
-        argv = [python, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes), *target]
+        argv = [python, "-m", "accelerate.commands.launch", *(accelerate_flags or []), "--num_processes", str(num_processes),
+                *target]
     else:
         argv = [python, *target]
     if timeout_s is not None:

@@ -32,7 +32,7 @@ def resolve_checkpoint(lake: Lake, target: str) -> Path:
         name = "sft"
     elif target.startswith("dpo_checkpoint:"):
         name = "dpo-" + target.split(":", 1)[1]
-    candidates.append(checkpoint_dir(lake, name))
+    candidates.append(Path(checkpoint_dir(lake, name)))
     for c in candidates:
         if (c / MANIFEST).is_file():
             return c

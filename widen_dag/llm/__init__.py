@@ -14,6 +14,7 @@ BACKENDS = ("vllm", "transformers")
 
 def create_backend(name: str, model: str, **kwargs) -> Backend:
     """A backend by name; settings it does not use are ignored, unknown names are an error."""
+    kwargs.pop("data_parallel_size", None)  # replicas are backend_from_profile's business, never one engine's
     if name == "vllm":
         from widen_dag.llm.vllm_backend import VLLMBackend
 
@@ -28,17 +29,21 @@ def create_backend(name: str, model: str, **kwargs) -> Backend:
 
 def backend_from_profile(gen, model: ModelLocation | str, seed: int, backend: str | None = None) -> Backend:
     """A backend from a profile's GenerationConfig for a resolved model (its revision and
-    trust_remote_code go with it); ``backend`` overrides the profile's choice, e.g. for eval."""
+    trust_remote_code go with it); ``backend`` overrides the profile's choice, e.g. for eval.
+    ``data_parallel_size`` > 1: that many replica processes, one engine each on its own GPUs."""
     name = model if isinstance(model, str) else model.name_or_path
     revision = None if isinstance(model, str) else model.revision
     trust_remote_code = False if isinstance(model, str) else model.trust_remote_code
-    return create_backend(
-        backend or gen.backend, name, device=gen.device, dtype=gen.dtype, seed=seed, max_model_len=gen.max_model_len,
-        max_num_seqs=gen.max_num_seqs, gpu_memory_utilization=gen.gpu_memory_utilization,
-        cpu_kvcache_gib=gen.cpu_kvcache_gib, tensor_parallel_size=gen.tensor_parallel_size,
-        data_parallel_size=gen.data_parallel_size, revision=revision, trust_remote_code=trust_remote_code,
-        enforce_eager=gen.enforce_eager, block_size=gen.block_size,
-    )
+    kwargs = dict(device=gen.device, dtype=gen.dtype, seed=seed, max_model_len=gen.max_model_len,
+                  max_num_seqs=gen.max_num_seqs, gpu_memory_utilization=gen.gpu_memory_utilization,
+                  cpu_kvcache_gib=gen.cpu_kvcache_gib, revision=revision, trust_remote_code=trust_remote_code,
+                  enforce_eager=gen.enforce_eager, block_size=gen.block_size)
+    if gen.data_parallel_size > 1:
+        from widen_dag.llm.replicas import DataParallelBackend
+
+        return DataParallelBackend(backend or gen.backend, name, replicas=gen.data_parallel_size,
+                                   tensor_parallel_size=gen.tensor_parallel_size, pin_gpus=gen.device != "cpu", **kwargs)
+    return create_backend(backend or gen.backend, name, tensor_parallel_size=gen.tensor_parallel_size, **kwargs)
 
 
 __all__ = ["BACKENDS", "Backend", "EngineStats", "GenerationConfigError", "GenerationRequest", "Sample", "backend_from_profile", "create_backend"]

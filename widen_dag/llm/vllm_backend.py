@@ -4,7 +4,8 @@ The same code runs on CUDA (package ``vllm``) and on this CPU (package ``vllm-cp
 Prefix caching is on (sibling expansions share their whole path as prompt), the seed is
 set on the engine (per-request seeds fail on CPU), and on CPU the KV cache size comes from
 ``cpu_kvcache_gib`` through VLLM_CPU_KVCACHE_SPACE. Callers must guard their entry point
-with ``if __name__ == "__main__"``: vLLM spawns its engine process.
+with ``if __name__ == "__main__"``: vLLM spawns its engine process. One engine per process:
+data parallelism is ``widen_dag.llm.replicas`` (the offline engine rejects data_parallel_size).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ class VLLMBackend(ChatTokenizerMixin):
 
     def __init__(self, model: str, *, device: str = "auto", dtype: str = "auto", seed: int = 0,
                  max_model_len: int = 4096, max_num_seqs: int = 256, gpu_memory_utilization: float = 0.85,
-                 cpu_kvcache_gib: float = 1.0, tensor_parallel_size: int = 1, data_parallel_size: int = 1,
+                 cpu_kvcache_gib: float = 1.0, tensor_parallel_size: int = 1,
                  revision: str | None = None, trust_remote_code: bool = False, enforce_eager: bool = False,
                  block_size: int | None = None) -> None:
         import torch
@@ -52,8 +53,6 @@ class VLLMBackend(ChatTokenizerMixin):
         )
         if block_size:
             kwargs["block_size"] = block_size  # small blocks let short shared prefixes hit the cache
-        if data_parallel_size > 1:
-            kwargs["data_parallel_size"] = data_parallel_size
         if on_cuda:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         else:

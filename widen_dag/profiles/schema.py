@@ -129,6 +129,9 @@ class ModelRef(_Strict):
     name: str | None = Field(None, description="HF model id or local folder (hub and path sources).")
     revision: str | None = Field(None, description="Pinned hub revision (commit or tag); default branch if unset.")
     trust_remote_code: bool = Field(False, description="Allow the model's own Python code (off unless needed).")
+    config_file: str | None = Field(None, description=(
+        "The model's config.json for `widen-dag plan` without the hub (a file name under widen_dag/profiles/model_configs/ "
+        "or a path); unset: the local folder's or the hub's config.json. Never weights."))
 
     @model_validator(mode="after")
     def _needs_name(self) -> ModelRef:
@@ -192,7 +195,8 @@ class GenerationConfig(_Strict):
     max_model_len: int = Field(4096, gt=0, description="Context length given to vLLM (sizes its KV cache).")
     max_num_seqs: int = Field(256, gt=0, description="Sequences vLLM batches at once.")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one vLLM engine spans.")
-    data_parallel_size: int = Field(1, ge=1, description="Engines (each tensor_parallel_size GPUs) sharing the work.")
+    data_parallel_size: int = Field(1, ge=1, description=(
+        "Engine replicas sharing every batch, each in its own process on its own tensor_parallel_size GPUs."))
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="Share of GPU memory vLLM may take.")
     cpu_kvcache_gib: float = Field(1.0, gt=0, description="vLLM's KV cache on CPU, GiB.")
     enforce_eager: bool = Field(False, description="Skip graph capture (CPU: vLLM starts in ~20 s instead of ~60 s).")
@@ -298,6 +302,8 @@ class DPOSettings(_Strict):
     batch_size: int = Field(8, gt=0, description="Per-device batch size.")
     max_length: int = Field(2048, gt=0, description="Tokens per sequence.")
     warmup_ratio: float = Field(0.03, ge=0, le=1, description="Share of steps warming up.")
+    precompute_ref_log_probs: bool = Field(False, description=(
+        "TRL computes the reference log-probs once before training, so the reference model is not run each step."))
     variants: dict[str, DPOVariant] = Field({
         "dpo": DPOVariant(),
         "balanced": DPOVariant(balanced=True),
@@ -307,12 +313,43 @@ class DPOSettings(_Strict):
     }, description="The ablation rows, in table order; each is a dpo_checkpoint partition.")
 
 
+class LoraSettings(_Strict):
+    """LoRA through peft (TRL's ``peft_config``). The adapter is merged into the saved checkpoint,
+    so evaluation and vLLM load a plain HF model; DPO with LoRA needs no reference copy (the
+    reference is the model with the adapter switched off)."""
+
+    enabled: bool = Field(False, description="Train LoRA adapters instead of every weight.")
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: int = Field(32, gt=0, description="LoRA alpha (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Modules that get adapters: names (q_proj, v_proj, ...) or 'all-linear'.")
+
+
+Distributed = Literal["ddp", "fsdp", "deepspeed_zero3"]
+
+
 class TrainConfig(_Strict):
     """Training of the student: SFT, then the DPO variants."""
 
     device: Device = Field("auto", description="auto, cpu or cuda.")
     seed: int = Field(0, description="Trainer seed.")
     num_processes: int = Field(1, ge=1, description="> 1: training runs under `accelerate launch --num_processes N`.")
+    distributed: Distributed = Field("ddp", description=(
+        "How N processes share the model: ddp (a full copy per GPU), fsdp (FULL_SHARD) or deepspeed_zero3 "
+        "(parameters, gradients and optimizer sharded); picks the accelerate config file shipped in widen_dag/launch/accelerate/."))
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step (global batch = batch_size x processes x this).")
+    gradient_checkpointing: bool | None = Field(None, description=(
+        "Recompute activations in the backward pass; unset: on for CUDA, off on CPU (measured ~11x slower there)."))
+    lora: LoraSettings = Field(LoraSettings(), description="LoRA instead of a full fine-tune (SFT and DPO).")
+
+    @model_validator(mode="after")
+    def _lora_with_ddp(self) -> TrainConfig:
+        # Merging an adapter needs the whole model on one rank; sharded LoRA is not built here.
+        if self.lora.enabled and self.distributed != "ddp":
+            raise ValueError(f"train.lora.enabled needs train.distributed: ddp (got {self.distributed!r}); "
+                             "a LoRA run holds the frozen base once per GPU and needs no sharding")
+        return self
     checkpoint_every: int = Field(200, ge=0, description="Trainer checkpoints every N steps (resume after a crash); 0: none.")
     sft: SFTSettings = Field(SFTSettings(), description="SFT settings.")
     dpo: DPOSettings = Field(DPOSettings(), description="DPO settings and the ablation variants.")
@@ -383,6 +420,8 @@ class RuntimeConfig(_Strict):
 
     kind: Literal["local", "k8s"] = Field("local", description="local subprocesses or k8s pods.")
     k8s: K8sConfig | None = Field(None, description="Pod settings (kind: k8s).")
+    gpu_memory_gib: float = Field(80.0, gt=0, description=(
+        "Memory of one GPU of the machines the profile targets, GiB (`widen-dag plan` checks each stage against it)."))
     worker_timeout_s: int = Field(48 * 3600, gt=0, description=(
         "A worker still running after this long is stopped (local: SIGTERM, then SIGKILL 60 s later; "
         "k8s: the pod's activeDeadlineSeconds) and the asset's retry policy takes over."))

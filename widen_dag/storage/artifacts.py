@@ -8,10 +8,14 @@ every place a model loads.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
+
+import fsspec
 
 from widen_dag.profiles import Profile
 from widen_dag.storage.lake import Lake
@@ -57,8 +61,41 @@ def checkpoint_parts(name: str) -> tuple[str, str]:
     return ("checkpoints", name)
 
 
-def checkpoint_dir(lake: Lake, name: str) -> Path:
-    return Path(lake.dir_path(*checkpoint_parts(name)))
+def checkpoint_dir(lake: Lake, name: str) -> str:
+    """Where checkpoint ``name`` is published: a local path, or a URI on an object-store lake
+    (``s3://bucket/lake/checkpoints/sft``). Load it through ``local_model``."""
+    return lake.uri(*checkpoint_parts(name))
+
+
+def cache_root() -> Path:
+    """Where checkpoints from an object-store lake are downloaded before loading:
+    ``$WIDEN_DAG_CACHE`` or ``~/.cache/widen_dag``."""
+    return Path(os.environ.get("WIDEN_DAG_CACHE") or Path.home() / ".cache" / "widen_dag").expanduser()
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def local_model(location: ModelLocation, lake: Lake) -> ModelLocation:
+    """The same model with a local folder to load from: a checkpoint on an object-store lake is
+    downloaded once into the cache, keyed by its manifest's hash (a republished checkpoint gets
+    a fresh copy); local folders and hub ids are returned unchanged."""
+    if location.source != "checkpoint" or not is_remote(location.name_or_path):
+        return location
+    manifest = read_manifest(location.name_or_path)
+    if manifest is None:
+        raise ArtifactMissing(f"no published checkpoint at {location.name_or_path}")
+    key = hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    name = location.name_or_path.rstrip("/").rsplit("/", 1)[-1]
+    dest = cache_root() / "checkpoints" / f"{name}-{key}"
+    if read_manifest(dest) is None:
+        _, path = fsspec.core.url_to_fs(location.name_or_path)
+        base = path[len(lake.dir_path()):].strip("/") if path.startswith(lake.dir_path()) else None
+        if base is None:
+            raise ArtifactMissing(f"checkpoint {location.name_or_path} is not under the lake {lake.root}")
+        lake.download_dir(*base.split("/"), dest=dest)
+    return replace(location, name_or_path=str(dest))
 
 
 def resolve_model(profile: Profile, lake: Lake, role: Role, *, require: bool = True) -> ModelLocation:
@@ -110,7 +147,13 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
 
 
-def read_manifest(folder: Path) -> dict[str, Any] | None:
-    """A checkpoint's manifest, or None where there is no published checkpoint."""
-    path = folder / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
+def read_manifest(folder: str | Path) -> dict[str, Any] | None:
+    """A checkpoint's manifest (a local folder or a lake URI), or None where no checkpoint was
+    published there: the manifest is written last, so a half-uploaded folder has none."""
+    fs, path = fsspec.core.url_to_fs(str(folder))
+    target = f"{path.rstrip('/')}/{MANIFEST}"
+    fs.invalidate_cache(path)  # object-store clients cache listings; another process may have published since
+    if not fs.isfile(target):
+        return None
+    with fs.open(target, "r") as fh:
+        return json.loads(fh.read())

@@ -31,6 +31,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 CATALOG_FILE = "widen_lake.duckdb"
 UNPARTITIONED = "__all__"
+PUBLISHED_MARKER = "_PUBLISHED"  # written last into a staged folder that names no marker of its own
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PARTITION_RE = re.compile(r"^[A-Za-z0-9_.=-]+$")
 
@@ -168,14 +169,22 @@ class Lake:
                     fs.rm(tmp)
 
     @contextlib.contextmanager
-    def staged_dir(self, *parts: str) -> Iterator[Path]:
+    def staged_dir(self, *parts: str, marker: str | None = None) -> Iterator[Path]:
         """A local folder to fill (e.g. a checkpoint); published under ``parts`` only on success.
 
-        The final folder appears in one rename, so a crash mid-save leaves at most a hidden
-        ``.staging-*`` folder, never a checkpoint that looks complete.
+        Local lake: the final folder appears in one rename, so a crash mid-save leaves at most a
+        hidden ``.staging-*`` folder, never a checkpoint that looks complete. Object storage
+        (no folder rename there): the folder is filled on local disk, then the previous
+        version's ``marker`` is deleted first (it stops being visible), its files removed, every
+        new file uploaded, and ``marker`` (a file the caller wrote, e.g. the checkpoint
+        manifest; default: an empty ``_PUBLISHED``) uploaded last. Readers treat a prefix
+        without its marker as absent, so a killed upload is never visible.
         """
         if not self.is_local:
-            raise LakeError("staged_dir needs a local lake root; sync remote checkpoints with fsspec")
+            with tempfile.TemporaryDirectory(prefix="widen-stage-") as scratch:
+                yield Path(scratch)
+                self.publish_folder(Path(scratch), *parts, marker=marker or PUBLISHED_MARKER)
+            return
         final = Path(self._path(*parts))
         final.parent.mkdir(parents=True, exist_ok=True)
         staging = final.parent / f".staging-{final.name}-{uuid.uuid4().hex[:8]}"
@@ -192,6 +201,73 @@ class Lake:
         finally:
             if staging.exists():
                 _rmtree(staging)
+
+    def publish_folder(self, staging: Path, *parts: str, marker: str = PUBLISHED_MARKER) -> None:
+        """Upload a complete local folder under ``parts`` of an object-store lake, ``marker`` last
+        (see ``staged_dir``); the default marker is created here."""
+        final = self._path(*parts)
+        if marker == PUBLISHED_MARKER:
+            (staging / marker).touch()
+        if not (staging / marker).is_file():
+            raise LakeError(f"cannot publish {final}: the staged folder has no {marker} (written last, it marks the folder complete)")
+        fs = self.fs
+        if fs.exists(f"{final}/{marker}"):
+            fs.rm(f"{final}/{marker}")  # the old version disappears before any of its files change
+        if fs.exists(final):
+            fs.rm(final, recursive=True)
+        files = sorted(f for f in staging.rglob("*") if f.is_file() and f.relative_to(staging).as_posix() != marker)
+        for f in files:
+            fs.put_file(str(f), f"{final}/{f.relative_to(staging).as_posix()}")
+        fs.put_file(str(staging / marker), f"{final}/{marker}")
+
+    def fresh(self, *parts: str) -> fsspec.AbstractFileSystem:
+        """The filesystem with its listing cache for ``parts`` dropped: object-store clients
+        (s3fs) cache listings, and another process (a worker, a pod) may have published since."""
+        fs = self.fs
+        if not isinstance(fs, LocalFileSystem):
+            fs.invalidate_cache(self._path(*parts))
+        return fs
+
+    def is_published(self, *parts: str, marker: str = PUBLISHED_MARKER) -> bool:
+        """Whether a staged folder was published completely: its marker exists (on a local lake,
+        where publishing is one rename, the folder itself is enough for the default marker)."""
+        if self.is_local and marker == PUBLISHED_MARKER:
+            return Path(self._path(*parts)).is_dir()
+        return self.fresh(*parts).exists(self._path(*parts, marker))
+
+    def children(self, *parts: str) -> list[str]:
+        """Names of the entries directly under ``parts`` (none when it does not exist)."""
+        folder = self._path(*parts)
+        fs = self.fresh(*parts)
+        if not fs.exists(folder):
+            return []
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False))
+
+    def remove_dir(self, *parts: str) -> None:
+        folder = self._path(*parts)
+        if self.fs.exists(folder):
+            self.fs.rm(folder, recursive=True)
+
+    def download_dir(self, *parts: str, dest: Path) -> Path:
+        """Copy the folder under ``parts`` to ``dest`` on local disk (through a hidden sibling
+        and one rename, so a killed download leaves no folder that looks complete)."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.parent / f".download-{dest.name}-{uuid.uuid4().hex[:8]}"
+        src = self._path(*parts)
+        fs = self.fresh(*parts)
+        try:
+            for remote in fs.find(src):
+                rel = remote[len(src):].lstrip("/")
+                target = tmp / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fs.get_file(remote, str(target))
+            if dest.exists():
+                _rmtree(dest)
+            tmp.rename(dest)
+        finally:
+            if tmp.exists():
+                _rmtree(tmp)
+        return dest
 
     # ---- DuckDB ---------------------------------------------------------------------------
     def assets(self) -> list[str]:

@@ -15,7 +15,6 @@ A variant is configuration only:
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +22,17 @@ from typing import Any
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from widen_dag.train.preference import chat_length, common_prefix_length, dpo_loss_terms, validate_pairs
-from widen_dag.train.trainer import TrainStats, logging_callback, quiet, train_resuming, trainer_defaults
+from widen_dag.train.trainer import (
+    TrainStats,
+    export_model,
+    logging_callback,
+    lora_config,
+    num_processes,
+    optimizer_steps,
+    quiet,
+    train_resuming,
+    trainer_defaults,
+)
 
 
 class PrefixMaskCollator(DataCollatorForPreference):
@@ -47,7 +56,8 @@ class PrefixMaskCollator(DataCollatorForPreference):
 
 def dpo_config(output_dir: str, *, beta: float, learning_rate: float, batch_size: int, max_length: int,
                label_smoothing: float, sft_weight: float, steps: int, warmup_ratio: float, device: str, seed: int,
-               log_every: int, checkpoint_every: int = 0):
+               log_every: int, checkpoint_every: int = 0, grad_accum: int = 1, gradient_checkpointing: bool | None = None,
+               precompute_ref_log_probs: bool = False):
     from trl import DPOConfig
 
     losses, weights = dpo_loss_terms(label_smoothing, sft_weight)
@@ -64,30 +74,41 @@ def dpo_config(output_dir: str, *, beta: float, learning_rate: float, batch_size
         label_smoothing=label_smoothing,
         loss_type=losses,
         loss_weights=weights,
-        **trainer_defaults(device, seed, log_every, checkpoint_every),
+        precompute_ref_log_probs=precompute_ref_log_probs,
+        **trainer_defaults(device, seed, log_every, checkpoint_every, gradient_checkpointing=gradient_checkpointing,
+                           grad_accum=grad_accum),
     )
 
 
 def train_dpo(model: Any, ref_model: Any, tokenizer: Any, rows: list[dict[str, Any]], *, output_dir: str, beta: float,
               learning_rate: float, batch_size: int, max_length: int, epochs: float, label_smoothing: float,
               sft_weight: float, prefix_mask: bool, warmup_ratio: float = 0.03, device: str = "cpu", seed: int = 0,
-              on_log: Callable[[str], None] | None = None, checkpoint_every: int = 0) -> TrainStats:
+              on_log: Callable[[str], None] | None = None, checkpoint_every: int = 0, grad_accum: int = 1,
+              gradient_checkpointing: bool | None = None, lora: dict[str, Any] | None = None,
+              precompute_ref_log_probs: bool = False, callbacks: list[Any] | None = None) -> TrainStats:
+    """DPO of ``model`` against ``ref_model`` (frozen). With ``lora`` on, pass ``ref_model=None``:
+    the reference is the model with its adapter switched off, so no second copy is held.
+    ``batch_size`` is per device; steps come from the global batch."""
     import datasets
     from trl import DPOTrainer
 
     validate_pairs(rows)
-    steps = max(1, math.ceil(len(rows) * epochs / batch_size))
+    processes = num_processes()
+    steps = optimizer_steps(len(rows), epochs, batch_size, processes, grad_accum)
     config = dpo_config(output_dir, beta=beta, learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
                         label_smoothing=label_smoothing, sft_weight=sft_weight, steps=steps, warmup_ratio=warmup_ratio,
-                        device=device, seed=seed, log_every=max(1, steps // 10), checkpoint_every=checkpoint_every)
-    stats = TrainStats(pairs=len(rows))
+                        device=device, seed=seed, log_every=max(1, steps // 10), checkpoint_every=checkpoint_every,
+                        grad_accum=grad_accum, gradient_checkpointing=gradient_checkpointing,
+                        precompute_ref_log_probs=precompute_ref_log_probs)
+    stats = TrainStats(pairs=len(rows), processes=processes, global_batch=batch_size * processes * grad_accum)
 
     keep = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows]
     collator = None
     if prefix_mask:
         collator = PrefixMaskCollator(pad_token_id=tokenizer.pad_token_id, max_length=max_length, truncation_mode="keep_start")
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=config, train_dataset=datasets.Dataset.from_list(keep),
-                         processing_class=tokenizer, data_collator=collator, callbacks=[logging_callback(stats, on_log)])
+                         processing_class=tokenizer, data_collator=collator, callbacks=[logging_callback(stats, on_log), *(callbacks or [])],
+                         peft_config=lora_config(lora))
     quiet(trainer)
     for r in keep:  # counted on the untruncated token sequences, so truncation is never silent
         longest = max(chat_length(tokenizer, r["prompt"] + r[k]) for k in ("chosen", "rejected"))
@@ -98,6 +119,7 @@ def train_dpo(model: Any, ref_model: Any, tokenizer: Any, rows: list[dict[str, A
     start = time.perf_counter()
     stats.resumed_from_step = train_resuming(trainer, output_dir)
     stats.seconds = time.perf_counter() - start
-    stats.steps = steps
+    stats.steps = trainer.state.global_step  # what ran, not what was planned
+    stats.export = export_model(trainer)
     model.config.use_cache = True
     return stats

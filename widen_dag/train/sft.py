@@ -5,12 +5,21 @@ Used for the tiny models' bootstrap and for `sft_checkpoint`.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import Any
 
-from widen_dag.train.trainer import TrainStats, logging_callback, quiet, train_resuming, trainer_defaults
+from widen_dag.train.trainer import (
+    TrainStats,
+    export_model,
+    logging_callback,
+    lora_config,
+    num_processes,
+    optimizer_steps,
+    quiet,
+    train_resuming,
+    trainer_defaults,
+)
 
 
 def train_sft(
@@ -32,8 +41,14 @@ def train_sft(
     on_log: Callable[[str], None] | None = None,
     checkpoint_every: int = 0,
     callbacks: list[Any] | None = None,
+    grad_accum: int = 1,
+    gradient_checkpointing: bool | None = None,
+    lora: dict[str, Any] | None = None,
 ) -> TrainStats:
-    """Train ``model`` in place on prompt/completion rows; returns loss curve and throughput."""
+    """Train ``model`` on prompt/completion rows; returns loss curve, throughput and the model to
+    save (``stats.export``). ``batch_size`` is per device; the optimizer steps come from the
+    global batch (x processes x ``grad_accum``). ``lora`` (the profile's ``train.lora``) trains
+    adapters through TRL's ``peft_config`` and merges them into the exported model."""
     import datasets
     from trl import SFTConfig, SFTTrainer
 
@@ -42,7 +57,8 @@ def train_sft(
     bad = [i for i, r in enumerate(rows) if not r.get("completion")]
     if bad:
         raise ValueError(f"SFT rows {bad[:5]} have an empty completion")
-    steps = max_steps or max(1, math.ceil(len(rows) * epochs / batch_size))
+    processes = num_processes()
+    steps = max_steps or optimizer_steps(len(rows), epochs, batch_size, processes, grad_accum)
     config = SFTConfig(
         output_dir=output_dir,
         max_length=max_length,
@@ -53,7 +69,8 @@ def train_sft(
         lr_scheduler_type=scheduler,
         weight_decay=0.0,
         packing=False,
-        **trainer_defaults(device, seed, log_every, checkpoint_every),
+        **trainer_defaults(device, seed, log_every, checkpoint_every, gradient_checkpointing=gradient_checkpointing,
+                           grad_accum=grad_accum),
         eos_token=tokenizer.eos_token,
         pad_token=tokenizer.pad_token,
     )
@@ -64,6 +81,7 @@ def train_sft(
         train_dataset=datasets.Dataset.from_list(rows),
         processing_class=tokenizer,
         callbacks=[logging_callback(stats, on_log), *(callbacks or [])],
+        peft_config=lora_config(lora),
     )
     quiet(trainer)
     # Tokens actually trained on (prompt + completion, after truncation), for tokens/s.
@@ -71,8 +89,11 @@ def train_sft(
     start = time.perf_counter()
     stats.resumed_from_step = train_resuming(trainer, output_dir)
     stats.seconds = time.perf_counter() - start
-    stats.steps = steps
-    stats.examples = steps * batch_size
+    stats.steps = trainer.state.global_step  # what ran, not what was planned
+    stats.processes = processes
+    stats.global_batch = batch_size * processes * grad_accum
+    stats.examples = steps * stats.global_batch
     stats.tokens = int(sum(lengths) / len(lengths) * stats.examples)
+    stats.export = export_model(trainer)
     model.config.use_cache = True  # TRL may leave use_cache=False: generate() would be 10x slower
     return stats

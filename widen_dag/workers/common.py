@@ -24,6 +24,20 @@ class Worker:
         self.pipes.log.info(message)
 
 
+def check_memory(profile: Profile, stage: str) -> None:
+    """Refuse a stage that cannot fit the GPUs this process has, before any model loads (the
+    same estimate as `widen-dag plan`; nothing to check on CPU). Training counts its
+    accelerate processes, generation the GPUs it sees."""
+    from widen_dag.launch.memplan import check_stage, visible_gpus
+
+    gpus, gib = visible_gpus()
+    if gpus == 0:
+        return
+    if stage in ("sft", "dpo"):
+        gpus = int(os.environ.get("WORLD_SIZE", "1"))
+    check_stage(profile, stage, gpus=gpus, gpu_memory_gib=gib)
+
+
 def process_rank() -> int:
     """This process's rank under `accelerate launch` / torchrun (0 when run alone)."""
     return int(os.environ.get("RANK", "0"))

@@ -18,8 +18,8 @@ from widen_dag.domains.base import Problem
 from widen_dag.evaluate import sample_and_score, summarize
 from widen_dag.llm import backend_from_profile
 from widen_dag.reporting.markdown import markdown_table, md
-from widen_dag.storage.artifacts import ablation_models
-from widen_dag.workers.common import Worker, open_worker
+from widen_dag.storage.artifacts import ablation_models, local_model
+from widen_dag.workers.common import Worker, check_memory, open_worker
 
 EVAL_SCHEMA = {
     "variant": pl.String, "checkpoint": pl.String, "eval_set": pl.String, "problem_id": pl.String, "sample": pl.Int32,
@@ -43,11 +43,13 @@ def eval_problems(worker: Worker) -> dict[str, list[Problem]]:
 def evaluate_all(worker: Worker) -> dict:
     profile = worker.profile
     ev, gen = profile.eval, profile.generation
+    check_memory(profile, "evaluate")
     sets = eval_problems(worker)
     frames, summary_rows = [], []
     start = time.perf_counter()
-    for variant, model in ablation_models(profile, worker.lake):
-        path = model.describe()
+    for variant, published in ablation_models(profile, worker.lake):
+        path = published.describe()
+        model = local_model(published, worker.lake)  # from an object-store lake: downloaded to the local cache
         t0 = time.perf_counter()
         backend = backend_from_profile(gen, model, seed=profile.seed, backend=ev.backend)
         try:

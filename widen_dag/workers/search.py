@@ -24,7 +24,7 @@ from widen_dag.search.mcts import SearchContext
 from widen_dag.search.store import TreeStore, config_hash
 from widen_dag.search.tree import render_markdown
 from widen_dag.storage.artifacts import resolve_model
-from widen_dag.workers.common import Worker, open_worker
+from widen_dag.workers.common import Worker, check_memory, open_worker
 
 
 def model_fingerprint(path: str) -> str:
@@ -46,6 +46,7 @@ def search_shards(worker: Worker, shards: list[str]) -> dict:
     profile = worker.profile
     gen, cfg = profile.generation, profile.search
     seed = profile.seed + cfg.seed
+    check_memory(profile, "search")
     policy_model = resolve_model(profile, worker.lake, "policy")
     policy_path = policy_model.name_or_path
     backends = {"policy": backend_from_profile(gen, policy_model, seed=seed)}

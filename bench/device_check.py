@@ -1,0 +1,369 @@
+"""Device check: the project's generation and training code on a GPU, on tiny models, as JSON.
+
+    python bench/device_check.py [--device cuda|cpu] [--out device_check.json] [--steps 20]
+
+Builds a tiny Llama and tokenizer here (no downloads, no dataset files), then runs HF
+generation (widen_dag.llm's transformers backend), SFT and DPO through widen_dag.train, each
+as a full fine-tune and with LoRA (merged, then reloaded and generated from), and vLLM when it
+is installed. Prints one JSON object: versions, the device, and per check tokens/s or s/step
+and peak GPU memory; a check that fails records its error and the exit code is 1. Imports
+only what it needs (torch, transformers, accelerate, peft, tokenizers; TRL and datasets for
+training): no Dagster, no polars, no math-verify. ``--device cpu`` runs the same on CPU, to
+try the script without a GPU. bench/device_check.sh brings TRL and datasets to a machine
+without them and runs this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import random
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's widen_dag, without installing it
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+SPECIAL = ["<|end|>", "<|user|>", "<|assistant|>", "<|pad|>"]
+
+
+def _problems(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        out.append((f"What is {a} + {b}?", f"<thinking>{a} + {b} = {a + b}</thinking><answer>The answer is: {a + b}</answer>"))
+    return out
+
+
+def build_tiny(folder: Path) -> Path:
+    """A tiny Llama (head_dim 32, as vLLM's attention wants) and a BPE tokenizer with a chat
+    template, saved as an HF folder with safetensors."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [q + a for q, a in _problems(2000)]
+    tok.train_from_iterator(
+        corpus, trainers.BpeTrainer(vocab_size=512, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|end|>", pad_token="<|pad|>")
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+class Peak:
+    """Peak GPU memory of a block (MiB), None on CPU."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.mib: float | None = None
+
+    def __enter__(self) -> Peak:
+        import torch
+
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            self.mib = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
+def check_hf_generation(model_dir: Path, device: str) -> dict:
+    from widen_dag.llm import GenerationRequest, create_backend
+
+    backend = create_backend("transformers", str(model_dir), device=device, seed=0)
+    try:
+        requests = [
+            GenerationRequest(prompt=backend.chat_prompt(q), n=1, temperature=0.7, top_p=0.9, max_tokens=64, seed=i)
+            for i, (q, _) in enumerate(_problems(32, seed=1))
+        ]
+        backend.generate(requests[:2])  # warm-up: kernels, allocator
+        with Peak(device) as peak:
+            start = time.perf_counter()
+            out = backend.generate(requests)
+            seconds = time.perf_counter() - start
+        tokens = sum(s.n_tokens for samples in out for s in samples)
+        return {
+            "batch": len(requests),
+            "generated_tokens": tokens,
+            "tokens_per_s": round(tokens / seconds, 1),
+            "model_device": str(next(backend.model.parameters()).device),
+            "peak_gpu_mib": peak.mib,
+        }
+    finally:
+        backend.close()
+
+
+def _load(model_dir: Path, dtype=None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype), tok
+
+
+def _save_and_generate(stats, tok, out_dir: Path, device: str) -> dict:
+    """Save the exported model (LoRA merged) and generate from the reloaded folder."""
+    from widen_dag.llm import GenerationRequest, create_backend
+
+    model, state_dict = stats.export
+    model.save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict)
+    tok.save_pretrained(out_dir)
+    backend = create_backend("transformers", str(out_dir), device=device, seed=0)
+    try:
+        (samples,) = backend.generate(
+            [
+                GenerationRequest(
+                    prompt=backend.chat_prompt("What is 2 + 3?"), n=1, temperature=0.0, top_p=1.0, max_tokens=16, seed=0
+                )
+            ]
+        )
+    finally:
+        backend.close()
+    from safetensors import safe_open
+
+    with safe_open(str(out_dir / "model.safetensors"), "pt") as fh:
+        names = fh.keys()  # safe_open is not iterable itself
+        lora_keys = [k for k in names if "lora_" in k]
+    return {"reloaded_generates": samples[0].n_tokens > 0, "saved_lora_tensors": len(lora_keys)}
+
+
+def check_sft(model_dir: Path, device: str, steps: int, lora: bool, work: Path) -> dict:
+    import torch
+
+    from widen_dag.train.sft import train_sft
+
+    model, tok = _load(model_dir, torch.bfloat16 if lora and device == "cuda" else None)
+    rows = [
+        {"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}]}
+        for q, a in _problems(256, seed=2)
+    ]
+    lora_cfg = {"enabled": True, "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"} if lora else None
+    with Peak(device) as peak:
+        stats = train_sft(
+            model,
+            tok,
+            rows,
+            output_dir=str(work / "state"),
+            learning_rate=1e-3,
+            batch_size=16,
+            max_length=128,
+            max_steps=steps,
+            device=device,
+            seed=0,
+            log_every=max(1, steps // 4),
+            lora=lora_cfg,
+        )
+    out = {
+        "steps": stats.steps,
+        "s_per_step": round(stats.seconds / stats.steps, 4),
+        "tokens_per_s": round(stats.tokens_per_s, 1),
+        "final_loss": stats.final_loss,
+        "peak_gpu_mib": peak.mib,
+        "model_device": str(next(model.parameters()).device),
+        "gradient_checkpointing": bool(getattr(model, "is_gradient_checkpointing", False)),
+    }
+    out.update(_save_and_generate(stats, tok, work / "saved", device))
+    return out
+
+
+def check_dpo(model_dir: Path, device: str, steps: int, lora: bool, work: Path) -> dict:
+    import torch
+
+    from widen_dag.train.dpo import train_dpo
+
+    model, tok = _load(model_dir, torch.bfloat16 if lora and device == "cuda" else None)
+    ref = None if lora else _load(model_dir, torch.bfloat16 if device == "cuda" else None)[0]
+    pairs = []
+    for i, (q, a) in enumerate(_problems(16 * steps, seed=3)):
+        wrong = a.replace("The answer is: ", "The answer is: 1")
+        pairs.append(
+            {
+                "problem_id": f"p{i}",
+                "prompt": [{"role": "user", "content": q}],
+                "chosen": [{"role": "assistant", "content": a}],
+                "rejected": [{"role": "assistant", "content": wrong}],
+            }
+        )
+    lora_cfg = {"enabled": True, "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"} if lora else None
+    with Peak(device) as peak:
+        stats = train_dpo(
+            model,
+            ref,
+            tok,
+            pairs,
+            output_dir=str(work / "state"),
+            beta=0.1,
+            learning_rate=1e-4,
+            batch_size=16,
+            max_length=128,
+            epochs=1.0,
+            label_smoothing=0.1,
+            sft_weight=1.0,
+            prefix_mask=True,
+            device=device,
+            seed=0,
+            lora=lora_cfg,
+        )
+    out = {
+        "steps": stats.steps,
+        "s_per_step": round(stats.s_per_step, 4),
+        "final_loss": stats.final_loss,
+        "reference_copy": ref is not None,
+        "peak_gpu_mib": peak.mib,
+        "masked_prefix_tokens": stats.masked_prefix_tokens,
+    }
+    out.update(_save_and_generate(stats, tok, work / "saved", device))
+    return out
+
+
+def check_vllm(model_dir: Path, device: str) -> dict:
+    from widen_dag.llm import GenerationRequest, create_backend
+
+    backend = create_backend(
+        "vllm",
+        str(model_dir),
+        device=device,
+        seed=0,
+        max_model_len=512,
+        max_num_seqs=64,
+        gpu_memory_utilization=0.2,
+        cpu_kvcache_gib=1,
+        enforce_eager=True,
+        block_size=32,
+    )
+    try:
+        requests = [
+            GenerationRequest(prompt=backend.chat_prompt(q), n=2, temperature=0.7, top_p=0.9, max_tokens=64, seed=i)
+            for i, (q, _) in enumerate(_problems(64, seed=4))
+        ]
+        backend.generate(requests[:2])
+        start = time.perf_counter()
+        out = backend.generate(requests)
+        seconds = time.perf_counter() - start
+        tokens = sum(s.n_tokens for samples in out for s in samples)
+        return {
+            "requests": len(requests),
+            "samples_per_request": 2,
+            "generated_tokens": tokens,
+            "tokens_per_s": round(tokens / seconds, 1),
+            "prefix_cache_hit_rate": round(backend.stats.prefix_cache_hit_rate, 3),
+        }
+    finally:
+        backend.close()
+
+
+def versions() -> dict:
+    import torch
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
+    for name in ("transformers", "accelerate", "peft", "tokenizers", "trl", "datasets", "vllm"):
+        try:
+            out[name] = __import__(name).__version__ if importlib.util.find_spec(name) else None
+        except Exception as err:  # a broken install is worth reporting, not fatal
+            out[name] = f"import failed: {type(err).__name__}"
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--steps", type=int, default=20, help="optimizer steps per training check")
+    parser.add_argument("--out", help="also write the JSON here")
+    parser.add_argument("--skip-vllm", action="store_true")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print(json.dumps({"error": "--device cuda but torch sees no CUDA device (use --device cpu for a dry run)"}))
+        return 2
+    report: dict = {
+        "versions": versions(),
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
+        "gpus_visible": torch.cuda.device_count() if args.device == "cuda" else 0,
+        "checks": {},
+    }
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="device-check-") as tmp:
+        work = Path(tmp)
+        model_dir = build_tiny(work / "tiny")
+        n_params = sum(p.numel() for p in _load(model_dir)[0].parameters())
+        report["tiny_model_parameters"] = n_params
+        checks = [("hf_generation", lambda: check_hf_generation(model_dir, args.device))]
+        for lora in (False, True):
+            tag = "lora" if lora else "full"
+            checks.append(
+                (
+                    f"sft_{tag}",
+                    lambda lora=lora, tag=tag: check_sft(model_dir, args.device, args.steps, lora, work / f"sft_{tag}"),
+                )
+            )
+            checks.append(
+                (
+                    f"dpo_{tag}",
+                    lambda lora=lora, tag=tag: check_dpo(model_dir, args.device, args.steps, lora, work / f"dpo_{tag}"),
+                )
+            )
+        if importlib.util.find_spec("vllm") and not args.skip_vllm:
+            checks.append(("vllm", lambda: check_vllm(model_dir, args.device)))
+        else:
+            report["checks"]["vllm"] = {"skipped": "vllm not installed" if not args.skip_vllm else "--skip-vllm"}
+        for name, fn in checks:
+            t0 = time.perf_counter()
+            try:
+                result = fn()
+                result["ok"] = True
+            except Exception as err:
+                result = {"ok": False, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-2000:]}
+            result["seconds"] = round(time.perf_counter() - t0, 1)
+            report["checks"][name] = result
+            print(
+                f"[device_check] {name}: {'ok' if result['ok'] else 'FAILED ' + result['error']} ({result['seconds']} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+    report["total_seconds"] = round(time.perf_counter() - started, 1)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    return 0 if all(c.get("ok", True) for c in report["checks"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
