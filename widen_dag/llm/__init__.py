@@ -12,6 +12,7 @@ def create_backend(name: str, model: str, **kwargs) -> Backend:
     if name == "vllm":
         from widen_dag.llm.vllm_backend import VLLMBackend
 
+        kwargs.pop("max_batch", None)  # vLLM schedules its own batches (max_num_seqs)
         return VLLMBackend(model, **kwargs)
     if name == "transformers":
         from widen_dag.llm.hf_backend import TransformersBackend
@@ -22,14 +23,15 @@ def create_backend(name: str, model: str, **kwargs) -> Backend:
 
 
 def backend_from_profile(gen, model: str, seed: int, revision: str | None = None, trust_remote_code: bool = False,
-                         backend: str | None = None) -> Backend:
-    """A backend from a profile's GenerationConfig (``backend`` overrides its choice, e.g. for eval)."""
+                         backend: str | None = None, **extra) -> Backend:
+    """A backend from a profile's GenerationConfig (``backend`` overrides its choice, e.g. for eval;
+    ``extra``: further backend settings such as the transformers ``max_batch``)."""
     return create_backend(
         backend or gen.backend, model, device=gen.device, dtype=gen.dtype, seed=seed, max_model_len=gen.max_model_len,
         max_num_seqs=gen.max_num_seqs, gpu_memory_utilization=gen.gpu_memory_utilization,
         cpu_kvcache_gib=gen.cpu_kvcache_gib, tensor_parallel_size=gen.tensor_parallel_size,
         data_parallel_size=gen.data_parallel_size, revision=revision, trust_remote_code=trust_remote_code,
-        enforce_eager=gen.enforce_eager, block_size=gen.block_size,
+        enforce_eager=gen.enforce_eager, block_size=gen.block_size, **extra,
     )
 
 

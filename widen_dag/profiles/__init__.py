@@ -276,9 +276,24 @@ class EvalConfig(_Strict):
     # as fast here and skips vLLM's ~20 s engine start per checkpoint.
     backend: Literal["vllm", "transformers"] = "vllm"
     test_at_n: int = Field(4, ge=1)
+    # n sampled responses per problem (None: test_at_n); Test@k for k <= n uses the unbiased
+    # estimator, and accuracy is the mean over all n (less noise than the first sample alone)
+    samples: int | None = Field(None, gt=0)
+    greedy: bool = True  # one greedy response per problem beside the samples
     temperature: float = Field(0.7, ge=0)
     max_new_tokens: int = Field(1024, gt=0)
     max_problems: int | None = Field(None, gt=0)
+    batch_size: int = Field(128, gt=0)  # sequences per transformers generate call
+    seed: int = 0  # sampling seed, added to the profile seed
+
+    @model_validator(mode="after")
+    def _enough_samples(self) -> EvalConfig:
+        if self.samples is not None and self.samples < self.test_at_n:
+            raise ValueError(f"samples ({self.samples}) must be at least test_at_n ({self.test_at_n})")
+        return self
+
+    def n_samples(self) -> int:
+        return self.samples or self.test_at_n
 
 
 class K8sConfig(_Strict):
@@ -419,6 +434,21 @@ def profile_ref(name_or_path: str | None = None) -> str:
     path is made absolute, so another process (a Pipes worker) finds the same file."""
     ref = name_or_path or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
     return str(Path(ref).resolve()) if ref.endswith((".yaml", ".yml")) else ref
+
+
+def with_run_seed(profile: Profile, seed: int | None) -> Profile:
+    """The profile for one seed of a multi-seed ablation: search, training, the distillation
+    data and evaluation sampling all take ``seed``; the problems, their split and the base
+    models stay as the profile has them, so every seed answers the same held-out problems
+    (which the paired comparisons and the across-seed spread need). None: unchanged."""
+    if seed is None:
+        return profile
+    return profile.model_copy(update={
+        "search": profile.search.model_copy(update={"seed": seed}),
+        "train": profile.train.model_copy(update={"seed": seed}),
+        "data": profile.data.model_copy(update={"distill": profile.data.distill.model_copy(update={"seed": seed})}),
+        "eval": profile.eval.model_copy(update={"seed": seed}),
+    })
 
 
 def load_profile(name_or_path: str | None = None) -> Profile:
