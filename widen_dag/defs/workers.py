@@ -18,7 +18,7 @@ def run_worker(context: dg.AssetExecutionContext, pipeline: PipelineResource, cl
     profile = pipeline.load_profile()
     processes = scaleout.training_processes(profile, module)
     if profile.runtime.kind == "k8s":
-        return run_worker_pod(context, profile, module, *args, num_processes=processes)
+        return run_worker_pod(context, profile, module, *args, num_processes=processes, seed=pipeline.seed)
     timeout = profile.runtime.worker_timeout_s
     started = time.monotonic()
     try:
@@ -38,7 +38,7 @@ def run_worker(context: dg.AssetExecutionContext, pipeline: PipelineResource, cl
 
 
 def run_worker_pod(context: dg.AssetExecutionContext, profile: Profile, module: str, *args: str,
-                   num_processes: int) -> dg.MaterializeResult:
+                   num_processes: int, seed: int | None = None) -> dg.MaterializeResult:
     try:
         from dagster_k8s import PipesK8sClient
     except ImportError as err:  # the k8s extra is optional for local users
@@ -51,5 +51,5 @@ def run_worker_pod(context: dg.AssetExecutionContext, profile: Profile, module: 
         command=scaleout.worker_argv(module, *args, num_processes=num_processes, python="python"),
         base_pod_spec=scaleout.pod_spec(profile, module),
         env=scaleout.pod_env(profile),
-        extras={"profile": profile.name, "lake_root": cfg.lake_root},
+        extras={"profile": profile.name, "lake_root": cfg.lake_root, **({} if seed is None else {"seed": seed})},
     ).get_materialize_result()

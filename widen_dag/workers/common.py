@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from dagster_pipes import PipesContext, PipesDefaultContextLoader, PipesEnvVarParamsLoader, open_dagster_pipes
 
 from widen_dag.lake import Lake
-from widen_dag.profiles import Profile, load_profile
+from widen_dag.profiles import Profile, load_profile, with_run_seed
 
 
 @dataclass
@@ -51,8 +51,13 @@ def open_worker() -> Iterator[Worker]:
         params = PipesEnvVarParamsLoader().load_context_params()
         with PipesDefaultContextLoader().load_context(params) as data:
             extras = dict(data.get("extras") or {})
-        yield Worker(_SilentPipes(extras), load_profile(extras.get("profile")), Lake(extras["lake_root"]))  # type: ignore[arg-type]
+        yield Worker(_SilentPipes(extras), _profile(extras), Lake(extras["lake_root"]))  # type: ignore[arg-type]
         return
     with open_dagster_pipes() as pipes:
         extras = pipes.extras
-        yield Worker(pipes, load_profile(extras.get("profile")), Lake(extras["lake_root"]))
+        yield Worker(pipes, _profile(extras), Lake(extras["lake_root"]))
+
+
+def _profile(extras: dict) -> Profile:
+    """The launching asset's profile, with its run seed (PipelineResource.seed) if it has one."""
+    return with_run_seed(load_profile(extras.get("profile")), extras.get("seed"))

@@ -1,0 +1,83 @@
+"""The whole ablation over K seeds on one profile: mean +- sd per cell and how often each of
+the paper's directions held. Not in CI (each seed is a full demo, ~10+ minutes here).
+
+    .venv/bin/python bench/ablation_seeds.py --seeds 3 [--profile tiny] [--lake-root lake_seeds]
+
+Seed s runs `widen-dag demo --seed s`: every run (demo, dpo_variants per variant, evaluation)
+carries s as the pipeline resource's run config (search, training, distillation data and
+evaluation sampling seeds; problems, split and base models stay) and the tag widen_dag/seed,
+so the runs sit side by side in the UI of one $DAGSTER_HOME; each seed writes its own lake
+folder <lake-root>/seed-<s>. A seed whose lake already holds an ablation_report is reused
+(--rerun to run it again), so an interrupted bench resumes. Prints JSON: per-seed figures,
+per cell mean and sd, per direction the share of seeds in which it held (point estimate)
+and in which it was supported (paired 95% interval excluding zero).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# bench/datasets.py would shadow the HF `datasets` package for scripts run from this folder.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse
+import json
+import os
+import subprocess
+import time
+
+from widen_dag.evaluate import report
+from widen_dag.lake import Lake
+
+PER_SEED = ("accuracy", "accuracy_lo", "accuracy_hi", "no_answer_rate", "greedy_accuracy", "test_at_n", "mean_tokens")
+
+
+def run_seed(seed: int, lake: Path, profile: str | None) -> dict:
+    lake.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "widen_dag.cli", "demo", "--seed", str(seed)] + (["--profile", profile] if profile else [])
+    env = {**os.environ, "WIDEN_DAG_LAKE": str(lake)}
+    start = time.perf_counter()
+    with open(lake / "demo.log", "w") as log:
+        rc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        raise SystemExit(f"seed {seed}: widen-dag demo failed (exit {rc}); see {lake / 'demo.log'}")
+    return {"seconds": round(time.perf_counter() - start, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", default="3", help="K (seeds 0..K-1) or a comma list, e.g. 0,1,2")
+    parser.add_argument("--profile", help="profile name or YAML path (default: $WIDEN_DAG_PROFILE or tiny)")
+    parser.add_argument("--lake-root", default="lake_seeds", help="one lake folder per seed below this")
+    parser.add_argument("--rerun", action="store_true", help="run seeds again even if their report exists")
+    parser.add_argument("--markdown", action="store_true", help="also print the summary as Markdown (stderr)")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")] if "," in args.seeds else list(range(int(args.seeds)))
+    if len(seeds) < 2:
+        raise SystemExit("--seeds: need at least 2 seeds for a spread")
+    root = Path(args.lake_root).resolve()
+    runs, reports = {}, {}
+    for seed in seeds:
+        lake_dir = root / f"seed-{seed}"
+        lake = Lake(str(lake_dir))
+        if args.rerun or not lake.has_table("ablation_report"):
+            runs[seed] = run_seed(seed, lake_dir, args.profile)
+            print(f"seed {seed}: {runs[seed]['seconds']:.0f}s", file=sys.stderr, flush=True)
+        else:
+            runs[seed] = {"seconds": None, "reused": str(lake_dir)}
+        reports[seed] = lake.read_table("ablation_report")
+    summary = report.seed_summary(reports)
+    per_seed = {
+        seed: {r["variant"]: {k: r.get(k) for k in PER_SEED} for r in reports[seed].iter_rows(named=True)}
+        for seed in seeds
+    }
+    out = {"profile": args.profile or os.environ.get("WIDEN_DAG_PROFILE") or "tiny", "lake_root": str(root),
+           "runs": runs, **summary, "per_seed": per_seed}
+    print(json.dumps(out, indent=1))
+    if args.markdown:
+        print(report.seed_markdown(summary), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
