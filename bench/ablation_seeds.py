@@ -1,7 +1,7 @@
 """The whole ablation over K seeds on one profile: mean +- sd per cell and how often each of
 the paper's directions held. Not in CI (each seed is a full demo, ~10+ minutes here).
 
-    .venv/bin/python bench/ablation_seeds.py --seeds 3 [--profile tiny] [--lake-root lake_seeds]
+    .venv/bin/python bench/ablation_seeds.py --seeds 3 [--profile tiny] [--lake-root lake_seeds] [--readme README.md]
 
 Seed s runs `widen-dag demo --seed s`: every run (demo, dpo_variants per variant, evaluation)
 carries s as the pipeline resource's run config (search, training, distillation data and
@@ -10,7 +10,8 @@ so the runs sit side by side in the UI of one $DAGSTER_HOME; each seed writes it
 folder <lake-root>/seed-<s>. A seed whose lake already holds an ablation_report is reused
 (--rerun to run it again), so an interrupted bench resumes. Prints JSON: per-seed figures,
 per cell mean and sd, per direction the share of seeds in which it held (point estimate)
-and in which it was supported (paired 95% interval excluding zero).
+and in which it was supported (paired 95% interval excluding zero); with --readme, also
+writes that summary as Markdown between the ablation-seeds markers of the README.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import argparse
 import json
 import os
+import re
 import subprocess
 import time
 
 from widen_dag.evaluate import report
 from widen_dag.lake import Lake
 
+BEGIN, END = "<!-- ablation-seeds:begin -->", "<!-- ablation-seeds:end -->"
 PER_SEED = ("accuracy", "accuracy_lo", "accuracy_hi", "no_answer_rate", "greedy_accuracy", "test_at_n", "mean_tokens")
 
 
@@ -39,7 +42,7 @@ def run_seed(seed: int, lake: Path, profile: str | None) -> dict:
     env = {**os.environ, "WIDEN_DAG_LAKE": str(lake)}
     start = time.perf_counter()
     with open(lake / "demo.log", "w") as log:
-        rc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
     if rc != 0:
         raise SystemExit(f"seed {seed}: widen-dag demo failed (exit {rc}); see {lake / 'demo.log'}")
     return {"seconds": round(time.perf_counter() - start, 1)}
@@ -52,6 +55,7 @@ def main() -> None:
     parser.add_argument("--lake-root", default="lake_seeds", help="one lake folder per seed below this")
     parser.add_argument("--rerun", action="store_true", help="run seeds again even if their report exists")
     parser.add_argument("--markdown", action="store_true", help="also print the summary as Markdown (stderr)")
+    parser.add_argument("--readme", type=Path, help="rewrite the summary between the ablation-seeds markers of this file")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")] if "," in args.seeds else list(range(int(args.seeds)))
     if len(seeds) < 2:
@@ -77,6 +81,12 @@ def main() -> None:
     print(json.dumps(out, indent=1))
     if args.markdown:
         print(report.seed_markdown(summary), file=sys.stderr)
+    if args.readme:
+        text = args.readme.read_text()
+        if BEGIN not in text or END not in text:
+            raise SystemExit(f"{args.readme}: no {BEGIN} ... {END} markers")
+        block = f"{BEGIN}\n<!-- written by bench/ablation_seeds.py; do not edit by hand -->\n{report.seed_markdown(summary)}{END}"
+        args.readme.write_text(re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.DOTALL))
 
 
 if __name__ == "__main__":
