@@ -7,8 +7,10 @@ Seed s runs `widen-dag demo --seed s`: every run (demo, dpo_variants per variant
 carries s as the pipeline resource's run config (search, training, distillation data and
 evaluation sampling seeds; problems, split and base models stay) and the tag widen_dag/seed,
 so the runs sit side by side in the UI of one $DAGSTER_HOME; each seed writes its own lake
-folder <lake-root>/seed-<s>. A seed whose lake already holds an ablation_report is reused
-(--rerun to run it again), so an interrupted bench resumes. Prints JSON: per-seed figures,
+folder <lake-root>/seed-<s>. The tiny base models do not depend on the run seed: they are
+trained in the first seed and copied into the others (--retrain-base-models to retrain). A
+seed whose lake already holds an ablation_report is reused (--rerun to run it again), so an
+interrupted bench resumes. Prints JSON: per-seed figures,
 per cell mean and sd, per direction the share of seeds in which it held (point estimate)
 and in which it was supported (paired 95% interval excluding zero); with --readme, also
 writes that summary as Markdown between the ablation-seeds markers of the README.
@@ -26,6 +28,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 
@@ -36,9 +39,13 @@ BEGIN, END = "<!-- ablation-seeds:begin -->", "<!-- ablation-seeds:end -->"
 PER_SEED = ("accuracy", "accuracy_lo", "accuracy_hi", "no_answer_rate", "greedy_accuracy", "test_at_n", "mean_tokens")
 
 
-def run_seed(seed: int, lake: Path, profile: str | None) -> dict:
+def run_seed(seed: int, lake: Path, profile: str | None, models_from: Path | None) -> dict:
     lake.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "widen_dag.cli", "demo", "--seed", str(seed)] + (["--profile", profile] if profile else [])
+    if models_from is not None:
+        # The base models do not depend on the run seed: train them once, copy them here.
+        shutil.copytree(models_from / "models", lake / "models", dirs_exist_ok=True)
+        cmd.append("--reuse-base-models")
     env = {**os.environ, "WIDEN_DAG_LAKE": str(lake)}
     start = time.perf_counter()
     with open(lake / "demo.log", "w") as log:
@@ -54,6 +61,8 @@ def main() -> None:
     parser.add_argument("--profile", help="profile name or YAML path (default: $WIDEN_DAG_PROFILE or tiny)")
     parser.add_argument("--lake-root", default="lake_seeds", help="one lake folder per seed below this")
     parser.add_argument("--rerun", action="store_true", help="run seeds again even if their report exists")
+    parser.add_argument("--retrain-base-models", action="store_true",
+                        help="train the tiny policy and student in every seed (default: once, in the first seed's lake)")
     parser.add_argument("--markdown", action="store_true", help="also print the summary as Markdown (stderr)")
     parser.add_argument("--readme", type=Path, help="rewrite the summary between the ablation-seeds markers of this file")
     args = parser.parse_args()
@@ -65,8 +74,11 @@ def main() -> None:
     for seed in seeds:
         lake_dir = root / f"seed-{seed}"
         lake = Lake(str(lake_dir))
+        first = root / f"seed-{seeds[0]}"
+        models_from = None if args.retrain_base_models or seed == seeds[0] or not (first / "models").is_dir() else first
         if args.rerun or not lake.has_table("ablation_report"):
-            runs[seed] = run_seed(seed, lake_dir, args.profile)
+            runs[seed] = run_seed(seed, lake_dir, args.profile, models_from)
+            runs[seed]["base_models_from"] = str(models_from or lake_dir)
             print(f"seed {seed}: {runs[seed]['seconds']:.0f}s", file=sys.stderr, flush=True)
         else:
             runs[seed] = {"seconds": None, "reused": str(lake_dir)}
