@@ -20,22 +20,24 @@ def _rows(variant: str, correct: list[bool], no_answer: list[bool], tokens: int,
     return out
 
 
-def test_summary_uses_first_samples_for_accuracy_and_all_samples_for_test_at_n():
+def test_summary_accuracy_is_the_mean_over_samples_and_test_at_n_any_sample():
     rows = pl.DataFrame(_rows("sft", [True, False, False, False], [False, True, False, False], 40)
                         + _rows("base", [False] * 4, [True] * 4, 90))
     s = {r["variant"]: r for r in summarize_results(rows).iter_rows(named=True)}
-    assert s["sft"]["accuracy"] == 0.25 and s["sft"]["no_answer_rate"] == 0.25
-    assert s["sft"]["test_at_n"] == 1.0  # the second sample flips every verdict
-    assert s["base"]["no_answer_rate"] == 1.0 and s["base"]["mean_tokens"] == 90
+    assert s["sft"]["accuracy"] == 0.5  # every problem has one correct sample of two
+    assert s["sft"]["no_answer_rate"] == 0.125  # one no-answer among 8 samples
+    assert s["sft"]["test_at_n"] == 1.0 and s["sft"]["test_at_2"] == 1.0  # the second sample flips every verdict
+    assert s["base"]["no_answer_rate"] == 0.5 and s["base"]["mean_tokens"] == 90
     assert summarize_results(rows)["variant"].to_list() == ["base", "sft"]  # the table's row order
 
 
-def test_markdown_table_has_the_paper_rows_in_order_with_accuracy_and_no_answer():
+def test_markdown_table_has_the_paper_rows_in_order_with_intervals():
     rows = pl.DataFrame(sum((_rows(v, [True, False], [False, True], 30) for _, v in TABLE_ROWS), []))
     table = markdown_table(summarize_results(rows))
-    labels = [line.split("|")[1].strip() for line in table.splitlines()[2:] if line.startswith("|")]
+    labels = [line.split("|")[1].strip() for line in table.splitlines()[2:] if line.startswith("| ") and "row" not in line]
     assert labels == [label for label, _ in TABLE_ROWS]
-    assert "| base | 50.0 (50.0) |" in table
+    assert "| base | 50.0 [50.0, 50.0] | 25.0 [0.0, 50.0] |" in table
+    assert "+0.0 [+0.0, +0.0] vs base" in table  # SFT's row: the paired difference to the row it builds on
 
 
 def test_summarize_counts_no_answer_apart_from_wrong():
@@ -67,3 +69,54 @@ def test_overthinking_teacher_pads_correct_solutions_with_habits():
 def test_overthinking_solution_is_seeded():
     a = distill.overthinking_solution(["1 + 1 = 2"], "2", random.Random(1), 3)
     assert a == distill.overthinking_solution(["1 + 1 = 2"], "2", random.Random(1), 3)
+
+
+def test_eval_worker_writes_sampled_and_greedy_responses_for_every_checkpoint(tmp_path, monkeypatch):
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from widen_dag.llm.base import Sample
+    from widen_dag.profiles import load_profile, with_run_seed
+    from widen_dag.storage.lake import Lake
+    from widen_dag.workers import evaluate as worker_mod
+    from widen_dag.workers.common import Worker
+
+    lake = Lake(str(tmp_path))
+    lake.write_table("stg_problems", pl.DataFrame({
+        "problem_id": ["p0", "p1", "p2"], "split": "eval", "source": "arithmetic", "domain": "arithmetic",
+        "question": ["Ann has 1 pens. How many pens does Ann have?"] * 3, "gold": ["1", "2", "3"]}))
+    profile = with_run_seed(load_profile("tiny"), 5)
+    worker = Worker(SimpleNamespace(log=SimpleNamespace(info=lambda m: None)), profile, lake)
+    for folder in ("models/student_base", "checkpoints/distill", "checkpoints/sft",
+                   *(f"checkpoints/dpo-{v}" for v in profile.train.dpo.variants)):
+        (Path(tmp_path) / folder).mkdir(parents=True)
+        (Path(tmp_path) / folder / "config.json").write_text("{}")
+    seeds = []
+
+    class FakeBackend:
+        def __init__(self, path, seed):
+            seeds.append(seed)
+
+        def chat_prompt(self, user):
+            return user
+
+        def generate(self, requests):
+            # greedy answers 1 (right on p0 only); samples answer 2 (right on p1 only)
+            answer = "1" if requests[0].temperature == 0 else "2"
+            return [[Sample(f"The answer is \\boxed{{{answer}}}.", 7, -1.0, "stop")] * r.n for r in requests]
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(worker_mod, "backend_from_profile", lambda gen, path, seed, backend, max_batch: FakeBackend(path, seed))
+    out = worker_mod.evaluate_all(worker)
+    table = lake.read_table("eval_results")
+    n_ckpt = 3 + len(profile.train.dpo.variants)
+    n = profile.eval.n_samples()
+    assert table.height == n_ckpt * 3 * (n + 1)
+    assert table.filter(pl.col("decoding") == "greedy").height == n_ckpt * 3
+    assert seeds == [profile.seed + 5] * n_ckpt  # the run seed reaches evaluation sampling
+    summary = summarize_results(table)
+    row = summary.row(0, named=True)
+    assert row["greedy_accuracy"] == pytest.approx(1 / 3) and row["accuracy"] == pytest.approx(1 / 3)
+    assert out["metadata"]["samples_per_problem"] == n and out["metadata"]["eval_seed"] == profile.seed + 5

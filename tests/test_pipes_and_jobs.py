@@ -13,6 +13,7 @@ from widen_dag.defs.assets.environment import compute_environment
 from widen_dag.defs.assets.problems import raw_problems, stg_problems
 from widen_dag.defs.partitions import register_profile_shards
 from widen_dag.defs.resources import PipelineResource
+from widen_dag.evaluate import report as ablation
 from widen_dag.profiles import load_profile, profile_from_json
 from widen_dag.storage.lake import Lake
 
@@ -49,6 +50,21 @@ def test_a_yaml_profile_named_in_the_environment_reaches_the_worker(tmp_path, mo
                             resources={"pipeline": pipeline, "pipes_subprocess_client": dg.PipesSubprocessClient()})
     assert result.success
 
+def test_run_seed_is_run_config_that_reseeds_search_training_and_evaluation_only():
+    from widen_dag.definitions import defs
+
+    config = {"resources": {"pipeline": {"config": {"seed": 3}}}}
+    for job in ("demo", "dpo_variants", "evaluation"):
+        assert dg.validate_run_config(defs.resolve_job_def(job), config)["resources"]["pipeline"]["config"]["seed"] == 3
+    pipeline = PipelineResource(profile="tiny", lake_root="/tmp/lake", seed=3)
+    base, seeded = load_profile("tiny"), pipeline.load_profile()
+    assert (seeded.search.seed, seeded.train.seed, seeded.eval.seed, seeded.data.distill.seed) == (3, 3, 3, 3)
+    # the same problems, split and base models in every seed: the comparisons stay paired
+    assert (seeded.seed, seeded.problems, seeded.datasets, seeded.models) == (base.seed, base.problems, base.datasets, base.models)
+    assert pipeline.worker_extras()["seed"] == 3
+    assert "seed" not in PipelineResource(profile="tiny").worker_extras()  # no seed: the profile's own
+
+
 def test_problem_assets_write_the_lake_and_report_counts(tmp_path):
     res = _resources(tmp_path)
     instance = dg.DagsterInstance.ephemeral()
@@ -59,9 +75,9 @@ def test_problem_assets_write_the_lake_and_report_counts(tmp_path):
     assert result.success
     lake = Lake(str(tmp_path))
     staged = lake.read_table("stg_problems")
-    assert staged.height == 640 and staged["problem_id"].n_unique() == 640
+    assert staged.height == 1640 and staged["problem_id"].n_unique() == 1640
     mats = {e.materialization.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
-    assert mats["stg_problems"].metadata["dagster/row_count"].value == 640
+    assert mats["stg_problems"].metadata["dagster/row_count"].value == 1640
     assert mats["problem_quarantine"].metadata["dagster/row_count"].value == 0
     assert str(mats["stg_problems"].metadata["path"].value).endswith("stg_problems/__all__.parquet")
 
@@ -100,12 +116,16 @@ def test_demo_command_runs_every_shard_into_a_persistent_dagster_home(tmp_path):
         assert lake.read_table(name).height > 0, name
     _check_checkpoints(tmp_path / "lake" / "checkpoints")
     report = lake.read_table("ablation_report")
-    assert set(report.columns) >= {"variant", "eval_set", "n", "accuracy", "no_answer_rate", "mean_tokens"}
+    assert set(report.columns) >= {"variant", "eval_set", "n", "accuracy", "accuracy_lo", "accuracy_hi", "no_answer_rate",
+                                   "no_answer_lo", "no_answer_hi", "greedy_accuracy", "test_at_2", "mean_tokens",
+                                   "median_tokens", "acc_diff_vs_prev_lo", "acc_diff_vs_sft_hi"}
     assert sorted(report["variant"]) == sorted(["base", "distill_baseline", "sft", *variants])
-    assert (report["n"] >= 200).all()  # the held-out set is large enough for the comparison
-    accuracy = dict(zip(report["variant"], report["accuracy"], strict=True))
-    assert accuracy["sft"] - accuracy["base"] >= 0.05, accuracy  # SFT on the trees beats the student base
-    assert accuracy["joint_masked"] - accuracy["dpo"] >= 0.03, accuracy  # the full method recovers what plain DPO loses
+    assert (report["n"] >= 1000).all()  # enough held-out problems for intervals narrower than the effects
+    assert ((report["accuracy_lo"] <= report["accuracy"]) & (report["accuracy"] <= report["accuracy_hi"])).all()
+    # Only what the paired intervals support: SFT on the trees beats the student base. The DPO
+    # rows' order is a claim for bench/ablation_seeds.py across seeds, not for one run.
+    verdicts = {(d["variant"], d["metric"]): d for d in ablation.direction_table(report)}
+    assert verdicts[("sft", "acc")]["verdict"] == "supported", verdicts[("sft", "acc")]
     assert "Ablation (the paper's Table 5 layout)" in res.stdout and "| +mask |" in res.stdout
     # Lineage from a trained checkpoint back to its pairs, tree nodes and problem.
     traced = subprocess.run([str(cli), "trace", "dpo-joint_masked", "--json"], capture_output=True, text=True, cwd=REPO,

@@ -1,6 +1,6 @@
 """`widen-dag`: run the preset jobs into a persistent Dagster home, and set that home up.
 
-    widen-dag demo [--profile tiny]    the whole pipeline, every shard, one run
+    widen-dag demo [--profile tiny] [--seed S]   the whole pipeline, every shard, one run
     widen-dag smoke                    problems + the worker round trip
     widen-dag init-home                write $DAGSTER_HOME/dagster.yaml (pool gpu = 1, run monitoring)
     widen-dag trace dpo-cdpo [--pair P] a checkpoint's data versions, pairs, tree nodes, problems
@@ -78,19 +78,39 @@ def print_ablation_table() -> None:
         print("\nMCTS decode (the paper's Table 7 layout):\n" + table7.markdown_table7(table7.summarize_decode(lake.read_table("mcts_decode"), ks), ks))
 
 
-def _execute(target, tags: dict[str, str], label: str) -> tuple[bool, str]:
+SEED_TAG = "widen_dag/seed"
+
+
+# The tiny bootstrapped models do not depend on the run seed (with_run_seed keeps them), so
+# a multi-seed bench may train them once and copy them into each further seed's lake.
+BASE_MODEL_ASSETS = ("policy_model", "student_base")
+
+
+def _execute(target, tags: dict[str, str], label: str, seed: int | None = None,
+             skip: tuple[str, ...] = ()) -> tuple[bool, str]:
     import dagster as dg
 
     start = time.perf_counter()
-    with dg.execute_job(dg.reconstructable(target), instance=dg.DagsterInstance.get(), tags=tags) as result:
+    selection = None
+    if skip:
+        keys = target().asset_layer.executable_asset_keys
+        selection = [k for k in keys if k.to_user_string() not in skip]
+    # The seed is run configuration of the pipeline resource (and a run tag to filter by), so
+    # each seed's runs show it in the UI and launch the same way from there.
+    run_config = {"resources": {"pipeline": {"config": {"seed": seed}}}} if seed is not None else None
+    tags = tags if seed is None else {**tags, SEED_TAG: str(seed)}
+    with dg.execute_job(dg.reconstructable(target), instance=dg.DagsterInstance.get(), tags=tags,
+                        run_config=run_config, asset_selection=selection) as result:
         ok, run_id = result.success, result.run_id
     print(f"\n{label}: {'SUCCESS' if ok else 'FAILURE'} in {time.perf_counter() - start:.0f}s (run {run_id})")
     return ok, run_id
 
 
-def run_job(name: str) -> bool:
+def run_job(name: str, seed: int | None = None, reuse_base_models: bool = False) -> bool:
     """`smoke`: one run. `demo`: the shard-partitioned pipeline in one run, then one run per
-    DPO variant partition (a job may hold only one partitioning)."""
+    DPO variant partition (a job may hold only one partitioning). ``seed``: the run seed of
+    every run (PipelineResource.seed). ``reuse_base_models``: the demo run leaves out
+    policy_model and student_base, which must already be in the lake."""
     import dagster as dg
 
     from widen_dag.defs.jobs import all_shards_tags
@@ -101,14 +121,16 @@ def run_job(name: str) -> bool:
     start = time.perf_counter()
     profile = load_profile()
     register_profile_shards(dg.DagsterInstance.get(), profile)
-    ok, run_id = _execute(_smoke_job if name == "smoke" else _demo_job, all_shards_tags(profile.shard_keys()), name)
+    skip = BASE_MODEL_ASSETS if reuse_base_models and name == "demo" else ()
+    ok, run_id = _execute(_smoke_job if name == "smoke" else _demo_job, all_shards_tags(profile.shard_keys()), name, seed,
+                          skip)
     if ok and name == "demo":
         for variant in profile.train.dpo.variants:
-            ok, _ = _execute(_dpo_variants_job, {"dagster/partition": variant}, f"dpo_variants[{variant}]")
+            ok, _ = _execute(_dpo_variants_job, {"dagster/partition": variant}, f"dpo_variants[{variant}]", seed)
             if not ok:
                 break
         if ok:
-            ok, _ = _execute(_evaluation_job, {}, "evaluation")
+            ok, _ = _execute(_evaluation_job, {}, "evaluation", seed)
         if ok:
             print_ablation_table()
     print(f"\n{name}: {'SUCCESS' if ok else 'FAILURE'} in {time.perf_counter() - start:.0f}s")
@@ -181,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("demo", "smoke"):
         p = sub.add_parser(name, help=f"run the {name} job")
         p.add_argument("--profile", help="profile name or YAML path (default: $WIDEN_DAG_PROFILE or tiny)")
+        p.add_argument("--seed", type=int, help="run seed: search, training and evaluation seeds (default: the profile's)")
+        p.add_argument("--reuse-base-models", action="store_true",
+                       help="do not retrain policy_model and student_base: they are already in the lake")
     sub.add_parser("init-home", help="write $DAGSTER_HOME/dagster.yaml")
     tr = sub.add_parser("trace", help="a checkpoint's data, pairs, tree nodes and problems")
     tr.add_argument("target", help="checkpoint name (sft, dpo-cdpo), asset (dpo_checkpoint:cdpo) or folder")
@@ -214,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     except ProfileError as err:
         print(f"widen-dag: {err}", file=sys.stderr)
         return 2
-    return 0 if run_job(args.command) else 1
+    return 0 if run_job(args.command, args.seed, args.reuse_base_models) else 1
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from widen_dag.profiles.loader import (
     profile_from_json,
     profile_ref,
     profile_to_json,
+    with_run_seed,
 )
 from widen_dag.profiles.schema import (
     INBOX_DATASET,
@@ -38,5 +39,5 @@ __all__ = [
     "DEFAULT_PROFILE", "INBOX_DATASET", "PROFILE_DIR", "PROFILE_ENV", "ArithmeticSource", "BootstrapConfig",
     "DatasetConfig", "DomainName", "FileSource", "HubSource", "K8sConfig", "ModelRef", "PlanBenchSource", "ProblemsConfig", "SearchConfig", "Profile",
     "ProfileError", "SplitRole", "available_profiles", "explain", "load_profile", "parse_profile", "profile_from_json",
-    "profile_ref", "profile_to_json",
+    "profile_ref", "profile_to_json", "with_run_seed",
 ]

@@ -86,6 +86,21 @@ def load_profile(name_or_path: str | None = None) -> Profile:
     return parse_profile(data, str(path))
 
 
+def with_run_seed(profile: Profile, seed: int | None) -> Profile:
+    """The profile for one seed of a multi-seed ablation: search, training, the distillation
+    data and evaluation sampling all take ``seed``; the problems, their split and the base
+    models stay as the profile has them, so every seed answers the same held-out problems
+    (which the paired comparisons and the across-seed spread need). None: unchanged."""
+    if seed is None:
+        return profile
+    return profile.model_copy(update={
+        "search": profile.search.model_copy(update={"seed": seed}),
+        "train": profile.train.model_copy(update={"seed": seed}),
+        "data": profile.data.model_copy(update={"distill": profile.data.distill.model_copy(update={"seed": seed})}),
+        "eval": profile.eval.model_copy(update={"seed": seed}),
+    })
+
+
 def profile_to_json(profile: Profile) -> str:
     """The resolved profile as JSON, for a worker (local or pod) to rebuild exactly."""
     return profile.model_dump_json()

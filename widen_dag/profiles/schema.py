@@ -380,11 +380,26 @@ class EvalConfig(_Strict):
     # The tiny profile uses transformers: at ~1M parameters HF generate is as fast here and
     # skips vLLM's ~20 s engine start per checkpoint.
     backend: BackendName = Field("vllm", description="vllm or transformers.")
-    test_at_n: int = Field(4, ge=1, description="Samples per problem (Test@N).")
+    test_at_n: int = Field(4, ge=1, description="N of the reported Test@N.")
+    samples: int | None = Field(None, gt=0, description=(
+        "Sampled responses per problem (unset: test_at_n); Test@k for k <= samples uses the unbiased estimator, "
+        "and accuracy is the mean over all samples (less noise than the first sample alone)."))
+    greedy: bool = Field(True, description="One greedy response per problem beside the samples.")
     temperature: float = Field(0.7, ge=0, description="Sampling temperature.")
     max_new_tokens: int = Field(1024, gt=0, description="New tokens per answer.")
     max_problems: int | None = Field(None, gt=0, description="At most this many problems per eval set.")
+    batch_size: int = Field(128, gt=0, description="Sequences per transformers generate call.")
+    seed: int = Field(0, description="Sampling seed, added to the profile seed.")
     mcts_decode: MCTSDecodeConfig = Field(MCTSDecodeConfig(), description="MCTS decoding at evaluation (Table 7).")
+
+    @model_validator(mode="after")
+    def _enough_samples(self) -> EvalConfig:
+        if self.samples is not None and self.samples < self.test_at_n:
+            raise ValueError(f"samples ({self.samples}) must be at least test_at_n ({self.test_at_n})")
+        return self
+
+    def n_samples(self) -> int:
+        return self.samples or self.test_at_n
 
 
 class K8sConfig(_Strict):

@@ -4,12 +4,14 @@
 
 Every checkpoint of the ablation (student base, the long-CoT distillation baseline, SFT on
 the trees, each DPO variant; real profiles add the untouched base model) answers every
-held-out problem ``test_at_n`` times at the eval temperature. One row per sample goes to the
-lake with its verdict, length and reflection count; the metadata summarises per checkpoint.
+held-out problem ``eval.n_samples()`` times at the eval temperature and once greedily. One
+row per response goes to the lake with its decoding, verdict, length and reflection count;
+the metadata summarises per checkpoint (intervals: ``ablation_report``).
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import polars as pl
@@ -24,7 +26,7 @@ from widen_dag.workers.common import Worker, check_memory, open_worker
 EVAL_SCHEMA = {
     "variant": pl.String, "checkpoint": pl.String, "eval_set": pl.String, "problem_id": pl.String, "sample": pl.Int32,
     "response": pl.String, "n_tokens": pl.Int32, "finish_reason": pl.String, "answer": pl.String, "correct": pl.Boolean,
-    "no_answer": pl.Boolean, "well_formed": pl.Boolean, "reflections": pl.Int32,
+    "no_answer": pl.Boolean, "well_formed": pl.Boolean, "reflections": pl.Int32, "decoding": pl.String,
 }
 
 
@@ -47,31 +49,37 @@ def evaluate_all(worker: Worker) -> dict:
     sets = eval_problems(worker)
     frames, summary_rows = [], []
     start = time.perf_counter()
+    seed = profile.seed + ev.seed
+    n = ev.n_samples()
     for variant, published in ablation_models(profile, worker.lake):
         path = published.describe()
         model = local_model(published, worker.lake)  # from an object-store lake: downloaded to the local cache
         t0 = time.perf_counter()
-        backend = backend_from_profile(gen, model, seed=profile.seed, backend=ev.backend)
+        backend = backend_from_profile(gen, model, seed=seed, backend=ev.backend, max_batch=ev.batch_size)
         try:
             for eval_set, problems in sets.items():
-                rows = sample_and_score(backend, problems, n=ev.test_at_n, temperature=ev.temperature, top_p=gen.top_p,
-                                        max_tokens=ev.max_new_tokens, seed=profile.seed)
-                frames.append(pl.DataFrame([{**r, "variant": variant, "checkpoint": path, "eval_set": eval_set} for r in rows],
-                                           schema=EVAL_SCHEMA))
-                s = summarize(rows)
-                line = (f"{variant} on {eval_set}: accuracy {s['accuracy']:.3f}, no-answer {s['no_answer_rate']:.3f}, "
-                        f"mean tokens {s['mean_tokens']:.0f}, test@{ev.test_at_n} {s['test_at_n']:.3f}")
-                worker.log(line + f" ({time.perf_counter() - t0:.0f}s)")
-                summary_rows.append((variant, eval_set, s["n"], f"{s['accuracy']:.3f}", f"{s['no_answer_rate']:.3f}",
-                                     f"{s['mean_tokens']:.0f}", f"{s['reflections_per_response']:.2f}", f"{s['test_at_n']:.3f}"))
+                runs = [("sampled", n, ev.temperature)] + ([("greedy", 1, 0.0)] if ev.greedy else [])
+                for decoding, k, temperature in runs:
+                    rows = sample_and_score(backend, problems, n=k, temperature=temperature, top_p=gen.top_p,
+                                            max_tokens=ev.max_new_tokens, seed=seed)
+                    frames.append(pl.DataFrame([{**r, "variant": variant, "checkpoint": path, "eval_set": eval_set,
+                                                 "decoding": decoding} for r in rows], schema=EVAL_SCHEMA))
+                    s = summarize(rows)
+                    mean = statistics.fmean(r["correct"] for r in rows)  # over every sample, not the first alone
+                    worker.log(f"{variant} on {eval_set} ({decoding}, {k}/problem): accuracy {mean:.3f}, "
+                               f"no-answer {s['no_answer_rate']:.3f}, mean tokens {s['mean_tokens']:.0f}, "
+                               f"test@{k} {s['test_at_n']:.3f} ({time.perf_counter() - t0:.0f}s)")
+                    summary_rows.append((variant, eval_set, decoding, s["n"], f"{mean:.3f}", f"{s['no_answer_rate']:.3f}",
+                                         f"{s['mean_tokens']:.0f}", f"{s['test_at_n']:.3f}"))
         finally:
             backend.close()
     table = pl.concat(frames)
     written = worker.lake.write_table("eval_results", table)
-    summary = markdown_table(["variant", "eval set", "n", "accuracy", "no-answer", "mean tokens", "reflections", "test@N"],
-                             summary_rows)
+    summary = markdown_table(["variant", "eval set", "decoding", "problems", "accuracy", "no-answer (first)",
+                              "mean tokens (first)", "test@n"], summary_rows)
     return {"metadata": {"path": written.uri, "dagster/row_count": table.height, "backend": ev.backend,
-                         "test_at_n": ev.test_at_n, "eval_seconds": round(time.perf_counter() - start, 1),
+                         "samples_per_problem": n, "greedy": ev.greedy, "eval_seed": seed, "test_at_n": ev.test_at_n,
+                         "eval_seconds": round(time.perf_counter() - start, 1),
                          "summary": md(summary)},
             "data_version": written.sha256}
 

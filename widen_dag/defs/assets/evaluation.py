@@ -44,21 +44,26 @@ def distill_checkpoint(context: dg.AssetExecutionContext, pipeline: PipelineReso
     return run_worker(context, pipeline, pipes_subprocess_client, "train", "distill")
 
 
-@dg.asset(group_name="evaluation", kinds={"pytorch", "parquet"}, code_version="eval_results-v1", pool="gpu",
+@dg.asset(group_name="evaluation", kinds={"pytorch", "parquet"}, code_version="eval_results-v2", pool="gpu",
           deps=["student_base", "distill_checkpoint", "sft_checkpoint", "dpo_checkpoint", "stg_problems"],
           retry_policy=dg.RetryPolicy(max_retries=1, delay=10))
 def eval_results(context: dg.AssetExecutionContext, pipeline: PipelineResource,
                  pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
     """Every checkpoint (base, distillation baseline, SFT, each DPO variant) on every eval set:
-    one row per sample with verdict, tokens and reflection count, Test@N samples per problem."""
+    one row per response with decoding (sampled / greedy), verdict, tokens and reflection count;
+    `eval.samples` sampled responses and one greedy response per problem."""
     return run_worker(context, pipeline, pipes_subprocess_client, "evaluate")
 
 
-@dg.asset(group_name="evaluation", kinds={"polars", "parquet"}, code_version="ablation_report-v1", deps=["eval_results", "mcts_decode"])
+@dg.asset(group_name="evaluation", kinds={"polars", "parquet"}, code_version="ablation_report-v2",
+          deps=["eval_results", "mcts_decode"])
 def ablation_report(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
     """The paper's Table 5 layout (base, distill_baseline, SFT, +DPO, +balance, +cDPO, +joint,
-    +mask; cells accuracy (no-answer %)) with a bar chart, and as Parquet with columns variant,
-    eval_set, n, accuracy, no_answer_rate, mean_tokens (metadata key `path`)."""
+    +mask) with 95% intervals, a bar chart, and the paper's directions judged by paired
+    intervals ("supported" only when the interval excludes zero). Parquet (metadata key `path`):
+    one row per (variant, eval_set) with accuracy / no_answer_rate / greedy_accuracy / test_at_k
+    and their `_lo`/`_hi` bounds, tokens, reflections, and paired differences
+    `{acc,no_answer,greedy}_diff_vs_{prev,sft,dpo}` with bounds and McNemar p-values."""
     lake = pipeline.lake()
     summary = report.summarize_results(lake.read_table("eval_results"))
     written = lake.write_table("ablation_report", summary)
@@ -73,6 +78,7 @@ def ablation_report(context: dg.AssetExecutionContext, pipeline: PipelineResourc
                   "table7": dg.MetadataValue.md(table7),
                   "bar_chart": dg.MetadataValue.md(markdown_image(report.bar_chart_png(summary), "ablation")),
                   "direction": dg.MetadataValue.md("\n".join(f"- {n}" for n in notes)),
+                  "run_seed": pipeline.seed if pipeline.seed is not None else "profile default",
                   "rows": dg.MetadataValue.json(json.loads(summary.write_json()))},
         data_version=dg.DataVersion(written.sha256),
     )

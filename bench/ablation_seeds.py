@@ -1,0 +1,101 @@
+"""The whole ablation over K seeds on one profile: mean +- sd per cell and how often each of
+the paper's directions held. Not in CI (each seed is a full demo, ~10+ minutes here).
+
+    .venv/bin/python bench/ablation_seeds.py --seeds 3 [--profile tiny] [--lake-root lake_seeds] [--readme README.md]
+
+Seed s runs `widen-dag demo --seed s`: every run (demo, dpo_variants per variant, evaluation)
+carries s as the pipeline resource's run config (search, training, distillation data and
+evaluation sampling seeds; problems, split and base models stay) and the tag widen_dag/seed,
+so the runs sit side by side in the UI of one $DAGSTER_HOME; each seed writes its own lake
+folder <lake-root>/seed-<s>. The tiny base models do not depend on the run seed: they are
+trained in the first seed and copied into the others (--retrain-base-models to retrain). A
+seed whose lake already holds an ablation_report is reused (--rerun to run it again), so an
+interrupted bench resumes. Prints JSON: per-seed figures,
+per cell mean and sd, per direction the share of seeds in which it held (point estimate)
+and in which it was supported (paired 95% interval excluding zero); with --readme, also
+writes that summary as Markdown between the ablation-seeds markers of the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from widen_dag.evaluate import report
+from widen_dag.storage.lake import Lake
+
+BEGIN, END = "<!-- ablation-seeds:begin -->", "<!-- ablation-seeds:end -->"
+PER_SEED = ("accuracy", "accuracy_lo", "accuracy_hi", "no_answer_rate", "greedy_accuracy", "test_at_n", "mean_tokens")
+
+
+def run_seed(seed: int, lake: Path, profile: str | None, models_from: Path | None) -> dict:
+    lake.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "widen_dag.cli", "demo", "--seed", str(seed)] + (["--profile", profile] if profile else [])
+    if models_from is not None:
+        # The base models do not depend on the run seed: train them once, copy them here.
+        shutil.copytree(models_from / "models", lake / "models", dirs_exist_ok=True)
+        cmd.append("--reuse-base-models")
+    env = {**os.environ, "WIDEN_DAG_LAKE": str(lake)}
+    start = time.perf_counter()
+    with open(lake / "demo.log", "w") as log:
+        rc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+    if rc != 0:
+        raise SystemExit(f"seed {seed}: widen-dag demo failed (exit {rc}); see {lake / 'demo.log'}")
+    return {"seconds": round(time.perf_counter() - start, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", default="3", help="K (seeds 0..K-1) or a comma list, e.g. 0,1,2")
+    parser.add_argument("--profile", help="profile name or YAML path (default: $WIDEN_DAG_PROFILE or tiny)")
+    parser.add_argument("--lake-root", default="lake_seeds", help="one lake folder per seed below this")
+    parser.add_argument("--rerun", action="store_true", help="run seeds again even if their report exists")
+    parser.add_argument("--retrain-base-models", action="store_true",
+                        help="train the tiny policy and student in every seed (default: once, in the first seed's lake)")
+    parser.add_argument("--markdown", action="store_true", help="also print the summary as Markdown (stderr)")
+    parser.add_argument("--readme", type=Path, help="rewrite the summary between the ablation-seeds markers of this file")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")] if "," in args.seeds else list(range(int(args.seeds)))
+    if len(seeds) < 2:
+        raise SystemExit("--seeds: need at least 2 seeds for a spread")
+    root = Path(args.lake_root).resolve()
+    runs, reports = {}, {}
+    for seed in seeds:
+        lake_dir = root / f"seed-{seed}"
+        lake = Lake(str(lake_dir))
+        first = root / f"seed-{seeds[0]}"
+        models_from = None if args.retrain_base_models or seed == seeds[0] or not (first / "models").is_dir() else first
+        if args.rerun or not lake.has_table("ablation_report"):
+            runs[seed] = run_seed(seed, lake_dir, args.profile, models_from)
+            runs[seed]["base_models_from"] = str(models_from or lake_dir)
+            print(f"seed {seed}: {runs[seed]['seconds']:.0f}s", file=sys.stderr, flush=True)
+        else:
+            runs[seed] = {"seconds": None, "reused": str(lake_dir)}
+        reports[seed] = lake.read_table("ablation_report")
+    summary = report.seed_summary(reports)
+    per_seed = {
+        seed: {r["variant"]: {k: r.get(k) for k in PER_SEED} for r in reports[seed].iter_rows(named=True)}
+        for seed in seeds
+    }
+    out = {"profile": args.profile or os.environ.get("WIDEN_DAG_PROFILE") or "tiny", "lake_root": str(root),
+           "runs": runs, **summary, "per_seed": per_seed}
+    print(json.dumps(out, indent=1))
+    if args.markdown:
+        print(report.seed_markdown(summary), file=sys.stderr)
+    if args.readme:
+        text = args.readme.read_text()
+        if BEGIN not in text or END not in text:
+            raise SystemExit(f"{args.readme}: no {BEGIN} ... {END} markers")
+        block = f"{BEGIN}\n<!-- written by bench/ablation_seeds.py; do not edit by hand -->\n{report.seed_markdown(summary)}{END}"
+        args.readme.write_text(re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.DOTALL))
+
+
+if __name__ == "__main__":
+    main()
