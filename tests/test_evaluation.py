@@ -77,6 +77,7 @@ def test_eval_worker_writes_sampled_and_greedy_responses_for_every_checkpoint(tm
 
     from widen_dag.llm.base import Sample
     from widen_dag.profiles import load_profile, with_run_seed
+    from widen_dag.storage.artifacts import write_manifest
     from widen_dag.storage.lake import Lake
     from widen_dag.workers import evaluate as worker_mod
     from widen_dag.workers.common import Worker
@@ -91,6 +92,8 @@ def test_eval_worker_writes_sampled_and_greedy_responses_for_every_checkpoint(tm
                    *(f"checkpoints/dpo-{v}" for v in profile.train.dpo.variants)):
         (Path(tmp_path) / folder).mkdir(parents=True)
         (Path(tmp_path) / folder / "config.json").write_text("{}")
+        if folder.startswith("checkpoints/"):
+            write_manifest(Path(tmp_path) / folder, {"kind": folder})  # a published checkpoint
     seeds = []
 
     class FakeBackend:
