@@ -42,7 +42,7 @@ def synthetic_nodes(n_nodes: int, seed: int = 0) -> tuple[pl.DataFrame, pl.DataF
         problems.append(pid)
         frontier = [(f"{tree}/0", 0)]
         count = 1
-        cols_row = [tree, pid, f"{tree}/0", None, 0, "root", "", "", 0, 1, 0.0, False, None, None, False, "stop"]
+        cols_row = [tree, pid, f"{tree}/0", None, 0, "root", "", "", 0, 1, 0.0, False, None, None, False, "stop", "", 1]
         for k, v in zip(NODE_SCHEMA, cols_row, strict=True):
             cols[k].append(v)
         size = rng.randint(40, 160)
@@ -57,7 +57,7 @@ def synthetic_nodes(n_nodes: int, seed: int = 0) -> tuple[pl.DataFrame, pl.DataF
                 no_answer = leaf and reward == 0.0 and rng.random() < 0.2
                 text = f"<{ntype}>node {count} {'x' * rng.randint(5, 60)}</{ntype}>"
                 row = [tree, pid, node_id, parent, depth + 1, ntype, "policy", text, rng.randint(5, 60), 1, 0.0,
-                       leaf, reward, None, no_answer, "stop"]
+                       leaf, reward, None, no_answer, "stop", "tag", 1]
                 for k, v in zip(NODE_SCHEMA, row, strict=True):
                     cols[k].append(v)
                 if not leaf:

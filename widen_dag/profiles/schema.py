@@ -23,6 +23,19 @@ Device = Literal["auto", "cpu", "cuda"]
 BackendName = Literal["vllm", "transformers"]
 ARITHMETIC_OPS = r"^[+*-]+$"
 
+# The typed thoughts of SPEC.md section 1 and their default prefill phrases (today's constants;
+# widen_dag.search.thoughts re-exports them). A profile's search.prefills replaces them.
+NODE_TYPES = ("sub_task", "thinking", "hypothesis", "double_check", "reflection", "thinking_from_scratch", "answer")
+DEFAULT_PREFILLS: dict[str, list[str]] = {
+    "sub_task": ["Firstly, I need to break down this task.", "Let me split the problem into steps."],
+    "thinking": ["Let me compute.", "Next,"],
+    "hypothesis": ["Suppose", "Let me assume"],
+    "double_check": ["Let's check the result.", "Let me verify."],
+    "thinking_from_scratch": ["Let me start over.", "Let me solve it again from the beginning."],
+    "answer": ["The answer is:"],
+}
+DEFAULT_REFLECTION_TEXT = "Wait! something is wrong, let's think again."
+
 
 class ProfileError(ValueError):
     """A profile that cannot be loaded; the message names the file and the dotted field."""
@@ -220,12 +233,44 @@ class SearchConfig(_Strict):
     max_batch_sequences: int = Field(512, gt=0, description="Sequences per generation call.")
     max_batch_tokens: int = Field(262_144, gt=0, description="Prompt+new tokens per generation call.")
     seed: int = Field(0, description="Added to the profile seed for search sampling.")
+    prefills: dict[str, list[str]] = Field(
+        DEFAULT_PREFILLS, description="Prefill phrases per node type (one is drawn per expansion); a node type "
+        "left out keeps its default. Every generated type needs at least one phrase.")
+    reflection_text: str = Field(DEFAULT_REFLECTION_TEXT, min_length=1,
+                                 description="The fixed text of a reflection node (no model call).")
+    stop_strings: dict[str, list[str]] = Field(
+        {}, description="Extra stop strings per node type, besides the closing tags, e.g. {thinking: ['\\n\\n']} "
+        "to end a thought at a paragraph break with models that do not close tags; a node ended by one "
+        "is closed like one ended by its tag.")
 
     @model_validator(mode="after")
     def _k_range(self) -> SearchConfig:
         if self.k_min > self.k_max:
             raise ValueError(f"k_min ({self.k_min}) must not exceed k_max ({self.k_max})")
         return self
+
+    @field_validator("prefills")
+    @classmethod
+    def _prefills(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        unknown = sorted(set(value) - set(NODE_TYPES) - {"reflection"})
+        if unknown or "reflection" in value:
+            bad = unknown or ["reflection"]
+            raise ValueError(f"prefills.{bad[0]}: not a generated node type (known: "
+                             f"{', '.join(t for t in NODE_TYPES if t != 'reflection')}; reflection uses reflection_text)")
+        for node_type, phrases in value.items():
+            if not phrases or not all(isinstance(p, str) for p in phrases):
+                raise ValueError(f"prefills.{node_type}: give at least one phrase")
+        return {**DEFAULT_PREFILLS, **value}
+
+    @field_validator("stop_strings")
+    @classmethod
+    def _stops(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for node_type, stops in value.items():
+            if node_type not in NODE_TYPES:
+                raise ValueError(f"stop_strings.{node_type}: unknown node type (known: {', '.join(NODE_TYPES)})")
+            if any(not s for s in stops):
+                raise ValueError(f"stop_strings.{node_type}: an empty stop string would end every node at once")
+        return value
 
 
 class DistillConfig(_Strict):
