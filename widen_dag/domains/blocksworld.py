@@ -410,20 +410,27 @@ def records_from_planbench(path: str | Path) -> list[RawRecord]:
     rows = data.get("instances") if isinstance(data, dict) else data
     if not isinstance(rows, list):
         raise BlocksworldError(f"{path}: expected an 'instances' list")
+    return records_from_planbench_rows(rows)
+
+
+def records_from_planbench_rows(rows: list, query_field: str = "query", plan_field: str = "ground_truth_plan",
+                                id_field: str | None = "instance_id") -> list[RawRecord]:
+    """PlanBench rows (its JSON export or the hub's table): the [STATEMENT] query and its plan."""
     out = []
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             out.append(RawRecord(i, None, None, error="row is not an object"))
             continue
-        query, plan = row.get("query"), row.get("ground_truth_plan")
-        missing = [k for k, v in (("query", query), ("ground_truth_plan", plan)) if not isinstance(v, str)]
+        query, plan = row.get(query_field), row.get(plan_field)
+        missing = [k for k, v in ((query_field, query), (plan_field, plan)) if not isinstance(v, str)]
         q = query.rstrip() if isinstance(query, str) else None
         if q and q.endswith("[PLAN]"):
             q = q[: -len("[PLAN]")].rstrip()
         if q and q.endswith("My plan is as follows:"):
             q = q[: -len("My plan is as follows:")].rstrip()
+        sid = row.get(id_field, i) if id_field else i
         out.append(
-            RawRecord(i, q, plan if isinstance(plan, str) else None, source_id=str(row.get("instance_id", i)),
+            RawRecord(i, q, plan if isinstance(plan, str) else None, source_id=str(sid),
                       error=f"missing field(s): {', '.join(missing)}" if missing else None)
         )
     return out

@@ -80,7 +80,8 @@ class PlanBenchSource(_Strict):
 
 
 class HubSource(_Strict):
-    """An HF dataset id, for users who are online (never touched by the tiny profile)."""
+    """An HF dataset id (or a local folder of data files, read the same way by ``datasets``);
+    never touched by the embedded profiles. Offline, use ``kind: file`` instead."""
 
     kind: Literal["hub"] = Field("hub", description="Source type tag.")
     name: str = Field(description="HF dataset id, e.g. openai/gsm8k.")
@@ -89,6 +90,9 @@ class HubSource(_Strict):
     revision: str | None = Field(None, description="Pinned dataset revision (commit or tag).")
     question_field: str = Field("question", description="Column holding the question text.")
     answer_field: str = Field("answer", description="Column holding the gold answer.")
+    id_field: str | None = Field(None, description="Column with the dataset's own id, kept as source_id.")
+    where: dict[str, str] = Field({}, description="Keep only rows whose columns equal these values, "
+                                  "e.g. {domain: blocksworld} for PlanBench's mixed table.")
     limit: int | None = Field(None, gt=0, description="Read at most this many rows.")
 
 
@@ -138,6 +142,12 @@ class ModelRef(_Strict):
     name: str | None = Field(None, description="HF model id or local folder (hub and path sources).")
     revision: str | None = Field(None, description="Pinned hub revision (commit or tag); default branch if unset.")
     trust_remote_code: bool = Field(False, description="Allow the model's own Python code (off unless needed).")
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="This model's vLLM share of GPU memory (unset: generation.gpu_memory_utilization). "
+        "Policy and critic run as two engines on the same device: their shares must add up to at most 0.95.")
+    kv_cache_gib: float | None = Field(
+        None, gt=0, description="This model's vLLM KV cache in GiB (any device; on CPU unset means "
+        "generation.cpu_kvcache_gib).")
 
     @model_validator(mode="after")
     def _needs_name(self) -> ModelRef:
@@ -277,12 +287,13 @@ class DistillConfig(_Strict):
     """The distillation bottleneck row: SFT on long CoT from a reasoning model.
 
     ``synthetic``: an over-thinking teacher that pads correct solutions with habitual
-    reflections and repetitions (the tiny profile). ``file``: a JSONL/Parquet of long-CoT
+    reflections and repetitions, for every domain (arithmetic, math, blocksworld). ``file``: a JSONL/Parquet of long-CoT
     responses with question and response fields (e.g. an export of Sky-T1's data).
     """
 
-    source: Literal["synthetic", "file"] = Field("synthetic", description="synthetic (tiny) or file (a long-CoT export).")
+    source: Literal["synthetic", "file"] = Field("synthetic", description="synthetic (any domain) or file (a long-CoT export).")
     path: str | None = Field(None, description="The long-CoT file (source: file).")
+    domain: DomainName = Field("math", description="Domain whose task prompt wraps the file's questions (source: file).")
     question_field: str = Field("question", description="Column holding the question.")
     response_field: str = Field("response", description="Column holding the long-CoT response.")
     reflections: int = Field(6, ge=0, description="Habitual reflections the synthetic teacher adds per solution.")
@@ -430,6 +441,21 @@ class Profile(_Strict):
         if not value:
             raise ValueError("a profile needs at least one dataset")
         return value
+
+    @model_validator(mode="after")
+    def _engines_fit_one_device(self) -> Profile:
+        # Search runs the critic as a second vLLM engine on the policy's device(s).
+        critic, gen = self.models.critic, self.generation
+        if critic is None or gen.device == "cpu" or gen.backend != "vllm":
+            return self
+        policy_share = self.models.policy.gpu_memory_utilization or gen.gpu_memory_utilization
+        critic_share = critic.gpu_memory_utilization or gen.gpu_memory_utilization
+        if policy_share + critic_share > 0.95:
+            raise ValueError(
+                f"models.critic.gpu_memory_utilization: policy ({policy_share}) + critic ({critic_share}) vLLM engines "
+                "share the GPU and need at most 0.95 together; set models.policy.gpu_memory_utilization and "
+                "models.critic.gpu_memory_utilization (e.g. 0.3 and 0.6)")
+        return self
 
     def shard_keys(self) -> list[str]:
         """Partition keys of ``raw_problems``: ``<dataset>-<shard index>``."""
