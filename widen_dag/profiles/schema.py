@@ -179,6 +179,14 @@ class BootstrapConfig(ArithmeticShape):
     error_rate: float = Field(0.3, ge=0, le=1, description="Share of policy solutions with a slip, so search finds wrong paths.")
     eval_problems: int = Field(200, gt=0, description="Held-out problems for the models' own accuracy check.")
     eval_max_tokens: int = Field(200, gt=0, description="New tokens per answer in that check.")
+    style: Literal["tagged", "instruct"] = Field(
+        "tagged", description="tagged: trained on the search's node format (arithmetic, the tiny profile); instruct: "
+        "instruct-shaped stand-ins (ChatML policy/student, Llama-3-style critic, EOS = end of turn) trained on "
+        "free-form math and Blocksworld text, never on the node format (tiny_instruct).")
+    blocksworld_problems: int = Field(0, ge=0, description="instruct: generated Blocksworld instances (3-4 blocks) "
+                                      "in the training texts, besides train_problems math word problems.")
+    critic_steps: int = Field(100, gt=0, description="instruct: training steps of the bootstrapped critic "
+                              "(models.critic: {source: bootstrap}).")
 
     @model_validator(mode="after")
     def _head_dim(self) -> BootstrapConfig:
