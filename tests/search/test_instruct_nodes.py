@@ -145,3 +145,25 @@ def test_critic_nodes_use_the_critics_chat_template_and_tokenizer():
 ])
 def test_node_ending_tells_tag_eos_length_and_foreign_tags_apart(text, reason, expected):
     assert node_ending("thinking", text, reason)[0] == expected
+
+
+def test_format_stats_give_no_answer_rate_and_endings_per_node_type():
+    import polars as pl
+
+    from widen_dag.search.format_stats import format_stats, overall_ends
+    from widen_dag.search.store import NODE_SCHEMA
+
+    def row(i, ntype, ended_by, no_answer=False, samples=1):
+        return {"tree_id": "t", "problem_id": "p", "node_id": f"t/{i}", "parent_id": None if i == 0 else "t/0",
+                "depth": 1, "node_type": ntype, "model": "policy", "text": str(i), "n_tokens": 1, "visits": 0,
+                "value_sum": 0.0, "is_terminal": False, "reward": None, "answer": None, "no_answer": no_answer,
+                "finish_reason": "stop", "ended_by": ended_by, "samples": samples}
+
+    nodes = pl.DataFrame([row(0, "root", ""), row(1, "thinking", "tag"), row(2, "thinking", "length", True),
+                          row(3, "answer", "eos", samples=3), row(4, "answer", "eos", True), row(5, "reflection", "fixed")],
+                         schema=NODE_SCHEMA)
+    stats = {r["node_type"]: r for r in format_stats(nodes)}
+    assert set(stats) == {"thinking", "answer"}
+    assert stats["thinking"]["no_answer_rate"] == 0.5 and stats["thinking"]["tag"] == 0.5 and stats["thinking"]["length"] == 0.5
+    assert stats["answer"]["eos"] == 1.0 and stats["answer"]["samples"] == 4 and stats["answer"]["no_answer_rate"] == 0.5
+    assert overall_ends(nodes) == {"tag_closed_share": 0.25, "eos_ended_share": 0.5, "cut_off_share": 0.25}
