@@ -51,11 +51,19 @@ def test_hub_loader_maps_planbench_rows_for_blocksworld(tmp_path, datasets_dir):
     data = json.loads((datasets_dir / "blocksworld" / "task_1_plan_generation.json").read_text())["instances"][:4]
     folder = tmp_path / "planbench"
     folder.mkdir()
-    rows = [dict(query=r["query"], ground_truth_plan=r["ground_truth_plan"], instance_id=r["instance_id"], domain="blocksworld")
-            for r in data]
+    rows = [
+        dict(query=r["query"], ground_truth_plan=r["ground_truth_plan"], instance_id=r["instance_id"], domain="blocksworld")
+        for r in data
+    ]
     pl.DataFrame(rows).write_parquet(folder / "train.parquet")
-    source = HubSource(name=str(folder), split="train", question_field="query", answer_field="ground_truth_plan",
-                       id_field="instance_id", where={"domain": "blocksworld"})
+    source = HubSource(
+        name=str(folder),
+        split="train",
+        question_field="query",
+        answer_field="ground_truth_plan",
+        id_field="instance_id",
+        where={"domain": "blocksworld"},
+    )
     raw = load_shard(DatasetConfig(name="bw", domain="blocksworld", source=source), 0, seed=0)
     staged, quarantine = stage_problems(raw, ProblemsConfig(eval_fraction=0.0), {"bw": "split"})
     assert quarantine.is_empty() and staged.height == 4
@@ -64,8 +72,19 @@ def test_hub_loader_maps_planbench_rows_for_blocksworld(tmp_path, datasets_dir):
 
 
 def _staged(domain, question, gold, meta="{}"):
-    return pl.DataFrame([{"problem_id": "p1", "domain": domain, "split": "train", "question": question,
-                          "prompt": f"solve: {question}", "gold": gold, "meta": meta}])
+    return pl.DataFrame(
+        [
+            {
+                "problem_id": "p1",
+                "domain": domain,
+                "split": "train",
+                "question": question,
+                "prompt": f"solve: {question}",
+                "gold": gold,
+                "meta": meta,
+            }
+        ]
+    )
 
 
 def test_the_synthetic_overthinking_teacher_writes_long_cot_for_every_domain():
@@ -109,5 +128,3 @@ def test_per_model_memory_settings_reach_each_engine(monkeypatch):
     llm.backend_from_profile(profile.generation, ModelLocation("p", source="hub"), 0, memory=profile.models.policy)
     llm.backend_from_profile(profile.generation, ModelLocation("c", source="hub"), 0, memory=profile.models.critic)
     assert [kw["gpu_memory_utilization"] for _, kw in seen] == [0.3, 0.6]
-
-

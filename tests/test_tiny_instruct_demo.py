@@ -23,11 +23,12 @@ def test_tiny_instruct_demo_runs_end_to_end_with_a_math_and_a_blocksworld_column
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "WIDEN_DAG_LAKE": str(tmp_path / "lake")}
     env.pop("WIDEN_DAG_PROFILE", None)
     cli = Path(sys.executable).parent / "widen-dag"
-    res = subprocess.run([str(cli), "demo", "--profile", "tiny_instruct"], capture_output=True, text=True, cwd=REPO, env=env,
-                         timeout=1100)
+    res = subprocess.run(
+        [str(cli), "demo", "--profile", "tiny_instruct"], capture_output=True, text=True, cwd=REPO, env=env, timeout=1100
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "demo: SUCCESS" in res.stdout and "| +mask |" in res.stdout
-    table = res.stdout[res.stdout.index("Ablation (the paper's Table 5 layout)"):]
+    table = res.stdout[res.stdout.index("Ablation (the paper's Table 5 layout)") :]
     header = table.splitlines()[1]
     assert "gsm8k_test" in header and "blocksworld" in header
     lake = Lake(str(tmp_path / "lake"))

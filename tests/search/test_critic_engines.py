@@ -41,14 +41,31 @@ def test_critic_node_types_are_generated_by_the_critic_engine(tiny_checkpoint, l
             # Each engine got its own KV cache size (not one process-wide setting).
             sizes = [b.llm.llm_engine.vllm_config.cache_config.kv_cache_memory_bytes for b in (policy, critic)]
             assert sizes == [2**30, 2**28]
-            cfg = SearchConfig(action_graph={"root": {"thinking": 2}, "thinking": {"double_check": 2},
-                                             "double_check": {"answer": 1}},
-                               rollouts=2, k_min=0, k_max=1, give_up_factor=1, max_path_tokens=400, active_trees=4)
-            ctx = SearchContext(cfg=cfg, chat_prompt=policy.chat_prompt, count_tokens=policy.count_tokens, temperature=0.7,
-                                top_p=0.9, max_tokens_per_node=12, has_critic=True, seed=1,
-                                critic_chat_prompt=critic.chat_prompt, critic_count_tokens=critic.count_tokens)
+            cfg = SearchConfig(
+                action_graph={"root": {"thinking": 2}, "thinking": {"double_check": 2}, "double_check": {"answer": 1}},
+                rollouts=2,
+                k_min=0,
+                k_max=1,
+                give_up_factor=1,
+                max_path_tokens=400,
+                active_trees=4,
+            )
+            ctx = SearchContext(
+                cfg=cfg,
+                chat_prompt=policy.chat_prompt,
+                count_tokens=policy.count_tokens,
+                temperature=0.7,
+                top_p=0.9,
+                max_tokens_per_node=12,
+                has_critic=True,
+                seed=1,
+                critic_chat_prompt=critic.chat_prompt,
+                critic_count_tokens=critic.count_tokens,
+            )
             trees = []
-            problems = [Problem(f"p{i}", "math", f"Tom has {i} pens and buys 2 more. How many pens?", str(i + 2)) for i in range(3)]
+            problems = [
+                Problem(f"p{i}", "math", f"Tom has {i} pens and buys 2 more. How many pens?", str(i + 2)) for i in range(3)
+            ]
             LockstepSearch({"policy": policy, "critic": critic}, ctx).run(problems, trees.append)
             nodes = pl.concat([tree_frame(t) for t in trees])
             by_type = dict(nodes.group_by("node_type").agg(pl.col("model").unique().sort()).iter_rows())

@@ -22,8 +22,12 @@ class ScriptedBackend:
 
     name = "scripted"
 
-    def __init__(self, script: dict[str, list[tuple[str, str]]], template: str = "<|user|>{u}<|end|><|assistant|>",
-                 chars_per_token: int = 4) -> None:
+    def __init__(
+        self,
+        script: dict[str, list[tuple[str, str]]],
+        template: str = "<|user|>{u}<|end|><|assistant|>",
+        chars_per_token: int = 4,
+    ) -> None:
         self.script = script
         self.template = template
         self.chars_per_token = chars_per_token
@@ -51,10 +55,18 @@ class ScriptedBackend:
 
 
 def _ctx(policy, critic=None, **cfg) -> SearchContext:
-    return SearchContext(cfg=SearchConfig(**cfg), chat_prompt=policy.chat_prompt, count_tokens=policy.count_tokens,
-                         temperature=0.7, top_p=0.9, max_tokens_per_node=64, has_critic=critic is not None, seed=3,
-                         critic_chat_prompt=critic.chat_prompt if critic else None,
-                         critic_count_tokens=critic.count_tokens if critic else None)
+    return SearchContext(
+        cfg=SearchConfig(**cfg),
+        chat_prompt=policy.chat_prompt,
+        count_tokens=policy.count_tokens,
+        temperature=0.7,
+        top_p=0.9,
+        max_tokens_per_node=64,
+        has_critic=critic is not None,
+        seed=3,
+        critic_chat_prompt=critic.chat_prompt if critic else None,
+        critic_count_tokens=critic.count_tokens if critic else None,
+    )
 
 
 def _expand(tree, node, ctx, backends):
@@ -87,8 +99,7 @@ def test_a_cut_off_or_malformed_node_is_a_counted_no_answer_not_a_verified_one()
 def test_an_extra_stop_string_ends_a_thought_at_a_paragraph_break():
     backend = ScriptedBackend({"thinking": [(" 9 + 9 = 18.\n\n", "stop")]})
     tree = Tree("t", "p", "math", "What is 9 + 9?", "18", seed=0)
-    ctx = _ctx(backend, action_graph={"root": {"thinking": 1}, "thinking": {"answer": 1}},
-               stop_strings={"thinking": ["\n\n"]})
+    ctx = _ctx(backend, action_graph={"root": {"thinking": 1}, "thinking": {"answer": 1}}, stop_strings={"thinking": ["\n\n"]})
     exp = plan_expansion(tree, tree.root, ctx)
     assert exp.requests[0].stop[-1] == "\n\n" and exp.requests[0].stop[0] == "</thinking>"
     (kid,) = _expand(tree, tree.root, ctx, {"policy": backend})
@@ -97,8 +108,16 @@ def test_an_extra_stop_string_ends_a_thought_at_a_paragraph_break():
 
 
 def test_identical_sibling_samples_become_one_node_with_a_count():
-    backend = ScriptedBackend({"sub-task": [(" add them.</sub-task>", "stop"), (" add them.</sub-task>", "stop"),
-                                            (" add them.</sub-task>", "stop"), (" add 9 and 9.</sub-task>", "stop")]})
+    backend = ScriptedBackend(
+        {
+            "sub-task": [
+                (" add them.</sub-task>", "stop"),
+                (" add them.</sub-task>", "stop"),
+                (" add them.</sub-task>", "stop"),
+                (" add 9 and 9.</sub-task>", "stop"),
+            ]
+        }
+    )
     tree = Tree("t", "p", "math", "What is 9 + 9?", "18", seed=0)
     kids = _expand(tree, tree.root, _ctx(backend, action_graph={"root": {"sub_task": 4}}), {"policy": backend})
     assert [k.samples for k in kids] == [3, 1]
@@ -116,19 +135,28 @@ def test_prefills_come_from_the_profile():
     assert SearchConfig(prefills={"answer": ["A:"]}).prefills["thinking"] == ["Let me compute.", "Next,"]
 
 
-@pytest.mark.parametrize("bad, message", [({"prefills": {"answr": ["x"]}}, "prefills.answr"),
-                                          ({"prefills": {"thinking": []}}, "prefills.thinking"),
-                                          ({"stop_strings": {"thinking": [""]}}, "stop_strings.thinking")])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"prefills": {"answr": ["x"]}}, "prefills.answr"),
+        ({"prefills": {"thinking": []}}, "prefills.thinking"),
+        ({"stop_strings": {"thinking": [""]}}, "stop_strings.thinking"),
+    ],
+)
 def test_bad_prefills_and_stop_strings_fail_naming_the_field(bad, message):
     with pytest.raises(ValueError, match=message):
         SearchConfig(**bad)
 
 
 def test_critic_nodes_use_the_critics_chat_template_and_tokenizer():
-    policy = ScriptedBackend({"thinking": [(" 9 + 9 = 18</thinking>", "stop")]}, template="<|im_start|>user\n{u}<|im_end|>\n<|im_start|>assistant\n")
-    critic = ScriptedBackend({"double-check": [(" yes, 18.</double-check>", "stop")]},
-                             template="<|start_header_id|>user<|end_header_id|>\n\n{u}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
-                             chars_per_token=1)
+    policy = ScriptedBackend(
+        {"thinking": [(" 9 + 9 = 18</thinking>", "stop")]}, template="<|im_start|>user\n{u}<|im_end|>\n<|im_start|>assistant\n"
+    )
+    critic = ScriptedBackend(
+        {"double-check": [(" yes, 18.</double-check>", "stop")]},
+        template="<|start_header_id|>user<|end_header_id|>\n\n{u}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+        chars_per_token=1,
+    )
     tree = Tree("t", "p", "math", "What is 9 + 9?", "18", seed=0)
     ctx = _ctx(policy, critic, action_graph={"root": {"thinking": 1}, "thinking": {"double_check": 1, "thinking": 1}})
     backends = {"policy": policy, "critic": critic}
@@ -136,13 +164,21 @@ def test_critic_nodes_use_the_critics_chat_template_and_tokenizer():
     check, again = _expand(tree, thought, ctx, backends)
     assert check.model == "critic" and again.model == "policy"
     assert critic.prompts[-1].startswith("<|start_header_id|>user") and "<|im_start|>" not in critic.prompts[-1]
-    assert critic.prompts[-1].endswith(thought.text + "<double-check>" + check.text[len("<double-check>"):-len(" yes, 18.</double-check>")])
+    assert critic.prompts[-1].endswith(
+        thought.text + "<double-check>" + check.text[len("<double-check>") : -len(" yes, 18.</double-check>")]
+    )
     assert check.n_tokens == len(check.text)  # counted by the critic's tokenizer (1 char = 1 token here)
 
 
-@pytest.mark.parametrize("text, reason, expected", [
-    ("x</thinking>", "stop", "tag"), ("x", "stop", "eos"), ("x", "length", "length"), ("x</answer>", "stop", "foreign_tag"),
-])
+@pytest.mark.parametrize(
+    "text, reason, expected",
+    [
+        ("x</thinking>", "stop", "tag"),
+        ("x", "stop", "eos"),
+        ("x", "length", "length"),
+        ("x</answer>", "stop", "foreign_tag"),
+    ],
+)
 def test_node_ending_tells_tag_eos_length_and_foreign_tags_apart(text, reason, expected):
     assert node_ending("thinking", text, reason)[0] == expected
 
@@ -154,14 +190,38 @@ def test_format_stats_give_no_answer_rate_and_endings_per_node_type():
     from widen_dag.search.store import NODE_SCHEMA
 
     def row(i, ntype, ended_by, no_answer=False, samples=1):
-        return {"tree_id": "t", "problem_id": "p", "node_id": f"t/{i}", "parent_id": None if i == 0 else "t/0",
-                "depth": 1, "node_type": ntype, "model": "policy", "text": str(i), "n_tokens": 1, "visits": 0,
-                "value_sum": 0.0, "is_terminal": False, "reward": None, "answer": None, "no_answer": no_answer,
-                "finish_reason": "stop", "ended_by": ended_by, "samples": samples}
+        return {
+            "tree_id": "t",
+            "problem_id": "p",
+            "node_id": f"t/{i}",
+            "parent_id": None if i == 0 else "t/0",
+            "depth": 1,
+            "node_type": ntype,
+            "model": "policy",
+            "text": str(i),
+            "n_tokens": 1,
+            "visits": 0,
+            "value_sum": 0.0,
+            "is_terminal": False,
+            "reward": None,
+            "answer": None,
+            "no_answer": no_answer,
+            "finish_reason": "stop",
+            "ended_by": ended_by,
+            "samples": samples,
+        }
 
-    nodes = pl.DataFrame([row(0, "root", ""), row(1, "thinking", "tag"), row(2, "thinking", "length", True),
-                          row(3, "answer", "eos", samples=3), row(4, "answer", "eos", True), row(5, "reflection", "fixed")],
-                         schema=NODE_SCHEMA)
+    nodes = pl.DataFrame(
+        [
+            row(0, "root", ""),
+            row(1, "thinking", "tag"),
+            row(2, "thinking", "length", True),
+            row(3, "answer", "eos", samples=3),
+            row(4, "answer", "eos", True),
+            row(5, "reflection", "fixed"),
+        ],
+        schema=NODE_SCHEMA,
+    )
     stats = {r["node_type"]: r for r in format_stats(nodes)}
     assert set(stats) == {"thinking", "answer"}
     assert stats["thinking"]["no_answer_rate"] == 0.5 and stats["thinking"]["tag"] == 0.5 and stats["thinking"]["length"] == 0.5

@@ -30,11 +30,13 @@ def planbench_instances(n: int, seed: int, blocks: tuple[int, ...] = (3, 4)) -> 
     per = [n // len(blocks) + (1 if i < n % len(blocks) else 0) for i in range(len(blocks))]
     for k, (size, count) in enumerate(zip(blocks, per, strict=True)):
         for instance, plan in blocksworld.generate(count, size, seed * 100 + k):
-            out.append({
-                "instance_id": len(out) + 1,
-                "query": f"[STATEMENT]\n{instance.statement()}\n\nMy plan is as follows:\n\n[PLAN]",
-                "ground_truth_plan": "\n".join(str(a) for a in plan) + "\n",
-            })
+            out.append(
+                {
+                    "instance_id": len(out) + 1,
+                    "query": f"[STATEMENT]\n{instance.statement()}\n\nMy plan is as follows:\n\n[PLAN]",
+                    "ground_truth_plan": "\n".join(str(a) for a in plan) + "\n",
+                }
+            )
     return out
 
 

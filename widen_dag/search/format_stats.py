@@ -25,12 +25,16 @@ def format_stats(nodes: pl.DataFrame) -> list[dict[str, Any]]:
         return []
     if "samples" not in generated.columns:
         generated = generated.with_columns(samples=pl.lit(1))
-    out = generated.group_by("node_type").agg(
-        pl.len().alias("nodes"),
-        pl.col("samples").fill_null(1).sum().alias("samples"),
-        pl.col("no_answer").fill_null(False).mean().alias("no_answer_rate"),
-        *[(pl.col("ended_by") == end).fill_null(False).mean().alias(end) for end in NODE_ENDS if end != "fixed"],
-    ).sort("node_type")
+    out = (
+        generated.group_by("node_type")
+        .agg(
+            pl.len().alias("nodes"),
+            pl.col("samples").fill_null(1).sum().alias("samples"),
+            pl.col("no_answer").fill_null(False).mean().alias("no_answer_rate"),
+            *[(pl.col("ended_by") == end).fill_null(False).mean().alias(end) for end in NODE_ENDS if end != "fixed"],
+        )
+        .sort("node_type")
+    )
     return [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in out.iter_rows(named=True)]
 
 

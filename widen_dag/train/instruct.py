@@ -39,8 +39,13 @@ LLAMA3_TEMPLATE = (
 STYLES = {
     # style: (special tokens, eos, bos, pad, template)
     "chatml": (["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "<|im_end|>", None, "<|endoftext|>", CHATML_TEMPLATE),
-    "llama3": (["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|finetune_right_pad_id|>"],
-               "<|eot_id|>", "<|begin_of_text|>", "<|finetune_right_pad_id|>", LLAMA3_TEMPLATE),
+    "llama3": (
+        ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|finetune_right_pad_id|>"],
+        "<|eot_id|>",
+        "<|begin_of_text|>",
+        "<|finetune_right_pad_id|>",
+        LLAMA3_TEMPLATE,
+    ),
 }
 
 _CHATTER = ("Sure! Let's solve this.", "Let's think step by step.", "Okay, let me work through it.", "Here is my solution.")
@@ -121,8 +126,9 @@ def plan_response(instance: blocksworld.Instance, plan: list[blocksworld.Action]
     return "\n\n".join(lead + parts)
 
 
-def training_pairs(math_rows: Iterable[dict], bw_rows: Iterable[dict], rng: random.Random, error_rate: float,
-                   math_prompt, bw_prompt) -> list[tuple[str, str]]:
+def training_pairs(
+    math_rows: Iterable[dict], bw_rows: Iterable[dict], rng: random.Random, error_rate: float, math_prompt, bw_prompt
+) -> list[tuple[str, str]]:
     """(user turn, assistant turn) pairs from GSM8K-format rows and PlanBench-format rows."""
     out = []
     for r in math_rows:
@@ -153,8 +159,9 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int, out_dir: Path, style
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     tok.train_from_iterator(corpus, trainer=trainer)
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, bos_token=bos, pad_token=pad)
