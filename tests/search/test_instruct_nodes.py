@@ -227,3 +227,12 @@ def test_format_stats_give_no_answer_rate_and_endings_per_node_type():
     assert stats["thinking"]["no_answer_rate"] == 0.5 and stats["thinking"]["tag"] == 0.5 and stats["thinking"]["length"] == 0.5
     assert stats["answer"]["eos"] == 1.0 and stats["answer"]["samples"] == 4 and stats["answer"]["no_answer_rate"] == 0.5
     assert overall_ends(nodes) == {"tag_closed_share": 0.25, "eos_ended_share": 0.5, "cut_off_share": 0.25}
+
+
+def test_eos_closing_and_sibling_merging_can_be_switched_off():
+    backend = ScriptedBackend({"answer": [(" \\boxed{18}", "stop"), (" \\boxed{18}", "stop")]})
+    tree = Tree("t", "p", "math", "What is 9 + 9?", "18", seed=0)
+    ctx = _ctx(backend, action_graph={"root": {"answer": 2}}, eos_ends_thought=False, merge_identical_siblings=False)
+    kids = _expand(tree, tree.root, ctx, {"policy": backend})
+    assert len(kids) == 2 and all(k.ended_by == "eos" and k.no_answer and k.reward == 0.0 for k in kids)
+    assert kids[0].text == "<answer>The answer is: \\boxed{18}"

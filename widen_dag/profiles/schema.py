@@ -254,6 +254,12 @@ class SearchConfig(_Strict):
     prefills: dict[str, list[str]] = Field(
         DEFAULT_PREFILLS, description="Prefill phrases per node type (one is drawn per expansion); a node type "
         "left out keeps its default. Every generated type needs at least one phrase.")
+    eos_ends_thought: bool = Field(
+        True, description="A thought the model ends with its end-of-turn token (finish reason stop, no stop string) "
+        "counts as closed, as real instruct models end after \\boxed{18}; off: such a node is a no-answer dead end.")
+    merge_identical_siblings: bool = Field(
+        True, description="Identical sibling samples become one node with a samples count (a model at low "
+        "temperature repeats itself); off: every sample is its own node.")
     reflection_text: str = Field(DEFAULT_REFLECTION_TEXT, min_length=1,
                                  description="The fixed text of a reflection node (no model call).")
     stop_strings: dict[str, list[str]] = Field(

@@ -130,11 +130,13 @@ def apply_expansion(tree: Tree, exp: Expansion, results: list[list[Sample]], ctx
         seen: dict[str, dict] = {}
         for s in samples:
             ended_by, content = node_ending(child_type, s.text, s.finish_reason, extra.get(child_type, ()))
-            closed = ended_by in ("tag", "stop_string", "eos")
+            closed = ended_by in ("tag", "stop_string") or (ended_by == "eos" and ctx.cfg.eos_ends_thought)
+            if ended_by == "eos" and not closed:
+                content = s.text  # kept as the model left it
             # A closed thought is stored with its closing tag, however it ended, so every path
             # reads as well-formed tagged thoughts; an open one is kept as the model left it.
             body = open_tag(child_type) + prefill + content + (close_tag(child_type) if closed else "")
-            if body in seen:
+            if ctx.cfg.merge_identical_siblings and body in seen:
                 seen[body]["samples"] += 1
                 continue
             seen[body] = {"type": child_type, "role": role, "body": body, "closed": closed, "ended_by": ended_by,
