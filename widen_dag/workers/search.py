@@ -92,7 +92,7 @@ def search_shards(worker: Worker, shards: list[str]) -> dict:
             stats = LockstepSearch(backends, ctx, on_progress=progress).run(todo, store.save)
             nodes, trees = store.load()
             written = store.publish(nodes)
-            all_nodes.append(nodes.select("node_type", "no_answer", "ended_by", "samples"))
+            all_nodes.append(nodes.select("node_type", "model", "no_answer", "ended_by", "samples"))
             per_shard.append({"shard": shard, "problems": len(problems), "reused": reused, "path": written.uri,
                               "sha256": written.sha256, "trees": trees})
             for name in ("trees", "nodes", "rollouts", "batches", "sequences"):
@@ -115,7 +115,8 @@ def search_shards(worker: Worker, shards: list[str]) -> dict:
                                  [(r["tree_id"][:24], r["rollouts"], r["correct"], r["outcome"], r["nodes"])
                                   for r in per_tree.iter_rows(named=True)])
     node_table = pl.concat(all_nodes) if all_nodes else pl.DataFrame(
-        schema={"node_type": pl.String, "no_answer": pl.Boolean, "ended_by": pl.String, "samples": pl.Int32})
+        schema={"node_type": pl.String, "model": pl.String, "no_answer": pl.Boolean, "ended_by": pl.String,
+                "samples": pl.Int32})
     fmt = format_stats(node_table)
     ends = overall_ends(node_table)
     format_md = markdown_table(
@@ -149,7 +150,7 @@ def search_shards(worker: Worker, shards: list[str]) -> dict:
     if critic_stats is not None:
         # The critic's own engine: how many requests it served (double checks, reflections).
         metadata["critic_engine"] = json_value({k: critic_stats[k] for k in ("requests", "generated_tokens", "calls")})
-        metadata["critic_nodes"] = int(node_table.filter(pl.col("node_type").is_in(cfg.critic_node_types)).height)
+        metadata["critic_nodes"] = int(node_table.filter(pl.col("model") == "critic").height)
     version = "+".join(s["sha256"][:16] for s in per_shard)
     return {"metadata": metadata, "data_version": version}
 
