@@ -98,6 +98,7 @@ def synthetic_chunk(rng: np.random.Generator, first_tree: int, n_trees: int) -> 
         "n_tokens", pl.lit(1).alias("visits"), pl.lit(0.0).alias("value_sum"), "is_terminal",
         pl.when("is_terminal").then(pl.col("correct").cast(pl.Float64)).alias("reward"),
         pl.lit(None, pl.String).alias("answer"), "no_answer", pl.lit("stop").alias("finish_reason"),
+        pl.lit("tag").alias("ended_by"), pl.lit(1).alias("samples"),
     ).cast(NODE_SCHEMA)
     ids = [f"p{t:07d}" for t in range(first_tree, first_tree + n_trees)]
     staged = pl.DataFrame({"problem_id": ids, "domain": "arithmetic", "split": "train", "prompt": [f"Solve {p}" for p in ids]})

@@ -62,8 +62,9 @@ def test_overthinking_teacher_pads_correct_solutions_with_habits():
     text = rows[0]["messages"][1]["content"]
     assert text.endswith("The answer is \\boxed{9}.") and len(REFLECTION_RE.findall(text)) >= 5
     assert rows == distill.synthetic_rows(staged, reflections=6, seed=0)
-    with pytest.raises(ValueError, match="knows only arithmetic"):
-        distill.synthetic_rows(staged.with_columns(pl.lit("math").alias("domain")), 6, 0)
+    # Every domain has a teacher now (tests/test_real_profiles.py); one without is a clear error.
+    with pytest.raises(ValueError, match="no writer for domain 'chess'.*data.distill.source: file"):
+        distill.synthetic_rows(staged.with_columns(pl.lit("chess").alias("domain")), 6, 0)
 
 
 def test_overthinking_solution_is_seeded():

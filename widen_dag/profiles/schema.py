@@ -23,6 +23,19 @@ Device = Literal["auto", "cpu", "cuda"]
 BackendName = Literal["vllm", "transformers"]
 ARITHMETIC_OPS = r"^[+*-]+$"
 
+# The typed thoughts of SPEC.md section 1 and their default prefill phrases (today's constants;
+# widen_dag.search.thoughts re-exports them). A profile's search.prefills replaces them.
+NODE_TYPES = ("sub_task", "thinking", "hypothesis", "double_check", "reflection", "thinking_from_scratch", "answer")
+DEFAULT_PREFILLS: dict[str, list[str]] = {
+    "sub_task": ["Firstly, I need to break down this task.", "Let me split the problem into steps."],
+    "thinking": ["Let me compute.", "Next,"],
+    "hypothesis": ["Suppose", "Let me assume"],
+    "double_check": ["Let's check the result.", "Let me verify."],
+    "thinking_from_scratch": ["Let me start over.", "Let me solve it again from the beginning."],
+    "answer": ["The answer is:"],
+}
+DEFAULT_REFLECTION_TEXT = "Wait! something is wrong, let's think again."
+
 
 class ProfileError(ValueError):
     """A profile that cannot be loaded; the message names the file and the dotted field."""
@@ -67,7 +80,8 @@ class PlanBenchSource(_Strict):
 
 
 class HubSource(_Strict):
-    """An HF dataset id, for users who are online (never touched by the tiny profile)."""
+    """An HF dataset id (or a local folder of data files, read the same way by ``datasets``);
+    never touched by the embedded profiles. Offline, use ``kind: file`` instead."""
 
     kind: Literal["hub"] = Field("hub", description="Source type tag.")
     name: str = Field(description="HF dataset id, e.g. openai/gsm8k.")
@@ -76,7 +90,9 @@ class HubSource(_Strict):
     revision: str | None = Field(None, description="Pinned dataset revision (commit or tag).")
     question_field: str = Field("question", description="Column holding the question text.")
     answer_field: str = Field("answer", description="Column holding the gold answer.")
-    where: dict[str, str] = Field({}, description="Keep only rows whose column equals the value, e.g. {language: English}.")
+    id_field: str | None = Field(None, description="Column with the dataset's own id, kept as source_id.")
+    where: dict[str, str] = Field({}, description="Keep only rows whose columns equal these values, "
+                                  "e.g. {domain: blocksworld} for PlanBench's mixed table.")
     limit: int | None = Field(None, gt=0, description="Read at most this many rows.")
 
 
@@ -132,6 +148,12 @@ class ModelRef(_Strict):
     config_file: str | None = Field(None, description=(
         "The model's config.json for `widen-dag plan` without the hub (a file name under widen_dag/profiles/model_configs/ "
         "or a path); unset: the local folder's or the hub's config.json. Never weights."))
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="This model's vLLM share of GPU memory (unset: generation.gpu_memory_utilization). "
+        "Policy and critic run as two engines on the same device: their shares must add up to at most 0.95.")
+    kv_cache_gib: float | None = Field(
+        None, gt=0, description="This model's vLLM KV cache in GiB (any device; on CPU unset means "
+        "generation.cpu_kvcache_gib).")
 
     @model_validator(mode="after")
     def _needs_name(self) -> ModelRef:
@@ -163,6 +185,14 @@ class BootstrapConfig(ArithmeticShape):
     error_rate: float = Field(0.3, ge=0, le=1, description="Share of policy solutions with a slip, so search finds wrong paths.")
     eval_problems: int = Field(200, gt=0, description="Held-out problems for the models' own accuracy check.")
     eval_max_tokens: int = Field(200, gt=0, description="New tokens per answer in that check.")
+    style: Literal["tagged", "instruct"] = Field(
+        "tagged", description="tagged: trained on the search's node format (arithmetic, the tiny profile); instruct: "
+        "instruct-shaped stand-ins (ChatML policy/student, Llama-3-style critic, EOS = end of turn) trained on "
+        "free-form math and Blocksworld text, never on the node format (tiny_instruct).")
+    blocksworld_problems: int = Field(0, ge=0, description="instruct: generated Blocksworld instances (3-4 blocks) "
+                                      "in the training texts, besides train_problems math word problems.")
+    critic_steps: int = Field(100, gt=0, description="instruct: training steps of the bootstrapped critic "
+                              "(models.critic: {source: bootstrap}).")
 
     @model_validator(mode="after")
     def _head_dim(self) -> BootstrapConfig:
@@ -228,6 +258,21 @@ class SearchConfig(_Strict):
     max_batch_sequences: int = Field(512, gt=0, description="Sequences per generation call.")
     max_batch_tokens: int = Field(262_144, gt=0, description="Prompt+new tokens per generation call.")
     seed: int = Field(0, description="Added to the profile seed for search sampling.")
+    prefills: dict[str, list[str]] = Field(
+        DEFAULT_PREFILLS, description="Prefill phrases per node type (one is drawn per expansion); a node type "
+        "left out keeps its default. Every generated type needs at least one phrase.")
+    eos_ends_thought: bool = Field(
+        True, description="A thought the model ends with its end-of-turn token (finish reason stop, no stop string) "
+        "counts as closed, as real instruct models end after \\boxed{18}; off: such a node is a no-answer dead end.")
+    merge_identical_siblings: bool = Field(
+        True, description="Identical sibling samples become one node with a samples count (a model at low "
+        "temperature repeats itself); off: every sample is its own node.")
+    reflection_text: str = Field(DEFAULT_REFLECTION_TEXT, min_length=1,
+                                 description="The fixed text of a reflection node (no model call).")
+    stop_strings: dict[str, list[str]] = Field(
+        {}, description="Extra stop strings per node type, besides the closing tags, e.g. {thinking: ['\\n\\n']} "
+        "to end a thought at a paragraph break with models that do not close tags; a node ended by one "
+        "is closed like one ended by its tag.")
 
     @model_validator(mode="after")
     def _k_range(self) -> SearchConfig:
@@ -235,17 +280,41 @@ class SearchConfig(_Strict):
             raise ValueError(f"k_min ({self.k_min}) must not exceed k_max ({self.k_max})")
         return self
 
+    @field_validator("prefills")
+    @classmethod
+    def _prefills(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        unknown = sorted(set(value) - set(NODE_TYPES) - {"reflection"})
+        if unknown or "reflection" in value:
+            bad = unknown or ["reflection"]
+            raise ValueError(f"prefills.{bad[0]}: not a generated node type (known: "
+                             f"{', '.join(t for t in NODE_TYPES if t != 'reflection')}; reflection uses reflection_text)")
+        for node_type, phrases in value.items():
+            if not phrases or not all(isinstance(p, str) for p in phrases):
+                raise ValueError(f"prefills.{node_type}: give at least one phrase")
+        return {**DEFAULT_PREFILLS, **value}
+
+    @field_validator("stop_strings")
+    @classmethod
+    def _stops(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for node_type, stops in value.items():
+            if node_type not in NODE_TYPES:
+                raise ValueError(f"stop_strings.{node_type}: unknown node type (known: {', '.join(NODE_TYPES)})")
+            if any(not s for s in stops):
+                raise ValueError(f"stop_strings.{node_type}: an empty stop string would end every node at once")
+        return value
+
 
 class DistillConfig(_Strict):
     """The distillation bottleneck row: SFT on long CoT from a reasoning model.
 
     ``synthetic``: an over-thinking teacher that pads correct solutions with habitual
-    reflections and repetitions (the tiny profile). ``file``: a JSONL/Parquet of long-CoT
+    reflections and repetitions, for every domain (arithmetic, math, blocksworld). ``file``: a JSONL/Parquet of long-CoT
     responses with question and response fields (e.g. an export of Sky-T1's data).
     """
 
-    source: Literal["synthetic", "file"] = Field("synthetic", description="synthetic (tiny) or file (a long-CoT export).")
+    source: Literal["synthetic", "file"] = Field("synthetic", description="synthetic (any domain) or file (a long-CoT export).")
     path: str | None = Field(None, description="The long-CoT file (source: file).")
+    domain: DomainName = Field("math", description="Domain whose task prompt wraps the file's questions (source: file).")
     question_field: str = Field("question", description="Column holding the question.")
     response_field: str = Field("response", description="Column holding the long-CoT response.")
     reflections: int = Field(6, ge=0, description="Habitual reflections the synthetic teacher adds per solution.")
@@ -477,6 +546,21 @@ class Profile(_Strict):
         if not value:
             raise ValueError("a profile needs at least one dataset")
         return value
+
+    @model_validator(mode="after")
+    def _engines_fit_one_device(self) -> Profile:
+        # Search runs the critic as a second vLLM engine on the policy's device(s).
+        critic, gen = self.models.critic, self.generation
+        if critic is None or gen.device == "cpu" or gen.backend != "vllm":
+            return self
+        policy_share = self.models.policy.gpu_memory_utilization or gen.gpu_memory_utilization
+        critic_share = critic.gpu_memory_utilization or gen.gpu_memory_utilization
+        if policy_share + critic_share > 0.95:
+            raise ValueError(
+                f"models.critic.gpu_memory_utilization: policy ({policy_share}) + critic ({critic_share}) vLLM engines "
+                "share the GPU and need at most 0.95 together; set models.policy.gpu_memory_utilization and "
+                "models.critic.gpu_memory_utilization (e.g. 0.3 and 0.6)")
+        return self
 
     def shard_keys(self) -> list[str]:
         """Partition keys of ``raw_problems``: ``<dataset>-<shard index>``."""

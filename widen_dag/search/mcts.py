@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from widen_dag.domains import get_domain
 from widen_dag.llm.base import GenerationRequest, Sample
 from widen_dag.profiles import SearchConfig
-from widen_dag.search.thoughts import NODE_TYPES, REFLECTION_TEXT, choose_prefill, close_tag, open_tag, wrap
+from widen_dag.search.thoughts import NODE_TYPES, choose_prefill, close_tag, open_tag, wrap
 from widen_dag.search.tree import Node, Tree
 from widen_dag.seeding import stable_seed
 
@@ -40,6 +40,16 @@ class SearchContext:
     max_tokens_per_node: int
     has_critic: bool
     seed: int
+    # The critic's own chat template and tokenizer (a critic is a different model: its prompt
+    # must be in its template, its nodes counted in its tokens). None: the policy's.
+    critic_chat_prompt: Callable[[str], str] | None = None
+    critic_count_tokens: Callable[[list[str]], list[int]] | None = None
+
+    def prompt_for(self, role: str) -> Callable[[str], str]:
+        return self.critic_chat_prompt if role == "critic" and self.critic_chat_prompt else self.chat_prompt
+
+    def counter_for(self, role: str) -> Callable[[list[str]], list[int]]:
+        return self.critic_count_tokens if role == "critic" and self.critic_count_tokens else self.count_tokens
 
 
 def request_seed(seed: int, tree_id: str, node_index: int, child_type: str) -> int:
@@ -47,11 +57,33 @@ def request_seed(seed: int, tree_id: str, node_index: int, child_type: str) -> i
     return stable_seed(seed, tree_id, node_index, child_type, byteorder="little") & 0x7FFFFFFF
 
 
-def stop_strings(node_type: str) -> tuple[str, ...]:
+def stop_strings(node_type: str, extra: tuple[str, ...] | list[str] = ()) -> tuple[str, ...]:
     """The node's closing tag first; any other closing tag also stops it (a malformed node
-    that then ends as a no-answer), instead of running on to the token limit."""
+    that then ends as a no-answer), instead of running on to the token limit; then the
+    profile's extra stop strings for this type (``search.stop_strings``)."""
     own = close_tag(node_type)
-    return (own, *(close_tag(t) for t in NODE_TYPES if close_tag(t) != own))
+    return (own, *(close_tag(t) for t in NODE_TYPES if close_tag(t) != own), *extra)
+
+
+def node_ending(node_type: str, text: str, finish_reason: str, extra_stops: tuple[str, ...] | list[str] = ()) -> tuple[str, str]:
+    """(how the generated ``text`` ended, the text of a closed thought without its closing tag).
+
+    A thought is complete when it ends with its closing tag, with one of the type's extra stop
+    strings, or when the model ended its turn (EOS: finish reason "stop" with no stop string
+    in the text) as real instruct models do after ``\\boxed{18}``. Another type's closing tag
+    is malformed, and the token limit cuts it off: both end the path as a no-answer.
+    """
+    own = close_tag(node_type)
+    if text.endswith(own):
+        return "tag", text[: -len(own)]
+    for stop in extra_stops:
+        if text.endswith(stop):
+            return "stop_string", text[: -len(stop)].rstrip()
+    if any(text.endswith(close_tag(t)) for t in NODE_TYPES):
+        return "foreign_tag", text
+    if finish_reason == "stop":
+        return "eos", text.rstrip()
+    return "length", text
 
 
 def plan_expansion(tree: Tree, node: Node, ctx: SearchContext) -> Expansion | None:
@@ -61,20 +93,22 @@ def plan_expansion(tree: Tree, node: Node, ctx: SearchContext) -> Expansion | No
     if not graph or node.depth >= cfg.max_depth or node.path_tokens >= cfg.max_path_tokens:
         return None
     domain = get_domain(tree.domain)
-    head = ctx.chat_prompt(domain.task_prompt(tree.question)) + tree.path_text(node)
+    user = domain.task_prompt(tree.question)
+    path = tree.path_text(node)
     budget = max(1, min(ctx.max_tokens_per_node, cfg.max_path_tokens - node.path_tokens))
     child_types, prefills, roles, requests = [], [], [], []
     for child_type, count in graph.items():
         if child_type == "reflection":
             continue  # reflections are fixed text, added on wrong answers
-        prefill = choose_prefill(child_type, tree.rng)
+        prefill = choose_prefill(child_type, tree.rng, cfg.prefills)
         role = "critic" if ctx.has_critic and child_type in cfg.critic_node_types else "policy"
         child_types.append(child_type)
         prefills.append(prefill)
         roles.append(role)
         requests.append(GenerationRequest(
-            prompt=head + open_tag(child_type) + prefill, n=count, temperature=ctx.temperature, top_p=ctx.top_p,
-            max_tokens=budget, stop=stop_strings(child_type), include_stop=True,
+            prompt=ctx.prompt_for(role)(user) + path + open_tag(child_type) + prefill, n=count, temperature=ctx.temperature,
+            top_p=ctx.top_p, max_tokens=budget, stop=stop_strings(child_type, cfg.stop_strings.get(child_type, ())),
+            include_stop=True,
             seed=request_seed(ctx.seed, tree.tree_id, node.index, child_type),
         ))
     if not requests:
@@ -83,23 +117,45 @@ def plan_expansion(tree: Tree, node: Node, ctx: SearchContext) -> Expansion | No
 
 
 def apply_expansion(tree: Tree, exp: Expansion, results: list[list[Sample]], ctx: SearchContext) -> None:
-    """Create the children from the samples; answers are verified as they are created."""
+    """Create the children from the samples; answers are verified as they are created.
+
+    Identical sibling samples (a model at low temperature repeats itself) become one node
+    with a ``samples`` count, so the tree holds no textual twins and every path differs in
+    text from its siblings where it differs in node ids.
+    """
     domain = get_domain(tree.domain)
-    texts: list[tuple[str, str, str, Sample]] = []
+    extra = ctx.cfg.stop_strings
+    merged: list[dict] = []
     for child_type, prefill, role, samples in zip(exp.child_types, exp.prefills, exp.roles, results, strict=True):
+        seen: dict[str, dict] = {}
         for s in samples:
-            body = open_tag(child_type) + prefill + s.text
-            texts.append((child_type, role, body, s))
-    counts = ctx.count_tokens([t[2] for t in texts])
-    for (child_type, role, body, s), n_tok in zip(texts, counts, strict=True):
-        closed = body.endswith(close_tag(child_type))
-        child = tree.add_child(exp.node, child_type, role, body, n_tok, finish_reason=s.finish_reason)
+            ended_by, content = node_ending(child_type, s.text, s.finish_reason, extra.get(child_type, ()))
+            closed = ended_by in ("tag", "stop_string") or (ended_by == "eos" and ctx.cfg.eos_ends_thought)
+            if ended_by == "eos" and not closed:
+                content = s.text  # kept as the model left it
+            # A closed thought is stored with its closing tag, however it ended, so every path
+            # reads as well-formed tagged thoughts; an open one is kept as the model left it.
+            body = open_tag(child_type) + prefill + content + (close_tag(child_type) if closed else "")
+            if ctx.cfg.merge_identical_siblings and body in seen:
+                seen[body]["samples"] += 1
+                continue
+            seen[body] = {"type": child_type, "role": role, "body": body, "closed": closed, "ended_by": ended_by,
+                          "finish_reason": s.finish_reason, "samples": 1}
+            merged.append(seen[body])
+    counts: list[int] = [0] * len(merged)
+    for role in {m["role"] for m in merged}:
+        idx = [i for i, m in enumerate(merged) if m["role"] == role]
+        for i, n in zip(idx, ctx.counter_for(role)([merged[i]["body"] for i in idx]), strict=True):
+            counts[i] = n
+    for m, n_tok in zip(merged, counts, strict=True):
+        child = tree.add_child(exp.node, m["type"], m["role"], m["body"], n_tok, finish_reason=m["finish_reason"],
+                               ended_by=m["ended_by"], samples=m["samples"])
         over = child.path_tokens > ctx.cfg.max_path_tokens
-        if not closed or over:
-            # Cut off by the node's or the path's token budget: the path ends as a no-answer.
+        if not m["closed"] or over:
+            # Cut off by the node's or the path's token budget, or malformed: the path ends as a no-answer.
             child.is_terminal, child.no_answer, child.reward = True, True, 0.0
-        elif child_type == "answer":
-            verdict = domain.verify(body, tree.gold, tree.question)
+        elif m["type"] == "answer":
+            verdict = domain.verify(m["body"], tree.gold, tree.question)
             child.is_terminal = True
             child.reward = verdict.reward
             child.answer = verdict.answer
@@ -128,8 +184,8 @@ def rollout(tree: Tree, ctx: SearchContext) -> Generator[Expansion, list[list[Sa
         parent = tree.reflection_parent(node)
         # One reflection per check: a second wrong answer below it adds nothing new.
         if not any(tree.nodes[i].node_type == "reflection" for i in parent.children):
-            n_tok = ctx.count_tokens([wrap("reflection", REFLECTION_TEXT)])[0]
-            refl = tree.add_child(parent, "reflection", "fixed", wrap("reflection", REFLECTION_TEXT), n_tok)
+            text = wrap("reflection", ctx.cfg.reflection_text)
+            refl = tree.add_child(parent, "reflection", "fixed", text, ctx.count_tokens([text])[0], ended_by="fixed")
             if refl.path_tokens >= ctx.cfg.max_path_tokens:
                 refl.is_terminal, refl.no_answer, refl.reward = True, True, 0.0
 

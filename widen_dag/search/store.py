@@ -23,6 +23,7 @@ NODE_SCHEMA = {
     "depth": pl.Int32, "node_type": pl.String, "model": pl.String, "text": pl.String, "n_tokens": pl.Int32,
     "visits": pl.Int32, "value_sum": pl.Float64, "is_terminal": pl.Boolean, "reward": pl.Float64,
     "answer": pl.String, "no_answer": pl.Boolean, "finish_reason": pl.String,
+    "ended_by": pl.String, "samples": pl.Int32,
 }
 TREE_SCHEMA = {"tree_id": pl.String, "problem_id": pl.String, "rollouts": pl.Int32, "correct": pl.Int32,
                "outcome": pl.String, "nodes": pl.Int32}

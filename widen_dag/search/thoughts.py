@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Mapping, Sequence
+
+from widen_dag.profiles.schema import DEFAULT_PREFILLS, DEFAULT_REFLECTION_TEXT, NODE_TYPES
 
 ROOT = "root"
-NODE_TYPES = ("sub_task", "thinking", "hypothesis", "double_check", "reflection", "thinking_from_scratch", "answer")
 
 TAGS = {
     "sub_task": "sub-task",
@@ -22,17 +24,13 @@ TAGS = {
     "answer": "answer",
 }
 
-PREFILLS: dict[str, tuple[str, ...]] = {
-    "sub_task": ("Firstly, I need to break down this task.", "Let me split the problem into steps."),
-    "thinking": ("Let me compute.", "Next,"),
-    "hypothesis": ("Suppose", "Let me assume"),
-    "double_check": ("Let's check the result.", "Let me verify."),
-    "thinking_from_scratch": ("Let me start over.", "Let me solve it again from the beginning."),
-    "answer": ("The answer is:",),
-}
+# The default prefill phrases per node type and the reflection sentence live with the
+# profile schema (their defaults); a profile's ``search.prefills`` / ``search.reflection_text``
+# replace them (Marco-o1 v2 keeps them per node type in its action config).
+PREFILLS: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in DEFAULT_PREFILLS.items()}
 
 # `reflection` needs no model call: its text is this fixed sentence.
-REFLECTION_TEXT = "Wait! something is wrong, let's think again."
+REFLECTION_TEXT = DEFAULT_REFLECTION_TEXT
 
 
 def open_tag(node_type: str) -> str:
@@ -52,10 +50,12 @@ def wrap(node_type: str, body: str) -> str:
     return f"{open_tag(node_type)}{body}{close_tag(node_type)}"
 
 
-def choose_prefill(node_type: str, rng: random.Random) -> str:
+def choose_prefill(node_type: str, rng: random.Random, prefills: Mapping[str, Sequence[str]] | None = None,
+                   reflection_text: str = REFLECTION_TEXT) -> str:
+    """A prefill phrase for ``node_type`` from ``prefills`` (default: PREFILLS)."""
     if node_type == "reflection":
-        return REFLECTION_TEXT
-    return rng.choice(PREFILLS[node_type])
+        return reflection_text
+    return rng.choice(list((prefills or PREFILLS)[node_type]))
 
 
 _TAG_RE = re.compile(rf"<({'|'.join(re.escape(TAGS[t]) for t in NODE_TYPES)})>(.*?)</\1>", re.DOTALL)

@@ -15,8 +15,12 @@ from widen_dag.search.thoughts import ROOT
 
 NODE_COLUMNS = (
     "tree_id", "problem_id", "node_id", "parent_id", "depth", "node_type", "model", "text", "n_tokens",
-    "visits", "value_sum", "is_terminal", "reward", "answer", "no_answer", "finish_reason",
+    "visits", "value_sum", "is_terminal", "reward", "answer", "no_answer", "finish_reason", "ended_by", "samples",
 )
+# How a node's text ended (``ended_by``): its closing tag, a configured stop string, the model's
+# end of turn (EOS) after the thought, another type's closing tag (malformed), the token limit;
+# reflections are fixed text. The first three close the node; the others end the path.
+NODE_ENDS = ("tag", "stop_string", "eos", "foreign_tag", "length", "fixed")
 
 
 @dataclass
@@ -36,6 +40,8 @@ class Node:
     answer: str | None = None
     no_answer: bool = False
     finish_reason: str = "stop"
+    ended_by: str = ""
+    samples: int = 1  # identical sibling samples merged into this node
     expanded: bool = False
     children: list[int] = field(default_factory=list)
 
@@ -116,6 +122,7 @@ class Tree:
                 "node_type": n.node_type, "model": n.model, "text": n.text, "n_tokens": n.n_tokens,
                 "visits": n.visits, "value_sum": n.value_sum, "is_terminal": n.is_terminal, "reward": n.reward,
                 "answer": n.answer, "no_answer": n.no_answer, "finish_reason": n.finish_reason,
+                "ended_by": n.ended_by, "samples": n.samples,
             }
             for n in self.nodes
         ]

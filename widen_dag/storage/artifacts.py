@@ -24,6 +24,9 @@ Role = Literal["policy", "critic", "student"]
 MANIFEST = "widen_dag_checkpoint.json"  # written beside every trained checkpoint's weights
 # The lake folders of the bootstrapped tiny models, named like their assets.
 BOOTSTRAP_ASSETS: dict[str, str] = {"policy": "policy_model", "student": "student_base"}
+# An instruct-style bootstrap also builds a critic of its own (a different model and chat
+# template), written by the policy_model asset beside the policy.
+BOOTSTRAP_CRITIC_FOLDER = "critic_model"
 
 
 class ArtifactMissing(RuntimeError):
@@ -48,8 +51,8 @@ class ModelLocation:
 
 
 def bootstrap_parts(which: str) -> tuple[str, str]:
-    """Lake path parts of a bootstrapped tiny model (``policy`` or ``student``), for ``staged_dir``."""
-    return ("models", BOOTSTRAP_ASSETS[which])
+    """Lake path parts of a bootstrapped tiny model (``policy``, ``student`` or ``critic``), for ``staged_dir``."""
+    return ("models", BOOTSTRAP_CRITIC_FOLDER if which == "critic" else BOOTSTRAP_ASSETS[which])
 
 
 def bootstrap_dir(lake: Lake, which: str) -> Path:
@@ -100,15 +103,19 @@ def local_model(location: ModelLocation, lake: Lake) -> ModelLocation:
 
 def resolve_model(profile: Profile, lake: Lake, role: Role, *, require: bool = True) -> ModelLocation:
     """Where the profile's ``role`` model is. A critic left unset is the policy; a bootstrapped
-    critic shares the bootstrapped policy's folder. With ``require``, a bootstrapped model that
-    was not built yet is an error naming the asset to materialize."""
+    critic shares the bootstrapped policy's folder, except with an instruct-style bootstrap, which
+    builds a critic of its own. With ``require``, a bootstrapped model that was not built yet is
+    an error naming the asset to materialize."""
     models = profile.models
     ref = {"policy": models.policy, "critic": models.critic or models.policy, "student": models.student}[role]
     if ref.source == "bootstrap":
         which = "student" if role == "student" else "policy"
+        if role == "critic" and models.critic is not None and models.bootstrap.style == "instruct":
+            which = "critic"
         path = bootstrap_dir(lake, which)
         if require and not (path / "config.json").is_file():
-            raise ArtifactMissing(f"no {role} model at {path}: materialize {BOOTSTRAP_ASSETS[which]} first")
+            asset = BOOTSTRAP_ASSETS["policy" if which == "critic" else which]
+            raise ArtifactMissing(f"no {role} model at {path}: materialize {asset} first")
         return ModelLocation(str(path), source="bootstrap")
     assert ref.name is not None  # ModelRef validates it for hub and path
     return ModelLocation(ref.name, ref.revision, ref.trust_remote_code, ref.source)

@@ -1,19 +1,25 @@
 """The distillation bottleneck the paper starts from: long chain-of-thought from a teacher.
 
-The tiny profile has no reasoning model to distil from, so a synthetic over-thinking
-teacher writes it: correct solutions padded with habitual reflections ("Wait, ...",
-"Alternatively, ...") and repeated steps. SFT on these tells whether the student inherits
-the over-thinking (longer outputs, more runs cut off before an answer), as the paper reports.
+Without a reasoning model to distil from, a synthetic over-thinking teacher writes it, for
+every domain: correct solutions padded with habitual reflections ("Wait, ...",
+"Alternatively, ...") and repeated steps (arithmetic: the reference equations; math: the
+problem's sentences re-read, then the gold answer; Blocksworld: a breadth-first optimal plan,
+each step second-guessed). SFT on these tells whether the student inherits the over-thinking
+(longer outputs, more runs cut off before an answer), as the paper reports. Real long CoT
+comes from a file (``data.distill.source: file``).
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+
+from widen_dag.domains import blocksworld
 
 HABITS = (
     "Wait, let me check that again.",
@@ -24,39 +30,63 @@ HABITS = (
 )
 
 
-def overthinking_solution(equations: list[str], gold: str, rng: random.Random, reflections: int) -> str:
-    parts = [f"{eq}." for eq in equations]
+def overthinking_solution(equations: list[str], gold: str, rng: random.Random, reflections: int,
+                          final: str | None = None) -> str:
+    """The steps, then ``reflections`` habits each repeating a random step, then the final answer
+    (default: ``The answer is \\boxed{gold}.``)."""
+    parts = [f"{eq.rstrip('.')}." for eq in equations]
     for _ in range(reflections):
         parts.append(rng.choice(HABITS))
-        parts.append(f"{rng.choice(equations)}.")
-    parts.append(f"The answer is \\boxed{{{gold}}}.")
+        parts.append(f"{rng.choice(equations).rstrip('.')}.")
+    parts.append(final if final is not None else f"The answer is \\boxed{{{gold}}}.")
     return " ".join(parts)
 
 
+def _math_steps(question: str) -> list[str]:
+    # No reference solution is staged for a math problem: the teacher re-reads the problem.
+    sentences = [x.strip() for x in re.split(r"(?<=[.?!])\s+", question.strip()) if x.strip()]
+    return [f"Let me re-read: {x}" for x in sentences[:6]] or ["Let me re-read the problem"]
+
+
+def _teacher_text(row: dict[str, Any], rng: random.Random, reflections: int) -> str:
+    domain = row["domain"]
+    if domain == "arithmetic":
+        steps = json.loads(row["meta"] or "{}").get("steps") or []
+        if not steps:
+            raise ValueError(f"problem {row['problem_id']}: no reference steps in meta to write a solution from")
+        return overthinking_solution(steps, row["gold"], rng, reflections)
+    if domain == "math":
+        return overthinking_solution(_math_steps(row["question"]), row["gold"], rng, reflections)
+    if domain == "blocksworld":
+        plan = blocksworld.optimal_plan(blocksworld.parse_statement(row["question"]))
+        steps = [f"I {a.english()}" for a in plan] or ["The goal already holds"]
+        final = "My plan is as follows:\n" + "\n".join(a.english() for a in plan) + "\n[PLAN END]"
+        return overthinking_solution(steps, "", rng, reflections, final=final)
+    raise ValueError(f"the synthetic over-thinking teacher has no writer for domain {domain!r}: "
+                     "set data.distill.source: file with a long-CoT dataset")
+
+
 def synthetic_rows(staged: pl.DataFrame, reflections: int, seed: int) -> list[dict[str, Any]]:
-    """Long-CoT SFT rows for the train-split arithmetic problems."""
+    """Long-CoT SFT rows for the train-split problems of every domain."""
     train = staged.filter(pl.col("split") == "train").sort("problem_id")
-    others = set(train["domain"]) - {"arithmetic"}
-    if others:
-        raise ValueError(f"the synthetic over-thinking teacher knows only arithmetic, not {sorted(others)}: "
-                         "set data.distill.source: file with a long-CoT dataset")
     rows = []
     for r in train.iter_rows(named=True):
         rng = random.Random(f"{seed}:{r['problem_id']}")
-        steps = json.loads(r["meta"]).get("steps") or []
-        if not steps:
-            raise ValueError(f"problem {r['problem_id']}: no reference steps in meta to write a solution from")
-        text = overthinking_solution(steps, r["gold"], rng, reflections)
+        text = _teacher_text(r, rng, reflections)
         rows.append({"problem_id": r["problem_id"], "source": "synthetic-overthinking",
                      "messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": text}]})
     return rows
 
 
-def file_rows(path: str, question_field: str, response_field: str, prompt_fn) -> list[dict[str, Any]]:
+def file_rows(path: str | None, question_field: str, response_field: str, prompt_fn) -> list[dict[str, Any]]:
     """Long-CoT rows from a JSONL or Parquet file (question + teacher response)."""
+    if not path:
+        raise ValueError("data.distill.path: source 'file' needs a long-CoT JSONL/Parquet (question and response "
+                         "fields); set data.distill.path, or data.distill.source: synthetic")
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"data.distill.path: {p} does not exist")
+        raise FileNotFoundError(f"data.distill.path: {p} does not exist; set data.distill.path to a long-CoT "
+                                "JSONL/Parquet file, or data.distill.source: synthetic")
     df = pl.read_parquet(p) if p.suffix == ".parquet" else pl.read_ndjson(p)
     missing = [f for f in (question_field, response_field) if f not in df.columns]
     if missing:

@@ -18,14 +18,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from widen_dag.domains import arithmetic
+from widen_dag import domains
+from widen_dag.domains import arithmetic, synthetic
 from widen_dag.domains.base import Problem
 from widen_dag.evaluate import sample_and_score, summarize
 from widen_dag.llm import backend_from_profile
 from widen_dag.reporting.markdown import md
 from widen_dag.reporting.plots import line_plot_png, markdown_image
 from widen_dag.storage.artifacts import BOOTSTRAP_ASSETS, bootstrap_dir, bootstrap_parts
-from widen_dag.train import bootstrap
+from widen_dag.train import bootstrap, instruct
 from widen_dag.train.sft import train_sft
 from widen_dag.train.trainer import resolve_device
 from widen_dag.workers.common import Worker, open_worker
@@ -135,6 +136,108 @@ def evaluate_saved(worker: Worker, path: Path, problems: list[Problem], max_toke
     }
 
 
+# ---- instruct-shaped stand-ins (tiny_instruct) -------------------------------------------------
+def _instruct_problems(cfg, seed: int, exclude: set[str]) -> tuple[list[dict], list[dict]]:
+    """Fresh GSM8K-format and PlanBench-format rows for training, none of them a staged problem."""
+    math_rows = [r for r in synthetic.gsm8k_rows(cfg.train_problems + len(exclude), seed, cfg.steps, cfg.max_operand, cfg.ops)
+                 if r["question"] not in exclude][: cfg.train_problems]
+    bw_rows = []
+    if cfg.blocksworld_problems:
+        pool = synthetic.planbench_instances(cfg.blocksworld_problems * 2 + len(exclude), seed)
+        bw_rows = [r for r in pool if instruct._statement(r["query"]) not in exclude][: cfg.blocksworld_problems]
+    return math_rows, bw_rows
+
+
+def _instruct_heldout(cfg, seed: int, exclude: set[str]) -> list[Problem]:
+    math_rows, bw_rows = _instruct_problems(cfg.model_copy(update={"train_problems": cfg.eval_problems,
+                                                                   "blocksworld_problems": cfg.eval_problems // 2 if cfg.blocksworld_problems else 0}),
+                                            seed + EVAL_SEED_OFFSET, exclude)
+    out = [Problem(f"heldout-m{i}", "math", r["question"], r["answer"].split("####")[-1].strip()) for i, r in enumerate(math_rows)]
+    out += [Problem(f"heldout-b{i}", "blocksworld", instruct._statement(r["query"]), r["ground_truth_plan"])
+            for i, r in enumerate(bw_rows)]
+    return out
+
+
+def _train_instruct_model(worker: Worker, which: str, out: Path, tokenizer, pairs: list[tuple[str, str]], steps: int,
+                          seed: int, scratch: str):
+    cfg = worker.profile.models.bootstrap
+    rows = [{"prompt": tokenizer.apply_chat_template([{"role": "user", "content": u}], add_generation_prompt=True,
+                                                     tokenize=False), "completion": a} for u, a in pairs]
+    model = bootstrap.new_model(tokenizer, cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.num_heads,
+                                cfg.max_position_embeddings, seed)
+    device = resolve_device(worker.profile.train.device)
+    worker.log(f"{which}: {bootstrap.n_parameters(model):,} parameters, {steps} steps x {cfg.batch_size} on {device}")
+    stats = train_sft(model, tokenizer, rows, output_dir=scratch, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
+                      max_length=cfg.max_position_embeddings, max_steps=steps, scheduler="linear", warmup_ratio=0.03,
+                      device=device, seed=seed, log_every=max(1, steps // 10), on_log=worker.log)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    (out / "widen_dag_model.json").write_text(json.dumps({"role": which, "source": "bootstrap", "style": "instruct",
+                                                         "seed": seed, "steps": steps}))
+    return stats
+
+
+def build_instruct(worker: Worker, which: str) -> dict:
+    """tiny_instruct's models: a ChatML policy (and with ``models.critic: {source: bootstrap}`` a
+    Llama-3-style critic of its own), or the ChatML student, trained on free-form text."""
+    import torch
+    from transformers import AutoTokenizer
+
+    profile = worker.profile
+    cfg = profile.models.bootstrap
+    seed = profile.seed + (0 if which == "policy" else 1)
+    exclude = set(_excluded_questions(worker))
+    math_rows, bw_rows = _instruct_problems(cfg, seed, exclude)
+    rng = random.Random(seed)
+    pairs = instruct.training_pairs(math_rows, bw_rows, rng, cfg.error_rate if which == "policy" else cfg.error_rate / 2,
+                                    domains.get_domain("math").task_prompt, domains.get_domain("blocksworld").task_prompt)
+    torch.manual_seed(seed)
+    extra: dict = {}
+    with worker.lake.staged_dir(*bootstrap_parts(which)) as out, tempfile.TemporaryDirectory() as scratch:
+        if which == "policy":
+            corpus = [u + "\n" + a for u, a in pairs]
+            tokenizer = instruct.train_tokenizer(corpus, cfg.vocab_size, out, "chatml")
+        else:
+            policy_dir = bootstrap_dir(worker.lake, "policy")
+            if not (policy_dir / "tokenizer.json").is_file():
+                raise RuntimeError(f"student_base needs policy_model's tokenizer at {policy_dir}: materialize policy_model first")
+            tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+            tokenizer.save_pretrained(out)
+        steps = cfg.policy_steps if which == "policy" else cfg.student_steps
+        stats = _train_instruct_model(worker, which, out, tokenizer, pairs, steps, seed, scratch)
+        heldout = _instruct_heldout(cfg, profile.seed, exclude)
+        metrics = evaluate_saved(worker, out, heldout, cfg.eval_max_tokens)
+    if which == "policy" and profile.models.critic is not None and profile.models.critic.source == "bootstrap":
+        # The critic: another model with another chat template, trained on other samples.
+        critic_seed = profile.seed + 2
+        crng = random.Random(critic_seed)
+        cpairs = instruct.training_pairs(math_rows, bw_rows, crng, cfg.error_rate / 2,
+                                         domains.get_domain("math").task_prompt, domains.get_domain("blocksworld").task_prompt)
+        with worker.lake.staged_dir(*bootstrap_parts("critic")) as out, tempfile.TemporaryDirectory() as scratch:
+            ctok = instruct.train_tokenizer([u + "\n" + a for u, a in cpairs], cfg.vocab_size, out, "llama3")
+            cstats = _train_instruct_model(worker, "critic", out, ctok, cpairs, cfg.critic_steps, critic_seed, scratch)
+            cmetrics = evaluate_saved(worker, out, heldout, cfg.eval_max_tokens)
+        extra = {"critic_path": str(bootstrap_dir(worker.lake, "critic")), "critic_train_steps": cfg.critic_steps,
+                 "critic_final_loss": cstats.final_loss, "critic_chat_template": "llama3 (<|eot_id|>)",
+                 "critic_heldout_accuracy": cmetrics["heldout_accuracy"],
+                 "critic_heldout_no_answer_rate": cmetrics["heldout_no_answer_rate"]}
+    loss_png = line_plot_png({"train loss": [(float(s), v) for s, v in stats.losses]}, f"{which} SFT", "step", "loss")
+    return {
+        "path": str(bootstrap_dir(worker.lake, which)),
+        "source": "bootstrap",
+        "style": "instruct",
+        "chat_template": "chatml (<|im_end|>)",
+        "parameters": bootstrap.n_parameters_from_config(bootstrap_dir(worker.lake, which)),
+        "train_steps": steps,
+        "train_examples": stats.examples,
+        "train_seconds": round(stats.seconds, 1),
+        "final_loss": stats.final_loss,
+        "loss_curve": md(markdown_image(loss_png, f"{which} loss")),
+        **metrics,
+        **extra,
+    }
+
+
 def record_named(worker: Worker, which: str) -> dict:
     ref = worker.profile.models.policy if which == "policy" else worker.profile.models.student
     return {"source": ref.source, "model": ref.name, "revision": ref.revision or "(default branch)",
@@ -147,7 +250,12 @@ def main() -> None:
         raise SystemExit(f"usage: python -m widen_dag.workers.models {{{'|'.join(BOOTSTRAP_ASSETS)}}}")
     with open_worker() as worker:
         ref = worker.profile.models.policy if which == "policy" else worker.profile.models.student
-        metadata = build_tiny(worker, which) if ref.source == "bootstrap" else record_named(worker, which)
+        if ref.source != "bootstrap":
+            metadata = record_named(worker, which)
+        elif worker.profile.models.bootstrap.style == "instruct":
+            metadata = build_instruct(worker, which)
+        else:
+            metadata = build_tiny(worker, which)
         version = json.dumps({k: metadata.get(k) for k in ("path", "model", "revision", "train_steps", "final_loss")}, default=str)
         worker.pipes.report_asset_materialization(metadata=metadata, data_version=bootstrap.short_hash(version))
 

@@ -18,7 +18,8 @@ import polars as pl
 
 from widen_dag.domains.base import Problem
 from widen_dag.llm import backend_from_profile
-from widen_dag.reporting.markdown import markdown_table, md
+from widen_dag.reporting.markdown import json_value, markdown_table, md
+from widen_dag.search.format_stats import format_stats, overall_ends
 from widen_dag.search.lockstep import LockstepSearch, SearchStats, tree_id_for
 from widen_dag.search.mcts import SearchContext
 from widen_dag.search.store import TreeStore, config_hash
@@ -49,19 +50,28 @@ def search_shards(worker: Worker, shards: list[str]) -> dict:
     check_memory(profile, "search")
     policy_model = resolve_model(profile, worker.lake, "policy")
     policy_path = policy_model.name_or_path
-    backends = {"policy": backend_from_profile(gen, policy_model, seed=seed)}
+    # Each engine gets its own model's memory share, so policy and critic fit one device together.
+    backends = {"policy": backend_from_profile(gen, policy_model, seed=seed, memory=profile.models.policy)}
     critic_path = None
-    if profile.models.critic is not None:
-        critic_model = resolve_model(profile, worker.lake, "critic")
-        critic_path = critic_model.name_or_path
-        backends["critic"] = backend_from_profile(gen, critic_model, seed=seed)
+    try:
+        if profile.models.critic is not None:
+            critic_model = resolve_model(profile, worker.lake, "critic")
+            critic_path = critic_model.name_or_path
+            backends["critic"] = backend_from_profile(gen, critic_model, seed=seed, memory=profile.models.critic)
+    except BaseException:
+        backends["policy"].close()
+        raise
     policy = backends["policy"]
+    critic = backends.get("critic")
     ctx = SearchContext(cfg=cfg, chat_prompt=policy.chat_prompt, count_tokens=policy.count_tokens,
                         temperature=gen.temperature, top_p=gen.top_p, max_tokens_per_node=gen.max_tokens_per_node,
-                        has_critic="critic" in backends, seed=seed)
+                        has_critic=critic is not None, seed=seed,
+                        critic_chat_prompt=critic.chat_prompt if critic else None,
+                        critic_count_tokens=critic.count_tokens if critic else None)
     key = config_hash(cfg.model_dump(), gen.temperature, gen.top_p, gen.max_tokens_per_node, gen.backend, seed,
                       model_fingerprint(policy_path), critic_path and model_fingerprint(critic_path))
     per_shard = []
+    all_nodes = []
     totals = SearchStats()
     sample_tree = None
     try:
@@ -83,6 +93,7 @@ def search_shards(worker: Worker, shards: list[str]) -> dict:
             stats = LockstepSearch(backends, ctx, on_progress=progress).run(todo, store.save)
             nodes, trees = store.load()
             written = store.publish(nodes)
+            all_nodes.append(nodes.select("node_type", "model", "no_answer", "ended_by", "samples"))
             per_shard.append({"shard": shard, "problems": len(problems), "reused": reused, "path": written.uri,
                               "sha256": written.sha256, "trees": trees})
             for name in ("trees", "nodes", "rollouts", "batches", "sequences"):
@@ -93,6 +104,7 @@ def search_shards(worker: Worker, shards: list[str]) -> dict:
                 pick = (solved if solved.height else trees).row(solved.height // 2 if solved.height else 0, named=True)
                 sample_tree = nodes.filter(pl.col("tree_id") == pick["tree_id"])
         engine = policy.stats
+        critic_stats = critic.stats.as_dict() if critic else None
     finally:
         for b in backends.values():
             b.close()
@@ -103,8 +115,21 @@ def search_shards(worker: Worker, shards: list[str]) -> dict:
     per_tree_md = markdown_table(["tree", "rollouts", "correct", "outcome", "nodes"],
                                  [(r["tree_id"][:24], r["rollouts"], r["correct"], r["outcome"], r["nodes"])
                                   for r in per_tree.iter_rows(named=True)])
+    node_table = pl.concat(all_nodes) if all_nodes else pl.DataFrame(
+        schema={"node_type": pl.String, "model": pl.String, "no_answer": pl.Boolean, "ended_by": pl.String,
+                "samples": pl.Int32})
+    fmt = format_stats(node_table)
+    ends = overall_ends(node_table)
+    format_md = markdown_table(
+        ["node type", "nodes", "samples", "no-answer", "tag", "stop string", "EOS", "foreign tag", "token limit"],
+        [(r["node_type"], r["nodes"], r["samples"], f"{r['no_answer_rate']:.3f}", f"{r['tag']:.3f}", f"{r['stop_string']:.3f}",
+          f"{r['eos']:.3f}", f"{r['foreign_tag']:.3f}", f"{r['length']:.3f}") for r in fmt])
     metadata = {
         "shards": ", ".join(shards),
+        # Does the model follow the node format? Per node type and overall.
+        "format_by_node_type": md(format_md),
+        "no_answer_rate_by_node_type": json_value({r["node_type"]: r["no_answer_rate"] for r in fmt}),
+        **ends,
         "path": per_shard[-1]["path"] if per_shard else "",
         "trees": all_trees.height,
         "dagster/row_count": int(all_trees["nodes"].sum()) if all_trees.height else 0,
@@ -123,6 +148,10 @@ def search_shards(worker: Worker, shards: list[str]) -> dict:
         "sample_tree": md(render_markdown(sample_tree.to_dicts()) if sample_tree is not None else "(no trees)"),
         "resume_key": key,
     }
+    if critic_stats is not None:
+        # The critic's own engine: how many requests it served (double checks, reflections).
+        metadata["critic_engine"] = json_value({k: critic_stats[k] for k in ("requests", "generated_tokens", "calls")})
+        metadata["critic_nodes"] = int(node_table.filter(pl.col("model") == "critic").height)
     version = "+".join(s["sha256"][:16] for s in per_shard)
     return {"metadata": metadata, "data_version": version}
 

@@ -25,9 +25,10 @@ def distill_dataset(context: dg.AssetExecutionContext, pipeline: PipelineResourc
     if cfg.source == "synthetic":
         rows = distill.synthetic_rows(lake.read_table("stg_problems"), cfg.reflections, cfg.seed)
     else:
-        if not cfg.path:
-            raise dg.Failure("data.distill.path: a file source needs a path")
-        rows = distill.file_rows(cfg.path, cfg.question_field, cfg.response_field, get_domain("math").task_prompt)
+        try:
+            rows = distill.file_rows(cfg.path, cfg.question_field, cfg.response_field, get_domain(cfg.domain).task_prompt)
+        except (ValueError, OSError) as err:
+            raise dg.Failure(str(err)) from None
     df = pl.DataFrame(rows)
     written = lake.write_table("distill_dataset", df)
     chars = df["messages"].list.get(1).struct.field("content").str.len_chars()
