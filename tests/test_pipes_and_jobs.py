@@ -61,8 +61,10 @@ def test_run_seed_is_run_config_that_reseeds_search_training_and_evaluation_only
     assert (seeded.search.seed, seeded.train.seed, seeded.eval.seed, seeded.data.distill.seed) == (3, 3, 3, 3)
     # the same problems, split and base models in every seed: the comparisons stay paired
     assert (seeded.seed, seeded.problems, seeded.datasets, seeded.models) == (base.seed, base.problems, base.datasets, base.models)
-    assert pipeline.worker_extras()["seed"] == 3
-    assert "seed" not in PipelineResource(profile="tiny").worker_extras()  # no seed: the profile's own
+    # the worker gets the seeded profile itself
+    assert profile_from_json(pipeline.worker_extras(pipeline.load_profile())["profile_json"]) == seeded
+    plain = PipelineResource(profile="tiny")
+    assert profile_from_json(plain.worker_extras(plain.load_profile())["profile_json"]) == base  # no seed: the profile's own
 
 
 def test_problem_assets_write_the_lake_and_report_counts(tmp_path):

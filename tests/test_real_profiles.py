@@ -113,6 +113,7 @@ def test_policy_and_critic_engines_must_fit_one_gpu_together():
     assert base["models"]["policy"]["gpu_memory_utilization"] + base["models"]["critic"]["gpu_memory_utilization"] <= 0.95
     base["models"]["policy"].pop("gpu_memory_utilization")
     base["models"]["critic"].pop("gpu_memory_utilization")
+    base["generation"]["gpu_memory_utilization"] = 0.85  # both engines would take the profile-wide share
     with pytest.raises(ValueError, match="models.critic.gpu_memory_utilization"):
         Profile.model_validate(base)
 

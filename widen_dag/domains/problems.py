@@ -168,10 +168,11 @@ def _hub_rows(source: Any) -> list[dict[str, Any]]:
         raise ProblemSourceError(f"hub dataset {source.name!r} (config {source.config!r}, split {source.split!r}): "
                                  f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} "
                                  "(offline: download it and use source kind: file)") from None
-    missing = [c for c in source.where if c not in ds.column_names]
+    columns = list(getattr(ds, "column_names", None) or (ds[0] if len(ds) else []))
+    missing = [c for c in source.where if c not in columns]
     if missing:
         raise ProblemSourceError(f"hub dataset {source.name!r}: no column(s) {', '.join(missing)} "
-                                 f"(columns: {', '.join(ds.column_names)})")
+                                 f"(columns: {', '.join(columns)})")
     return [dict(r) for r in ds if all(str(r.get(k)) == v for k, v in source.where.items())]
 
 
