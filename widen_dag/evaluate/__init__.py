@@ -9,6 +9,8 @@ import re
 import statistics
 from typing import Any
 
+import polars as pl
+
 from widen_dag.domains import get_domain
 from widen_dag.domains.base import Problem
 from widen_dag.llm.base import Backend, GenerationRequest
@@ -64,3 +66,17 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
         "test_at_n": sum(by_problem.values()) / len(by_problem),
         "samples_per_problem": len(rows) / len(by_problem),
     }
+
+
+def eval_problem_sets(staged: pl.DataFrame, limit: int | None = None) -> dict[str, list[Problem]]:
+    """The eval-split problems of ``stg_problems`` by source (eval set), in problem-id order,
+    at most ``limit`` per set."""
+    staged = staged.filter(pl.col("split") == "eval").sort("problem_id")
+    out: dict[str, list[Problem]] = {}
+    for (source,), group in staged.group_by("source", maintain_order=True):
+        rows = group.head(limit) if limit else group
+        out[source] = [Problem(r["problem_id"], r["domain"], r["question"], r["gold"]) for r in rows.iter_rows(named=True)]
+    if not out:
+        raise ValueError("no eval-split problems in stg_problems: raise problems.eval_fraction or add an eval dataset")
+    return out
+

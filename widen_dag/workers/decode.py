@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from widen_dag.domains.base import Problem
-from widen_dag.evaluate import sample_and_score
+from widen_dag.evaluate import eval_problem_sets, sample_and_score
 from widen_dag.evaluate.table7 import DECODE_SCHEMA, markdown_table7, summarize_decode
 from widen_dag.llm import backend_from_profile
 from widen_dag.reporting.markdown import md
@@ -30,15 +30,7 @@ from widen_dag.workers.common import Worker, open_worker
 
 def decode_problems(worker: Worker) -> dict[str, list[Problem]]:
     cfg = worker.profile.eval
-    limit = cfg.mcts_decode.max_problems or cfg.max_problems
-    staged = worker.lake.read_table("stg_problems").filter(pl.col("split") == "eval").sort("problem_id")
-    out: dict[str, list[Problem]] = {}
-    for (source,), group in staged.group_by("source", maintain_order=True):
-        rows = group.head(limit) if limit else group
-        out[source] = [Problem(r["problem_id"], r["domain"], r["question"], r["gold"]) for r in rows.iter_rows(named=True)]
-    if not out:
-        raise ValueError("no eval-split problems in stg_problems: raise problems.eval_fraction or add an eval dataset")
-    return out
+    return eval_problem_sets(worker.lake.read_table("stg_problems"), cfg.mcts_decode.max_problems or cfg.max_problems)
 
 
 def decode_all(worker: Worker) -> dict:

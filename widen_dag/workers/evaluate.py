@@ -17,7 +17,7 @@ import time
 import polars as pl
 
 from widen_dag.domains.base import Problem
-from widen_dag.evaluate import sample_and_score, summarize
+from widen_dag.evaluate import eval_problem_sets, sample_and_score, summarize
 from widen_dag.llm import backend_from_profile
 from widen_dag.reporting.markdown import markdown_table, md
 from widen_dag.storage.artifacts import ablation_models, local_model
@@ -31,15 +31,7 @@ EVAL_SCHEMA = {
 
 
 def eval_problems(worker: Worker) -> dict[str, list[Problem]]:
-    staged = worker.lake.read_table("stg_problems").filter(pl.col("split") == "eval").sort("problem_id")
-    limit = worker.profile.eval.max_problems
-    out: dict[str, list[Problem]] = {}
-    for (source,), group in staged.group_by("source", maintain_order=True):
-        rows = group.head(limit) if limit else group
-        out[source] = [Problem(r["problem_id"], r["domain"], r["question"], r["gold"]) for r in rows.iter_rows(named=True)]
-    if not out:
-        raise ValueError("no eval-split problems in stg_problems: raise problems.eval_fraction or add an eval dataset")
-    return out
+    return eval_problem_sets(worker.lake.read_table("stg_problems"), worker.profile.eval.max_problems)
 
 
 def evaluate_all(worker: Worker) -> dict:
