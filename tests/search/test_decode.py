@@ -7,7 +7,7 @@ from tests.search.fake_backend import FakeBackend
 from widen_dag.domains.base import Problem
 from widen_dag.evaluate.table7 import DECODE_SCHEMA, markdown_table7, summarize_decode
 from widen_dag.profiles import SearchConfig
-from widen_dag.search.decode import decode_config, mcts_decode, pass_at_k
+from widen_dag.search.decode import decode_config, mcts_decode
 from widen_dag.search.mcts import SearchContext
 from widen_dag.search.store import TreeStore
 from widen_dag.storage.lake import Lake
@@ -54,15 +54,6 @@ def test_a_rerun_reuses_the_checkpointed_trees_and_gives_the_same_rows(tmp_path)
     assert reused == 8 and backend.stats.calls == calls
     assert again == first
 
-
-def test_pass_at_k_is_the_unbiased_estimate():
-    assert pass_at_k(8, 0, 1) == 0.0
-    assert pass_at_k(8, 8, 1) == 1.0
-    assert pass_at_k(8, 2, 1) == pytest.approx(2 / 8)
-    assert pass_at_k(4, 1, 2) == pytest.approx(1 - 3 / 6)  # 1 - C(3,2)/C(4,2)
-    assert pass_at_k(4, 3, 2) == 1.0
-    with pytest.raises(ValueError):
-        pass_at_k(2, 1, 4)
 
 
 def test_table7_puts_mcts_decode_beside_sampling_at_equal_k():

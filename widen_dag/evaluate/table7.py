@@ -10,7 +10,7 @@ from __future__ import annotations
 import polars as pl
 
 from widen_dag.evaluate.report import TABLE_ROWS
-from widen_dag.search.decode import pass_at_k
+from widen_dag.evaluate.stats import pass_at_k
 
 DECODE_SCHEMA = {
     "variant": pl.String,

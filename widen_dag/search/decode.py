@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from math import comb
 
 from widen_dag.domains.base import Problem
 from widen_dag.llm.base import Backend
@@ -58,12 +57,3 @@ def mcts_decode(
         t = by_problem[p.problem_id]
         rows.append(DecodeRow(p.problem_id, t["rollouts"], t["correct"] > 0, t["nodes"]))
     return rows, len(problems) - len(todo)
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased chance that k of n samples (c correct) hold a correct one (Chen et al. 2021)."""
-    if k > n:
-        raise ValueError(f"Test@{k} needs at least {k} samples, got {n}")
-    if n - c < k:
-        return 1.0
-    return 1.0 - comb(n - c, k) / comb(n, k)
