@@ -114,16 +114,20 @@ def trace_command(args: argparse.Namespace) -> int:
     import json
 
     from widen_dag.lineage.trace import TraceError, render, trace_checkpoint, trace_pair
-    from widen_dag.storage.lake import Lake, default_lake_root
+    from widen_dag.storage.lake import Lake, LakeError, default_lake_root
 
     lake = Lake(args.lake or default_lake_root())
     try:
         report = trace_pair(lake, args.target, args.pair) if args.pair else trace_checkpoint(lake, args.target)
-    except TraceError as err:
+    except (TraceError, LakeError) as err:
         print(f"widen-dag trace: {err}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=2, default=str) if args.json else render(report))
-    return 0
+    # A partial lake: what could be read is printed, what is missing is said last, and the exit
+    # status tells scripts the trace is incomplete.
+    for line in report.get("missing", []):
+        print(f"widen-dag trace: incomplete: {line}", file=sys.stderr)
+    return 3 if report.get("missing") else 0
 
 
 def main(argv: list[str] | None = None) -> int:

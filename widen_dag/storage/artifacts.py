@@ -106,11 +106,42 @@ def ablation_models(profile: Profile, lake: Lake) -> list[tuple[str, ModelLocati
         (row, checkpoint_location(profile, lake, name)) for row, name in rows]
 
 
+# Paths inside the lake are stored relative to it, so a copied or moved lake (or one synced
+# from object storage) points at its own models, never back at the original location.
+LAKE_PLACEHOLDER = "{lake}"
+
+
+def _lake_root_of(folder: Path) -> Path:
+    """A checkpoint folder (or its staging sibling) is ``<root>/checkpoints/<name>``."""
+    return folder.resolve().parent.parent
+
+
+def _map_strings(value: Any, fn) -> Any:
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: _map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_map_strings(v, fn) for v in value]
+    return value
+
+
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+    root = str(_lake_root_of(folder))
+
+    def rel(s: str) -> str:
+        return LAKE_PLACEHOLDER + s[len(root):] if s == root or s.startswith(root + "/") else s
+
+    plain = json.loads(json.dumps(manifest, default=str))
+    (folder / MANIFEST).write_text(json.dumps(_map_strings(plain, rel), indent=2))
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
-    """A checkpoint's manifest, or None where there is no published checkpoint."""
+    """A checkpoint's manifest, or None where there is no published checkpoint; lake-relative
+    paths come back absolute for the lake the folder is in now."""
     path = folder / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    root = str(_lake_root_of(folder))
+    return _map_strings(json.loads(path.read_text()),
+                        lambda s: root + s[len(LAKE_PLACEHOLDER):] if s.startswith(LAKE_PLACEHOLDER) else s)
