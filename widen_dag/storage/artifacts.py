@@ -9,10 +9,12 @@ every place a model loads.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from widen_dag.launch.failures import Unrecoverable
 from widen_dag.profiles import Profile
 from widen_dag.storage.lake import Lake
 
@@ -75,6 +77,44 @@ def resolve_model(profile: Profile, lake: Lake, role: Role, *, require: bool = T
         return ModelLocation(str(path), source="bootstrap")
     assert ref.name is not None  # ModelRef validates it for hub and path
     return ModelLocation(ref.name, ref.revision, ref.trust_remote_code, ref.source)
+
+
+def check_model_available(model: ModelLocation, field: str) -> None:
+    """Raise ``Unrecoverable`` (cause and fix) unless the model can be loaded from here: a local
+    folder with a config.json, or a hub id that the hub (or, offline, the local cache) has. Run
+    when a model asset materializes, so a typo or a missing network fails there, not in search."""
+    if model.source != "hub":
+        path = Path(model.name_or_path)
+        if not (path / "config.json").is_file():
+            what = "does not exist" if not path.exists() else "has no config.json (not an HF model folder)"
+            raise Unrecoverable(f"{field}: model folder {path} {what}",
+                                f"point {field}.name at a saved HF model folder, or use source: hub with a model id")
+        return
+    import huggingface_hub
+    from huggingface_hub import errors as hf_errors
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes")
+    if offline:
+        cached = huggingface_hub.try_to_load_from_cache(model.name_or_path, "config.json", revision=model.revision)
+        if not isinstance(cached, str):
+            raise Unrecoverable(f"{field}: {model.describe()} is not in the local HF cache and HF_HUB_OFFLINE=1",
+                                f"run `hf download {model.name_or_path}` where the hub is reachable, "
+                                "or use source: path with a local folder")
+        return
+    try:
+        huggingface_hub.model_info(model.name_or_path, revision=model.revision, timeout=15)
+    except (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError, hf_errors.GatedRepoError) as err:
+        raise Unrecoverable(f"{field}: the HF hub has no model {model.describe()} (or it is gated): "
+                            f"{str(err).splitlines()[0][:160]}",
+                            f"check {field}.name and revision; for a gated or private model set HF_TOKEN") from err
+    except Exception as err:  # connection refused, DNS, proxy, timeout: the hub is not reachable
+        cached = huggingface_hub.try_to_load_from_cache(model.name_or_path, "config.json", revision=model.revision)
+        if isinstance(cached, str):
+            return  # loaders fall back to the cache
+        raise Unrecoverable(f"{field}: the HF hub is unreachable ({type(err).__name__}) and {model.describe()} "
+                            "is not in the local cache",
+                            "download it where the hub is reachable and set HF_HUB_OFFLINE=1, "
+                            "or use source: path with a local folder") from err
 
 
 def checkpoint_location(profile: Profile, lake: Lake, name: str, *, require: bool = True) -> ModelLocation:
