@@ -70,13 +70,34 @@ def print_ablation_table() -> None:
         print(f"\nParquet: {lake.table_uri('ablation_report')}")
 
 
+FAILED_STEPS: list[str] = []  # every failed step of this command's runs, printed last
+
+
+def failed_steps(instance, run_id: str) -> list[str]:
+    """One line per failed step of a run: the step and its cause (a dg.Failure's description,
+    which for an unrecoverable failure ends with the fix), else the error's last line."""
+    import dagster as dg
+
+    lines = []
+    for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
+        event = record.dagster_event
+        data = event.step_failure_data
+        cause = data.user_failure_data.description if data.user_failure_data and data.user_failure_data.description \
+            else (data.error.message.strip().splitlines() or ["(no message)"])[-1] if data.error else "(no message)"
+        lines.append(f"{event.step_key}: {cause.strip()}")
+    return lines
+
+
 def _execute(target, tags: dict[str, str], label: str) -> tuple[bool, str]:
     import dagster as dg
 
     start = time.perf_counter()
-    with dg.execute_job(dg.reconstructable(target), instance=dg.DagsterInstance.get(), tags=tags) as result:
+    instance = dg.DagsterInstance.get()
+    with dg.execute_job(dg.reconstructable(target), instance=instance, tags=tags) as result:
         ok, run_id = result.success, result.run_id
     print(f"\n{label}: {'SUCCESS' if ok else 'FAILURE'} in {time.perf_counter() - start:.0f}s (run {run_id})")
+    if not ok:
+        FAILED_STEPS.extend(f"[{label}] {line}" for line in failed_steps(instance, run_id))
     return ok, run_id
 
 
@@ -107,6 +128,11 @@ def run_job(name: str) -> bool:
     print(f"Runs are stored in {home}. Open the UI with:\n"
           f"  DAGSTER_HOME={home} .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000\n"
           f"then http://127.0.0.1:3000/runs (runs) and http://127.0.0.1:3000/assets/ablation_report (the table)")
+    if FAILED_STEPS:
+        # The cause belongs at the end, not hundreds of log lines above the FAILURE line.
+        print(f"\n{name}: FAILURE; {len(FAILED_STEPS)} step(s) failed:", file=sys.stderr)
+        for line in FAILED_STEPS:
+            print(f"  {line}", file=sys.stderr)
     return ok
 
 
