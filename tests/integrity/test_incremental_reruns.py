@@ -56,7 +56,7 @@ def test_a_fresh_dagster_home_on_the_same_lake_still_reuses(tmp_path):
 
 def test_tree_resume_key_follows_the_policy_content_not_its_file_times(tiny_checkpoint, tmp_path):
     copy = tmp_path / "copy"
-    shutil.copytree(tiny_checkpoint, copy)  # new mtimes, same bytes: every finished tree stays reusable
+    shutil.copytree(tiny_checkpoint, copy, copy_function=shutil.copyfile)  # new mtimes, same bytes: every finished tree stays reusable
     assert model_fingerprint(str(copy)) == model_fingerprint(str(tiny_checkpoint))
     weights = next(copy.glob("*.safetensors"))
     data = bytearray(weights.read_bytes())
