@@ -54,3 +54,17 @@ def test_hub_errors_are_classified_as_unrecoverable_and_ordinary_crashes_are_not
     wrapped.__cause__ = OSError("We couldn't connect to 'https://huggingface.co' to load the files (connection refused)")
     assert "HF_HUB_OFFLINE=1" in classify(wrapped)[1]
     assert classify(RuntimeError("worker killed by signal 9")) is None
+
+
+def test_a_hub_model_missing_from_the_offline_cache_is_refused_with_the_fix(tmp_path, monkeypatch):
+    from widen_dag.launch.failures import Unrecoverable
+    from widen_dag.storage.artifacts import ModelLocation, check_model_available
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    try:
+        check_model_available(ModelLocation("someone/no-such-model-21", source="hub"), "models.policy")
+    except Unrecoverable as err:
+        assert "not in the local HF cache" in err.cause and "hf download someone/no-such-model-21" in err.fix
+    else:
+        raise AssertionError("an uncached hub model passed the offline check")

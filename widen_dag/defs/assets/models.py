@@ -18,8 +18,11 @@ def _named(context: dg.AssetExecutionContext, pipeline: PipelineResource, client
     roles = [("policy", "models.policy")] + ([("critic", "models.critic")] if profile.models.critic else []) \
         if which == "policy" else [("student", "models.student")]
     for role, field in roles:
+        location = resolve_model(profile, lake, role, require=False)  # type: ignore[arg-type]
+        if location.source == "bootstrap":  # built by this asset's bootstrap path, not named
+            continue
         try:
-            check_model_available(resolve_model(profile, lake, role), field)  # type: ignore[arg-type]
+            check_model_available(location, field)
         except Unrecoverable as err:
             raise unrecoverable_failure(f"{which} model", err.cause, err.fix) from None
     return run_worker(context, pipeline, client, "models", which)
