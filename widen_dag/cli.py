@@ -78,6 +78,24 @@ def print_ablation_table() -> None:
         print("\nMCTS decode (the paper's Table 7 layout):\n" + table7.markdown_table7(table7.summarize_decode(lake.read_table("mcts_decode"), ks), ks))
 
 
+FAILED_STEPS: list[str] = []  # every failed step of this command's runs, printed last
+
+
+def failed_steps(instance, run_id: str) -> list[str]:
+    """One line per failed step of a run: the step and its cause (a dg.Failure's description,
+    which for an unrecoverable failure ends with the fix), else the error's last line."""
+    import dagster as dg
+
+    lines = []
+    for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
+        event = record.dagster_event
+        data = event.step_failure_data
+        cause = data.user_failure_data.description if data.user_failure_data and data.user_failure_data.description \
+            else (data.error.message.strip().splitlines() or ["(no message)"])[-1] if data.error else "(no message)"
+        lines.append(f"{event.step_key}: {cause.strip()}")
+    return lines
+
+
 SEED_TAG = "widen_dag/seed"
 
 
@@ -91,6 +109,7 @@ def _execute(target, tags: dict[str, str], label: str, seed: int | None = None,
     import dagster as dg
 
     start = time.perf_counter()
+    instance = dg.DagsterInstance.get()
     selection = None
     if skip:
         keys = target().asset_layer.executable_asset_keys
@@ -99,10 +118,12 @@ def _execute(target, tags: dict[str, str], label: str, seed: int | None = None,
     # each seed's runs show it in the UI and launch the same way from there.
     run_config = {"resources": {"pipeline": {"config": {"seed": seed}}}} if seed is not None else None
     tags = tags if seed is None else {**tags, SEED_TAG: str(seed)}
-    with dg.execute_job(dg.reconstructable(target), instance=dg.DagsterInstance.get(), tags=tags,
+    with dg.execute_job(dg.reconstructable(target), instance=instance, tags=tags,
                         run_config=run_config, asset_selection=selection) as result:
         ok, run_id = result.success, result.run_id
     print(f"\n{label}: {'SUCCESS' if ok else 'FAILURE'} in {time.perf_counter() - start:.0f}s (run {run_id})")
+    if not ok:
+        FAILED_STEPS.extend(f"[{label}] {line}" for line in failed_steps(instance, run_id))
     return ok, run_id
 
 
@@ -137,6 +158,11 @@ def run_job(name: str, seed: int | None = None, reuse_base_models: bool = False)
     print(f"Runs are stored in {home}. Open the UI with:\n"
           f"  DAGSTER_HOME={home} .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000\n"
           f"then http://127.0.0.1:3000/runs (runs) and http://127.0.0.1:3000/assets/ablation_report (the table)")
+    if FAILED_STEPS:
+        # The cause belongs at the end, not hundreds of log lines above the FAILURE line.
+        print(f"\n{name}: FAILURE; {len(FAILED_STEPS)} step(s) failed:", file=sys.stderr)
+        for line in FAILED_STEPS:
+            print(f"  {line}", file=sys.stderr)
     return ok
 
 
@@ -144,16 +170,20 @@ def trace_command(args: argparse.Namespace) -> int:
     import json
 
     from widen_dag.lineage.trace import TraceError, render, trace_checkpoint, trace_pair
-    from widen_dag.storage.lake import Lake, default_lake_root
+    from widen_dag.storage.lake import Lake, LakeError, default_lake_root
 
     lake = Lake(args.lake or default_lake_root())
     try:
         report = trace_pair(lake, args.target, args.pair) if args.pair else trace_checkpoint(lake, args.target)
-    except TraceError as err:
+    except (TraceError, LakeError) as err:
         print(f"widen-dag trace: {err}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=2, default=str) if args.json else render(report))
-    return 0
+    # A partial lake: what could be read is printed, what is missing is said last, and the exit
+    # status tells scripts the trace is incomplete.
+    for line in report.get("missing", []):
+        print(f"widen-dag trace: incomplete: {line}", file=sys.stderr)
+    return 3 if report.get("missing") else 0
 
 
 def profile_command(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from widen_dag.datasets.sql import SqlModelError, load_models
 from widen_dag.domains import blocksworld
 from widen_dag.domains import math as math_domain
 from widen_dag.domains.base import Verdict
-from widen_dag.domains.problems import ProblemSourceError, load_shard, stage_problems
+from widen_dag.domains.problems import ProblemSourceError, inbox_files, load_shard, stage_problems
 from widen_dag.llm.base import GenerationConfigError
 from widen_dag.llm.loading import resolve_model_path
 from widen_dag.profiles import DatasetConfig, FileSource, ProblemsConfig, ProfileError, load_profile, parse_profile
@@ -107,6 +107,28 @@ def _raises(fn: Callable[[Path], object]) -> Callable[[Path], Outcome]:
     return run
 
 
+def _corrupt_parquet(tmp: Path) -> object:
+    path = tmp / "problems.parquet"
+    path.write_bytes(b"PAR1 truncated")
+    return load_shard(DatasetConfig(name="bad", domain="math", source=FileSource(path=str(path))), 0, 0)
+
+
+def _json_array(tmp: Path) -> Outcome:
+    path = tmp / "problems.json"
+    path.write_text(json.dumps([GOOD, {"question": "What is 1 + 1?", "answer": 2}]))
+    ds = DatasetConfig(name="bad", domain="math", source=FileSource(path=str(path)))
+    staged, quarantine = stage_problems(load_shard(ds, 0, 0), ProblemsConfig(), {"bad": "train"})
+    return Outcome("quarantined" if quarantine.height else "handled", f"{staged.height} staged")
+
+
+def _inbox_name(name: str) -> Callable[[Path], Outcome]:
+    def run(tmp: Path) -> Outcome:
+        (tmp / name).write_text(json.dumps(GOOD) + "\n")
+        taken, refused = inbox_files(tmp)
+        return Outcome("rejected", "; ".join(refused)) if refused else Outcome("handled", str(taken))
+    return run
+
+
 def _pddl(tmp: Path) -> object:
     return blocksworld.parse_pddl_problem("(define (problem p) (:domain blocksworld) (:objects a b) "
                                           "(:init (levitating a) (handempty)) (:goal (and (on a b))))")
@@ -147,8 +169,8 @@ def _pickle_checkpoint(tmp: Path) -> object:
 
 CASES: list[Case] = [
     # problem files
-    _file_case("missing question field", "missing field(s): question", [_row(answer="5")]),
-    _file_case("missing answer field", "missing field(s): answer", [_row(question="What is 2 + 3?")]),
+    _file_case("missing question field", "missing field(s): question", [_row(answer="5"), _row(**GOOD)]),
+    _file_case("missing answer field", "missing field(s): answer", [_row(question="What is 2 + 3?"), _row(**GOOD)]),
     _file_case("extra fields are kept in meta", '"difficulty": "easy"', [_row(**GOOD, difficulty="easy", level=3)], expect="handled"),
     _file_case("question is a number", "must be a string, got int", [_row(question=42, answer="5")]),
     _file_case("question is a list", "must be a string, got list", [_row(question=["a", "b"], answer="5")]),
@@ -174,11 +196,23 @@ CASES: list[Case] = [
                [_row(question="Ann has 2 pens. How many?", answer="2.5")], domain="arithmetic"),
     Case("blocksworld gold with unknown action", "quarantined", "gold answer does not parse",
          lambda tmp: _stage(tmp, [_row(question=STATEMENT, answer="(teleport red blue)")], domain="blocksworld")),
-    Case("parquet without the answer column", "quarantined", "missing field(s): answer",
-         lambda tmp: _stage(tmp, parquet=pl.DataFrame({"question": ["What is 2 + 3?"]}))),
+    Case("parquet without the answer column", "rejected", "columns found: ['question']",
+         _raises(lambda tmp: _stage(tmp, parquet=pl.DataFrame({"question": ["What is 2 + 3?"]})))),
+    Case("parquet with other column names", "rejected", "no row has the fields ['question', 'answer']",
+         _raises(lambda tmp: _stage(tmp, parquet=pl.DataFrame({"problem": ["What is 2 + 3?"], "solution": ["5"]})))),
+    Case("corrupt parquet", "rejected", "problems.parquet: not a readable Parquet file", _raises(_corrupt_parquet)),
+    _file_case("UTF-8 BOM before the first row", "2 staged", [b"\xef\xbb\xbf" + _row(**GOOD), _row(question="What is 1 + 1?", answer="2")],
+               expect="handled"),
+    Case("JSON array file", "handled", "2 staged", _json_array),
+    _file_case("golds 7 and 7.0 for one question", "duplicate of",
+               [_row(question="What is 3 + 4?", answer="7"), _row(question="What is 3 + 4?", answer="7.0")]),
+    _file_case("conflicting golds for one question", "conflicting gold answers for one question: '7'",
+               [_row(question="What is 3 + 4?", answer="7"), _row(question="What is 3 + 4?", answer="8"), _row(**GOOD)]),
+    Case("inbox file name starting with '-'", "rejected", "starts with '-'", _inbox_name("-rf.jsonl")),
+    Case("inbox file name with '...'", "rejected", "holds '..'", _inbox_name("a...jsonl")),
     Case("problem file missing", "rejected", "does not exist",
          _raises(lambda tmp: load_shard(DatasetConfig(name="x", domain="math", source=FileSource(path=str(tmp / "nope.jsonl"))), 0, 0))),
-    Case("problem file of another format", "rejected", "expected .jsonl or .parquet", _raises(_csv_file)),
+    Case("problem file of another format", "rejected", "expected .jsonl, .json or .parquet", _raises(_csv_file)),
     # verifiers and model outputs
     Case("LaTeX bomb in a model answer", "handled", "correct=False", _math_verdict("\\boxed{" + "\\frac{1}{" * 5000 + "}" * 5000 + "}")),
     Case("power tower in a model answer", "handled", "correct=False", _math_verdict("\\boxed{9^{9^{9^{9^{9^{9}}}}}}")),

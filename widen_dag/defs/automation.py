@@ -29,7 +29,7 @@ def _fingerprint(stat) -> str:
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.STOPPED,
     description="Watches the profile's inbox folder (profile `inbox.path` or $WIDEN_DAG_INBOX): each new "
-    "JSONL/Parquet problem file becomes a `problem_shards` partition and one `inbox_search` run for exactly "
+    "problem file (.jsonl, .json array or .parquet, any case) becomes a `problem_shards` partition and one `inbox_search` run for exactly "
     "it; a file rewritten in place is searched again. Hidden files (a writer's name before its rename) wait.",
 )
 def problem_inbox(context: dg.SensorEvaluationContext, pipeline: PipelineResource) -> dg.SensorResult:
@@ -37,7 +37,7 @@ def problem_inbox(context: dg.SensorEvaluationContext, pipeline: PipelineResourc
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
     files, refused = inbox_files(folder)
     for reason in refused:
-        context.log.warning(f"inbox {folder}: {reason}; file skipped")
+        context.log.warning(f"inbox {folder}: {reason}")
     known = set(context.instance.get_dynamic_partitions(PROBLEM_SHARDS))
     new_keys, requests, cursor = [], [], dict(seen)
     for key, path in files:
@@ -50,7 +50,8 @@ def problem_inbox(context: dg.SensorEvaluationContext, pipeline: PipelineResourc
         requests.append(dg.RunRequest(run_key=f"{key}@{fingerprint}", partition_key=key,
                                       tags={"widen_dag/inbox_file": str(path)}))
     if not requests:
-        return dg.SensorResult(skip_reason=dg.SkipReason(f"no new problem files in {folder}"), cursor=json.dumps(cursor, sort_keys=True))
+        why = f"no new problem files in {folder}" + (f"; {len(refused)} refused: {'; '.join(refused[:3])}" if refused else "")
+        return dg.SensorResult(skip_reason=dg.SkipReason(why), cursor=json.dumps(cursor, sort_keys=True))
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[problem_shards_request(new_keys)] if new_keys else [],

@@ -4,14 +4,19 @@
 through dagster-k8s's PipesK8sClient, with the pod spec from widen_dag.launch.scaleout.
 """
 
+import os
+import tempfile
 import time
+from typing import Any
 
 import dagster as dg
 from dagster._core.errors import DagsterPipesExecutionError  # not re-exported at top level in 1.13
 
 from widen_dag.defs.resources import PipelineResource
 from widen_dag.launch import scaleout
+from widen_dag.launch.failures import FAILURE_FILE_EXTRA, read_failure
 from widen_dag.profiles import Profile
+from widen_dag.storage.reuse import ReuseRecord, config_hash, read_record, reuse_key, why_rebuild, write_record
 
 
 def run_worker(context: dg.AssetExecutionContext, pipeline: PipelineResource, client: dg.PipesSubprocessClient,
@@ -22,14 +27,20 @@ def run_worker(context: dg.AssetExecutionContext, pipeline: PipelineResource, cl
         return run_worker_pod(context, pipeline, profile, module, *args, num_processes=processes)
     timeout = profile.runtime.worker_timeout_s
     started = time.monotonic()
+    fd, failure_file = tempfile.mkstemp(prefix="widen-dag-failure-", suffix=".json")
+    os.close(fd)
+    os.unlink(failure_file)  # the worker creates it only for an unrecoverable failure
     try:
         return client.run(
             command=scaleout.worker_argv(module, *args, num_processes=processes, timeout_s=timeout,
                                          accelerate_flags=scaleout.accelerate_args(profile, module)),
             context=context,
-            extras=pipeline.worker_extras(profile),
+            extras={**pipeline.worker_extras(profile), FAILURE_FILE_EXTRA: failure_file},
         ).get_materialize_result()
     except DagsterPipesExecutionError as err:
+        found = read_failure(failure_file)
+        if found:
+            raise unrecoverable_failure(module, *found) from None
         # `timeout` only stops a worker once its time is up, so the clock alone recognises a hung
         # worker; the exit code in Dagster's message is a second sign, not the only one.
         if time.monotonic() - started >= timeout or f"code {scaleout.TIMEOUT_EXIT_CODE}" in str(err):
@@ -37,6 +48,16 @@ def run_worker(context: dg.AssetExecutionContext, pipeline: PipelineResource, cl
             raise dg.Failure(f"the {module} worker ran past runtime.worker_timeout_s={timeout}s and was stopped",
                              allow_retries=True) from err
         raise
+    finally:
+        if os.path.exists(failure_file):
+            os.unlink(failure_file)
+
+
+def unrecoverable_failure(stage: str, cause: str, fix: str) -> dg.Failure:
+    """A failure no retry can fix: one line with the cause and the fix, in the run's failure
+    metadata too, and no retries (the asset's RetryPolicy honours allow_retries=False)."""
+    return dg.Failure(f"{stage}: {cause}. Fix: {fix}", allow_retries=False,
+                      metadata={"cause": cause, "fix": fix, "retryable": False})
 
 
 def run_worker_pod(context: dg.AssetExecutionContext, pipeline: PipelineResource, profile: Profile, module: str, *args: str,
@@ -56,3 +77,59 @@ def run_worker_pod(context: dg.AssetExecutionContext, pipeline: PipelineResource
         env=scaleout.pod_env(profile),
         extras=pipeline.worker_extras(profile, cfg.lake_root),
     ).get_materialize_result()
+
+
+def _plain_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Metadata as JSON for the reuse record: numbers, text, Markdown and JSON values."""
+    out: dict[str, Any] = {}
+    for k, v in metadata.items():
+        value = getattr(v, "value", v)
+        if isinstance(v, dg.MarkdownMetadataValue):
+            out[k] = {"md": value}
+        elif isinstance(v, dg.JsonMetadataValue):
+            out[k] = {"json": value}
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            out[k] = {"v": value}
+    return out
+
+
+def _restored_metadata(plain: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in plain.items():
+        if "md" in v:
+            out[k] = dg.MetadataValue.md(v["md"] or "")
+        elif "json" in v:
+            out[k] = dg.MetadataValue.json(v["json"])
+        elif v.get("v") is not None:
+            out[k] = v["v"]
+    return out
+
+
+def run_or_reuse(context: dg.AssetExecutionContext, pipeline: PipelineResource, client: dg.PipesSubprocessClient,
+                 module: str, *args: str, inputs: dict[str, Any], config: Any, artifact_present: bool) -> dg.MaterializeResult:
+    """``run_worker``, unless the lake already holds this stage's artifact built from the same
+    inputs (content hashes and upstream data versions), configuration and code version: then the
+    worker is not started and the recorded data version is reported again, so downstream stages
+    see nothing changed. Metadata says which happened and why (``reused`` / ``ran_because``)."""
+    lake = pipeline.lake()
+    asset = context.asset_key.to_user_string()
+    partition = context.partition_key if context.has_partition_key else None
+    code_version = context.assets_def.code_versions_by_key.get(context.asset_key) or ""
+    key = reuse_key(code_version, inputs, config)
+    previous = read_record(lake, asset, partition)
+    reasons = why_rebuild(previous, code_version, inputs, config, artifact_present)
+    if previous is not None and not reasons:
+        context.log.info(f"{asset}: reused (inputs, configuration and code unchanged since run {previous.run_id})")
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(previous.data_version),
+            metadata={**_restored_metadata(previous.metadata), "reused": True, "reused_from_run": previous.run_id,
+                      "reuse_key": key, "ran_because": "(skipped: inputs, configuration and code unchanged)"})
+    context.log.info(f"{asset}: building ({'; '.join(reasons)})")
+    result = run_worker(context, pipeline, client, module, *args)
+    version = result.data_version.value if result.data_version else key
+    metadata = dict(result.metadata or {})
+    write_record(lake, asset, partition, ReuseRecord(
+        key=key, data_version=version, inputs=inputs, config_hash=config_hash(config), code_version=code_version,
+        run_id=context.run_id, metadata=_plain_metadata(metadata)))
+    return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={
+        **metadata, "reused": False, "reuse_key": key, "ran_because": "; ".join(reasons)})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math as _math
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -62,27 +63,47 @@ def shard_key(dataset: str, index: int) -> str:
 
 
 INBOX_KEY_PREFIX = f"{INBOX_DATASET}-"  # "inbox" is a reserved dataset name, so no shard key starts so
-INBOX_SUFFIXES = (".jsonl", ".parquet")
-_INBOX_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$")
+# What a user drops: JSON Lines, a JSON array, or Parquet, in any letter case.
+INBOX_SUFFIXES = (".jsonl", ".json", ".parquet")
+_INBOX_CHARS_RE = re.compile(r"^[A-Za-z0-9_.=-]+$")
+_TEMP_SUFFIXES = (".tmp", ".part", ".crdownload", ".swp")
 
 
 def inbox_key(filename: str) -> str:
-    """The partition key of one inbox file: ``inbox-<file name>``."""
-    if not _INBOX_NAME_RE.match(filename) or "..." in filename:
-        raise ValueError(f"inbox file name {filename!r}: use letters, digits and _ . = - only")
+    """The partition key of one inbox file: ``inbox-<file name>``; ValueError says why a name is refused."""
+    bad = sorted({c for c in filename if not _INBOX_CHARS_RE.match(c)})
+    if bad:
+        raise ValueError(f"inbox file name {filename!r} holds {''.join(bad)!r}: use letters, digits and _ . = - only")
+    if not filename[0].isalnum():
+        # A leading '-' reads as an option to shell tools (rm -rf.jsonl); '_'/'=' lead nowhere useful.
+        raise ValueError(f"inbox file name {filename!r} starts with {filename[0]!r}: start it with a letter or digit")
+    if ".." in filename:
+        raise ValueError(f"inbox file name {filename!r} holds '..' (two dots in a row): rename it")
     return INBOX_KEY_PREFIX + filename
+
+
+def is_problem_file(name: str) -> bool:
+    return name.lower().endswith(INBOX_SUFFIXES)
 
 
 def inbox_files(folder: Path) -> tuple[list[tuple[str, Path]], list[str]]:
     """([(partition key, file)] of the finished problem files, by name; names refused with the reason).
 
-    Hidden files (a writer's temporary name before its rename) and other suffixes are
-    not problem files and are neither taken nor refused."""
+    Hidden files and temporary names (a writer's name before its rename) wait silently; a
+    visible file with another suffix is refused with the suffixes taken; a missing folder is
+    one refusal that names it (a typo in ``inbox.path`` should not look like an empty inbox)."""
     if not folder.is_dir():
-        return [], []
+        why = "is a file, not a folder" if folder.exists() else "does not exist"
+        return [], [f"inbox folder {folder} {why} (profile inbox.path or $WIDEN_DAG_INBOX); nothing to watch"]
     taken, refused = [], []
     for p in sorted(folder.iterdir()):
-        if not p.is_file() or p.suffix not in INBOX_SUFFIXES or p.name.startswith("."):
+        if p.name.startswith(".") or p.name.lower().endswith(_TEMP_SUFFIXES):
+            continue
+        if not p.is_file():
+            refused.append(f"{p.name!r} is a folder, not a problem file")
+            continue
+        if not is_problem_file(p.name):
+            refused.append(f"{p.name!r} is not a problem file: expected {', '.join(INBOX_SUFFIXES)} (any case)")
             continue
         try:
             taken.append((inbox_key(p.name), p))
@@ -125,7 +146,8 @@ def _read_jsonl(path: Path) -> list[RawRecord | dict[str, Any]]:
     with path.open("rb") as fh:
         for i, raw in enumerate(fh):
             try:
-                line = raw.decode("utf-8")
+                # utf-8-sig on the first line: editors on Windows start files with a BOM.
+                line = raw.decode("utf-8-sig" if i == 0 else "utf-8")
             except UnicodeDecodeError as err:
                 rows.append(RawRecord(i, None, None, error=f"undecodable bytes (utf-8) at byte {err.start}"))
                 continue
@@ -139,16 +161,51 @@ def _read_jsonl(path: Path) -> list[RawRecord | dict[str, Any]]:
     return rows
 
 
+def _read_json(path: Path) -> list[RawRecord | dict[str, Any]]:
+    """A ``.json`` file: one JSON array of objects, or (as many exports are) JSON Lines."""
+    data = path.read_bytes()
+    if not data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
+        return _read_jsonl(path)
+    try:
+        rows = json.loads(data.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ProblemSourceError(f"problem file {path}: not a valid JSON array: {err}") from err
+    return list(rows)
+
+
+def _read_parquet(path: Path) -> list[Any]:
+    try:
+        return pl.read_parquet(path).to_dicts()
+    except Exception as err:  # polars raises several kinds; none names the file
+        raise ProblemSourceError(f"problem file {path}: not a readable Parquet file ({type(err).__name__}: {err})") from err
+
+
+def _check_columns(path: Path, rows: list[Any], source: Any) -> None:
+    """A file where no row has the configured fields is a configuration error, not bad rows."""
+    dicts = [r for r in rows if isinstance(r, dict)]
+    expected = [source.question_field, source.answer_field]
+    if not dicts or any(all(f in r for f in expected) for r in dicts):
+        return
+    found = sorted({k for r in dicts[:1000] for k in r})
+    raise ProblemSourceError(
+        f"problem file {path}: no row has the fields {expected} (source question_field/answer_field); "
+        f"columns found: {found}")
+
+
 def _file_records(source: Any) -> list[RawRecord]:
     path = Path(source.path)
     if not path.is_file():
         raise ProblemSourceError(f"problem file {path} does not exist (relative paths are read from {Path.cwd()})")
-    if path.suffix == ".parquet":
-        rows: list[Any] = pl.read_parquet(path).to_dicts()
-    elif path.suffix in (".jsonl", ".json"):
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        rows: list[Any] = _read_parquet(path)
+    elif suffix == ".jsonl":
         rows = _read_jsonl(path)
+    elif suffix == ".json":
+        rows = _read_json(path)
     else:
-        raise ProblemSourceError(f"problem file {path}: expected .jsonl or .parquet")
+        raise ProblemSourceError(f"problem file {path}: expected .jsonl, .json or .parquet")
+    _check_columns(path, rows, source)
     parsed = [r for r in rows if not isinstance(r, RawRecord)]
     mapped = iter(math_domain.records_from_rows(parsed, source.question_field, source.answer_field, source.id_field))
     out = []
@@ -220,7 +277,10 @@ def dataset_records(dataset: DatasetConfig, seed: int) -> list[RawRecord]:
     if src.kind == "file":
         return _file_records(src)
     if src.kind == "planbench":
-        recs = blocksworld.records_from_planbench(src.path)
+        try:
+            recs = blocksworld.records_from_planbench(src.path)
+        except (OSError, ValueError, KeyError, TypeError) as err:  # name the file: the parser's errors do not
+            raise ProblemSourceError(f"PlanBench file {src.path}: {type(err).__name__}: {err}") from err
         return recs[: src.limit] if src.limit else recs
     if src.kind == "hub":
         return _hub_records(src, dataset.domain)
@@ -263,12 +323,53 @@ def _bad_gold(gold: str) -> bool:
         return gold.strip().lower() in ("none", "null")
 
 
+NUMERIC_DOMAINS = ("math", "arithmetic")
+
+
+def canonical_gold(domain_name: str, gold_raw: str) -> str:
+    """The domain's normaliser, then one spelling per number ('7', '7.0' and '7.00' are '7';
+    '0.50' is '0.5'; '3/6' is '1/2'), so one question cannot become two problems by its gold."""
+    gold = get_domain(domain_name).normalize_gold(gold_raw)
+    if domain_name not in NUMERIC_DOMAINS:
+        return gold
+    value = math_domain.as_number(gold)
+    if value is None:
+        return gold
+    if value.denominator == 1:
+        return str(value.numerator)
+    den = value.denominator
+    while den % 2 == 0:
+        den //= 2
+    while den % 5 == 0:
+        den //= 5
+    if den == 1:  # a terminating decimal: write it as one
+        digits = 0
+        while (value * 10**digits).denominator != 1:
+            digits += 1
+        return f"{float(value):.{digits}f}" if digits <= 15 else f"{value.numerator}/{value.denominator}"
+    return f"{value.numerator}/{value.denominator}"
+
+
+def normalized_question(question: str) -> str:
+    """The dedupe key of a question: Unicode NFKC with runs of whitespace collapsed, so a copy
+    that differs only in spacing or full-width digits is the same question."""
+    return " ".join(unicodedata.normalize("NFKC", question).split())
+
+
+# On duplicates the copy that is held out wins: a benchmark never shrinks because a training
+# file (or an inbox drop) repeats one of its problems. Then eval datasets before split ones.
+_ROLE_RANK = {"eval": 0, "split": 1, "train": 2}
+
+
 def stage_problems(raw: pl.DataFrame, cfg: ProblemsConfig, roles: dict[str, str]) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(staged problems, quarantine). Bad rows are quarantined with a reason, never raised."""
-    staged: list[dict[str, Any]] = []
+    """(staged problems, quarantine). Bad rows are quarantined with a reason, never raised.
+
+    Dedupe is by (domain, normalised question) after the gold is canonical: copies with one
+    gold keep the eval copy if any (else the first), and a question with conflicting golds is
+    quarantined in every copy with both values, since neither can be trusted."""
     quarantine: list[dict[str, Any]] = []
-    by_id: dict[str, str] = {}
     by_source: dict[tuple[str, str], str] = {}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
 
     def reject(row: dict[str, Any], reason: str) -> None:
         q = row.get("question") or ""
@@ -276,7 +377,7 @@ def stage_problems(raw: pl.DataFrame, cfg: ProblemsConfig, roles: dict[str, str]
             {"dataset": row["dataset"], "shard": row["shard"], "row_index": row["row_index"], "reason": reason, "question_preview": q[:120]}
         )
 
-    for row in raw.sort(["dataset", "row_index"]).iter_rows(named=True):
+    for order, row in enumerate(raw.sort(["dataset", "row_index"]).iter_rows(named=True)):
         if row["load_error"]:
             reject(row, row["load_error"])
             continue
@@ -296,9 +397,8 @@ def stage_problems(raw: pl.DataFrame, cfg: ProblemsConfig, roles: dict[str, str]
         if len(gold_raw) > max(cfg.max_gold_chars, 20_000) or _bad_gold(gold_raw):
             reject(row, f"gold answer does not parse: {gold_raw[:40]!r}")
             continue
-        domain = get_domain(row["domain"])
         try:
-            gold = domain.normalize_gold(gold_raw)
+            gold = canonical_gold(row["domain"], gold_raw)
         except ValueError as err:
             reject(row, f"gold answer does not parse: {err}")
             continue
@@ -310,26 +410,68 @@ def stage_problems(raw: pl.DataFrame, cfg: ProblemsConfig, roles: dict[str, str]
         if source_key and source_key in by_source and by_source[source_key] != pid:
             reject(row, f"duplicate source id {row['source_id']!r} with different content")
             continue
-        if pid in by_id:
-            reject(row, f"duplicate of {pid} (first seen in {by_id[pid]})")
-            continue
-        by_id[pid] = row["shard"]
         if source_key:
             by_source[source_key] = pid
         role = roles.get(row["dataset"], "split")
         split = role if role != "split" else ("eval" if _in_eval(pid, cfg.split_seed, cfg.eval_fraction) else "train")
-        staged.append(
-            {
-                "problem_id": pid,
-                "domain": row["domain"],
-                "source": row["dataset"],
-                "shard": row["shard"],
-                "source_id": row["source_id"],
-                "split": split,
-                "question": question,
-                "prompt": domain.task_prompt(question),
-                "gold": gold,
-                "meta": row["meta"],
-            }
-        )
+        key = (row["domain"], normalized_question(question))
+        groups.setdefault(key, []).append({"row": row, "order": order, "pid": pid, "gold": gold, "split": split, "role": role})
+
+    kept: list[dict[str, Any]] = []
+    for copies in groups.values():
+        golds = list(dict.fromkeys(c["gold"] for c in copies))
+        if len(golds) > 1:
+            where = "; ".join(f"{c['gold']!r} in {c['row']['shard']} row {c['row']['row_index']}" for c in copies[:6])
+            for c in copies:
+                reject(c["row"], f"conflicting gold answers for one question: {where}")
+            continue
+        best = min(copies, key=lambda c: (c["split"] != "eval", _ROLE_RANK.get(c["role"], 3), c["order"]))
+        kept.append(best)
+        for c in copies:
+            if c is not best:
+                reject(c["row"], f"duplicate of {best['pid']} (kept the copy in {best['row']['shard']}, split {best['split']})")
+    staged = [
+        {
+            "problem_id": c["pid"],
+            "domain": c["row"]["domain"],
+            "source": c["row"]["dataset"],
+            "shard": c["row"]["shard"],
+            "source_id": c["row"]["source_id"],
+            "split": c["split"],
+            "question": c["row"]["question"],
+            "prompt": get_domain(c["row"]["domain"]).task_prompt(c["row"]["question"]),
+            "gold": c["gold"],
+            "meta": c["row"]["meta"],
+        }
+        for c in sorted(kept, key=lambda c: c["order"])
+    ]
+    quarantine.sort(key=lambda r: (r["dataset"], r["row_index"]))
     return pl.DataFrame(staged, schema=STAGED_SCHEMA), pl.DataFrame(quarantine, schema=QUARANTINE_SCHEMA)
+
+
+def train_eval_overlap(staged: pl.DataFrame) -> pl.DataFrame:
+    """Staged rows whose problem id or normalised question is in both train and eval (must be none)."""
+    if staged.is_empty():
+        return staged.with_columns(pl.lit(None, pl.String).alias("overlap_on"))
+    df = staged.with_columns(
+        pl.col("question").map_elements(normalized_question, return_dtype=pl.String).alias("_norm_q"))
+    out = []
+    for col in ("problem_id", "_norm_q"):
+        both = df.group_by(col).agg(pl.col("split").n_unique().alias("_n")).filter(pl.col("_n") > 1)[col]
+        out.append(df.filter(pl.col(col).is_in(both.implode())).with_columns(
+            pl.lit("problem_id" if col == "problem_id" else "normalised question").alias("overlap_on")))
+    return pl.concat(out).drop("_norm_q").unique(subset=["problem_id", "shard", "split", "overlap_on"], maintain_order=True)
+
+
+def unusable_sources(raw: pl.DataFrame, quarantine: pl.DataFrame) -> list[str]:
+    """One line per partition that had rows but none usable for a reason other than being a
+    duplicate: the run must not stay green on a file that was 100% refused."""
+    out = []
+    for (shard,), rows in raw.group_by("shard", maintain_order=True):
+        q = quarantine.filter(pl.col("shard") == shard)
+        own = q.filter(~pl.col("reason").str.starts_with("duplicate of "))
+        if rows.height and q.height == rows.height and own.height:
+            top = own.group_by("reason").len().sort("len", descending=True).head(3)
+            reasons = "; ".join(f"{r} ({n} rows)" for r, n in top.iter_rows())
+            out.append(f"{shard}: all {rows.height} rows quarantined, e.g. {reasons}")
+    return out

@@ -17,7 +17,7 @@ from typing import Any
 import polars as pl
 
 from widen_dag.storage.artifacts import MANIFEST, checkpoint_dir, read_manifest
-from widen_dag.storage.lake import Lake
+from widen_dag.storage.lake import Lake, LakeError
 
 
 class TraceError(ValueError):
@@ -53,6 +53,11 @@ def trace_checkpoint(lake: Lake, target: str) -> dict[str, Any]:
            "base": manifest.get("base"), "rows": manifest.get("rows"), "inputs": inputs,
            "config": manifest.get("config"), "metrics": manifest.get("metrics"),
            "problem_ids": manifest.get("problem_ids", [])}
+    out["missing"] = [f"{asset}: not in the lake {lake.uri()} (materialize it to compare data versions)"
+                      for asset, v in inputs.items() if isinstance(v, dict) and v.get("now", "") is None]
+    if manifest.get("kind") == "dpo" and not lake.has_table("preference_pairs"):
+        out["missing"].append(f"preference_pairs: not in the lake {lake.uri()}, so the pairs cannot be listed "
+                              "(materialize preference_pairs)")
     if manifest.get("kind") == "dpo" and lake.has_table("preference_pairs"):
         pairing = "balanced" if (manifest.get("config") or {}).get("balanced") else "default"
         pairs = lake.read_table("preference_pairs").filter(
@@ -68,20 +73,37 @@ def trace_pair(lake: Lake, target: str, problem_id: str) -> dict[str, Any]:
     ckpt = trace_checkpoint(lake, target)
     if ckpt["kind"] != "dpo":
         raise TraceError(f"{target} is a {ckpt['kind']} checkpoint: only DPO checkpoints have pairs")
+    if "pairs" not in ckpt:
+        raise TraceError(f"{target}: {ckpt['missing'][-1]}")
+    if problem_id not in ckpt["problem_ids"]:
+        raise TraceError(f"{target} was not trained on a pair for problem {problem_id!r}")
     pair = next((p for p in ckpt["pairs"] if p["problem_id"] == problem_id), None)
     if pair is None:
-        raise TraceError(f"{target} was not trained on a pair for problem {problem_id!r}")
+        raise TraceError(f"{target} was trained on a pair for problem {problem_id!r}, but preference_pairs no longer "
+                         "holds it (rebuilt since): rematerialize the checkpoint or trace another problem")
     full = lake.read_table("preference_pairs").filter(
         (pl.col("pairing") == ckpt["pairing"]) & (pl.col("problem_id") == problem_id)).row(0, named=True)
-    nodes = lake.read_all("search_trees").filter(pl.col("tree_id") == pair["tree_id"])
+    problem = lake.read_table("stg_problems").filter(pl.col("problem_id") == problem_id) \
+        if lake.has_table("stg_problems") else None
+    shard = problem.row(0, named=True).get("shard") if problem is not None and problem.height else None
+    try:
+        nodes = lake.read_all("search_trees").filter(pl.col("tree_id") == pair["tree_id"])
+    except LakeError as err:
+        raise TraceError(f"tree {pair['tree_id']}: {err} (materialize search_trees)") from None
     by_id = {r["node_id"]: r for r in nodes.iter_rows(named=True)}
+    wanted = list(full["chosen_node_ids"]) + list(full["rejected_node_ids"])
+    lost = [i for i in dict.fromkeys(wanted) if i not in by_id]
+    if lost:
+        where = f"search_trees[{shard}]" if shard else "search_trees"
+        state = "is not in the lake" if shard and not lake.has_table("search_trees", shard) else "does not hold them"
+        raise TraceError(f"tree {pair['tree_id']}: {len(lost)} of the pair's nodes are missing ({', '.join(lost[:4])}); "
+                         f"{where} {state} (materialize search_trees{f'[{shard}]' if shard else ''})")
 
     def path(ids: list[str]) -> list[dict[str, Any]]:
         return [{k: by_id[i][k] for k in ("node_id", "node_type", "model", "visits", "value_sum", "reward", "text")}
-                for i in ids if i in by_id]
+                for i in ids]
 
-    problem = lake.read_table("stg_problems").filter(pl.col("problem_id") == problem_id)
-    return {"checkpoint": ckpt["checkpoint"], "problem": problem.row(0, named=True) if problem.height else None,
+    return {"checkpoint": ckpt["checkpoint"], "problem": problem.row(0, named=True) if problem is not None and problem.height else None,
             "tree_id": pair["tree_id"], "common_prefix_tokens": pair["common_prefix_tokens"],
             "chosen": path(full["chosen_node_ids"]), "rejected": path(full["rejected_node_ids"])}
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import fsspec
 
+from widen_dag.launch.failures import Unrecoverable
 from widen_dag.profiles import Profile
 from widen_dag.storage.lake import Lake
 
@@ -121,6 +122,44 @@ def resolve_model(profile: Profile, lake: Lake, role: Role, *, require: bool = T
     return ModelLocation(ref.name, ref.revision, ref.trust_remote_code, ref.source)
 
 
+def check_model_available(model: ModelLocation, field: str) -> None:
+    """Raise ``Unrecoverable`` (cause and fix) unless the model can be loaded from here: a local
+    folder with a config.json, or a hub id that the hub (or, offline, the local cache) has. Run
+    when a model asset materializes, so a typo or a missing network fails there, not in search."""
+    if model.source != "hub":
+        path = Path(model.name_or_path)
+        if not (path / "config.json").is_file():
+            what = "does not exist" if not path.exists() else "has no config.json (not an HF model folder)"
+            raise Unrecoverable(f"{field}: model folder {path} {what}",
+                                f"point {field}.name at a saved HF model folder, or use source: hub with a model id")
+        return
+    import huggingface_hub
+    from huggingface_hub import errors as hf_errors
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes")
+    if offline:
+        cached = huggingface_hub.try_to_load_from_cache(model.name_or_path, "config.json", revision=model.revision)
+        if not isinstance(cached, str):
+            raise Unrecoverable(f"{field}: {model.describe()} is not in the local HF cache and HF_HUB_OFFLINE=1",
+                                f"run `hf download {model.name_or_path}` where the hub is reachable, "
+                                "or use source: path with a local folder")
+        return
+    try:
+        huggingface_hub.model_info(model.name_or_path, revision=model.revision, timeout=15)
+    except (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError, hf_errors.GatedRepoError) as err:
+        raise Unrecoverable(f"{field}: the HF hub has no model {model.describe()} (or it is gated): "
+                            f"{str(err).splitlines()[0][:160]}",
+                            f"check {field}.name and revision; for a gated or private model set HF_TOKEN") from err
+    except Exception as err:  # connection refused, DNS, proxy, timeout: the hub is not reachable
+        cached = huggingface_hub.try_to_load_from_cache(model.name_or_path, "config.json", revision=model.revision)
+        if isinstance(cached, str):
+            return  # loaders fall back to the cache
+        raise Unrecoverable(f"{field}: the HF hub is unreachable ({type(err).__name__}) and {model.describe()} "
+                            "is not in the local cache",
+                            "download it where the hub is reachable and set HF_HUB_OFFLINE=1, "
+                            "or use source: path with a local folder") from err
+
+
 def checkpoint_location(profile: Profile, lake: Lake, name: str, *, require: bool = True) -> ModelLocation:
     """A trained checkpoint as a loadable model; it keeps the student's trust_remote_code
     (its code files are saved beside the weights), and has no hub revision."""
@@ -150,17 +189,49 @@ def ablation_models(profile: Profile, lake: Lake) -> list[tuple[str, ModelLocati
         (row, checkpoint_location(profile, lake, name)) for row, name in rows]
 
 
+# Paths inside the lake are stored relative to it, so a copied or moved lake (or one synced
+# from object storage) points at its own models, never back at the original location.
+LAKE_PLACEHOLDER = "{lake}"
+
+
+def _lake_root_of(folder: str | Path) -> str:
+    """A checkpoint folder (or its staging sibling) is ``<root>/checkpoints/<name>``."""
+    text = str(folder)
+    if "://" in text:
+        return text.rstrip("/").rsplit("/", 2)[0]
+    return str(Path(text).resolve().parent.parent)
+
+
+def _map_strings(value: Any, fn) -> Any:
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: _map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_map_strings(v, fn) for v in value]
+    return value
+
+
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+    root = _lake_root_of(folder)
+
+    def rel(s: str) -> str:
+        return LAKE_PLACEHOLDER + s[len(root):] if s == root or s.startswith(root + "/") else s
+
+    plain = json.loads(json.dumps(manifest, default=str))
+    (folder / MANIFEST).write_text(json.dumps(_map_strings(plain, rel), indent=2))
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any] | None:
     """A checkpoint's manifest (a local folder or a lake URI), or None where no checkpoint was
-    published there: the manifest is written last, so a half-uploaded folder has none."""
+    published there: the manifest is written last, so a half-uploaded folder has none.
+    Lake-relative paths come back absolute for the lake the folder is in now."""
     fs, path = fsspec.core.url_to_fs(str(folder))
     target = f"{path.rstrip('/')}/{MANIFEST}"
     fs.invalidate_cache(path)  # object-store clients cache listings; another process may have published since
     if not fs.isfile(target):
         return None
     with fs.open(target, "r") as fh:
-        return json.loads(fh.read())
+        manifest = json.loads(fh.read())
+    root = _lake_root_of(folder)
+    return _map_strings(manifest, lambda s: root + s[len(LAKE_PLACEHOLDER):] if s.startswith(LAKE_PLACEHOLDER) else s)

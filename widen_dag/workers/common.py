@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from dagster_pipes import PipesContext, PipesDefaultContextLoader, PipesEnvVarParamsLoader, open_dagster_pipes
 
+from widen_dag.launch.failures import FAILURE_FILE_EXTRA, write_failure
 from widen_dag.profiles import Profile, profile_from_json
 from widen_dag.storage.lake import Lake
 
@@ -75,4 +76,11 @@ def open_worker() -> Iterator[Worker]:
         return
     with open_dagster_pipes() as pipes:
         extras = pipes.extras
-        yield Worker(pipes, _profile(extras), Lake(extras["lake_root"]))
+        try:
+            yield Worker(pipes, _profile(extras), Lake(extras["lake_root"]))
+        except Exception as err:
+            # A cause no retry can fix goes back to the asset, which then fails once with it.
+            found = write_failure(extras.get(FAILURE_FILE_EXTRA), err)
+            if found:
+                pipes.log.error(f"unrecoverable: {found[0]}. Fix: {found[1]}")
+            raise

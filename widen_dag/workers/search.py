@@ -9,6 +9,7 @@ finished trees and searches only the rest.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -27,14 +28,24 @@ from widen_dag.search.tree import render_markdown
 from widen_dag.storage.artifacts import resolve_model
 from widen_dag.workers.common import Worker, check_memory, open_worker
 
+FINGERPRINT_FULL_HASH_BYTES = 256 * 2**20  # hash small models' bytes; big local ones by name, size and mtime
+
 
 def model_fingerprint(path: str) -> str:
-    """Content of a local checkpoint's config + weights sizes, or the hub id: part of the resume key."""
+    """What the policy is, as part of the resume key: the hub id, or a local model's content.
+    Content, not timestamps, for small models: a model rebuilt identically (or a copied lake)
+    keeps every finished tree; a retrained one with other weights reuses none."""
     p = Path(path)
     if not p.is_dir():
         return path
-    files = sorted(p.glob("*.safetensors"))
-    return json.dumps([(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files])
+    files = sorted([*p.glob("*.safetensors"), *p.glob("config.json"), *p.glob("tokenizer.json")])
+    if sum(f.stat().st_size for f in files) > FINGERPRINT_FULL_HASH_BYTES:
+        return json.dumps([(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files])
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode())
+        digest.update(f.read_bytes())
+    return digest.hexdigest()
 
 
 def shard_problems(worker: Worker, shard: str) -> list[Problem]:
@@ -50,36 +61,41 @@ def search_shards(worker: Worker, shards: list[str]) -> dict:
     check_memory(profile, "search")
     policy_model = resolve_model(profile, worker.lake, "policy")
     policy_path = policy_model.name_or_path
-    # Each engine gets its own model's memory share, so policy and critic fit one device together.
-    backends = {"policy": backend_from_profile(gen, policy_model, seed=seed, memory=profile.models.policy)}
-    critic_path = None
-    try:
-        if profile.models.critic is not None:
-            critic_model = resolve_model(profile, worker.lake, "critic")
-            critic_path = critic_model.name_or_path
-            backends["critic"] = backend_from_profile(gen, critic_model, seed=seed, memory=profile.models.critic)
-    except BaseException:
-        backends["policy"].close()
-        raise
-    policy = backends["policy"]
-    critic = backends.get("critic")
-    ctx = SearchContext(cfg=cfg, chat_prompt=policy.chat_prompt, count_tokens=policy.count_tokens,
-                        temperature=gen.temperature, top_p=gen.top_p, max_tokens_per_node=gen.max_tokens_per_node,
-                        has_critic=critic is not None, seed=seed,
-                        critic_chat_prompt=critic.chat_prompt if critic else None,
-                        critic_count_tokens=critic.count_tokens if critic else None)
+    critic_model = resolve_model(profile, worker.lake, "critic") if profile.models.critic is not None else None
+    critic_path = critic_model.name_or_path if critic_model else None
     key = config_hash(cfg.model_dump(), gen.temperature, gen.top_p, gen.max_tokens_per_node, gen.backend, seed,
                       model_fingerprint(policy_path), critic_path and model_fingerprint(critic_path))
+    plan = []
+    for shard in shards:
+        store = TreeStore(worker.lake, shard, key)
+        problems = shard_problems(worker, shard)
+        done = store.finished()
+        plan.append((shard, store, problems, [p for p in problems if tree_id_for(p.problem_id, seed) not in done]))
+    backends: dict = {}
+    ctx = None
+    if any(todo for *_, todo in plan):
+        # Engines start only when some tree is left to search: a rerun that reuses every
+        # tree costs the reading and publishing, not a model load.
+        # Each engine gets its own model's memory share, so policy and critic fit one device together.
+        backends["policy"] = backend_from_profile(gen, policy_model, seed=seed, memory=profile.models.policy)
+        try:
+            if critic_model is not None:
+                backends["critic"] = backend_from_profile(gen, critic_model, seed=seed, memory=profile.models.critic)
+        except BaseException:
+            backends["policy"].close()
+            raise
+        policy, critic = backends["policy"], backends.get("critic")
+        ctx = SearchContext(cfg=cfg, chat_prompt=policy.chat_prompt, count_tokens=policy.count_tokens,
+                            temperature=gen.temperature, top_p=gen.top_p, max_tokens_per_node=gen.max_tokens_per_node,
+                            has_critic=critic is not None, seed=seed,
+                            critic_chat_prompt=critic.chat_prompt if critic else None,
+                            critic_count_tokens=critic.count_tokens if critic else None)
     per_shard = []
     all_nodes = []
     totals = SearchStats()
     sample_tree = None
     try:
-        for shard in shards:
-            store = TreeStore(worker.lake, shard, key)
-            problems = shard_problems(worker, shard)
-            done = store.finished()
-            todo = [p for p in problems if tree_id_for(p.problem_id, seed) not in done]
+        for shard, store, problems, todo in plan:
             reused = len(problems) - len(todo)
             worker.log(f"{shard}: {len(problems)} problems, {reused} trees reused from checkpoints, {len(todo)} to search")
             last_log = [time.perf_counter()]
@@ -90,7 +106,7 @@ def search_shards(worker: Worker, shards: list[str]) -> dict:
                     worker.log(f"{shard}: {stats.trees}/{total} trees, {stats.nodes} nodes, "
                                f"{stats.nodes_per_s:.1f} nodes/s, batch {stats.mean_batch_size:.0f}")
 
-            stats = LockstepSearch(backends, ctx, on_progress=progress).run(todo, store.save)
+            stats = LockstepSearch(backends, ctx, on_progress=progress).run(todo, store.save) if todo else SearchStats()
             nodes, trees = store.load()
             written = store.publish(nodes)
             all_nodes.append(nodes.select("node_type", "model", "no_answer", "ended_by", "samples"))
@@ -103,8 +119,8 @@ def search_shards(worker: Worker, shards: list[str]) -> dict:
                 solved = trees.filter(pl.col("correct") > 0).sort("nodes")
                 pick = (solved if solved.height else trees).row(solved.height // 2 if solved.height else 0, named=True)
                 sample_tree = nodes.filter(pl.col("tree_id") == pick["tree_id"])
-        engine = policy.stats
-        critic_stats = critic.stats.as_dict() if critic else None
+        engine = backends["policy"].stats if backends else None
+        critic_stats = backends["critic"].stats.as_dict() if "critic" in backends else None
     finally:
         for b in backends.values():
             b.close()
@@ -139,9 +155,9 @@ def search_shards(worker: Worker, shards: list[str]) -> dict:
         "searched_nodes": totals.nodes,
         "search_seconds": round(totals.seconds, 1),
         "nodes_per_s": round(totals.nodes_per_s, 2),
-        "generated_tokens_per_s": round(engine.generated_tokens / totals.seconds, 1) if totals.seconds else 0.0,
+        "generated_tokens_per_s": round(engine.generated_tokens / totals.seconds, 1) if engine and totals.seconds else 0.0,
         "mean_batch_size": round(totals.mean_batch_size, 1),
-        "prefix_cache_hit_rate": round(engine.prefix_cache_hit_rate, 4),
+        "prefix_cache_hit_rate": round(engine.prefix_cache_hit_rate, 4) if engine else 0.0,
         "solved_trees": int((all_trees["outcome"] == "solved").sum()),
         "outcomes": md(markdown_table(["outcome", "trees"], sorted(all_trees.group_by("outcome").len().rows()))),
         "per_tree": md(per_tree_md),

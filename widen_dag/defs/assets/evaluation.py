@@ -5,13 +5,15 @@ import json
 import dagster as dg
 import polars as pl
 
+from widen_dag.defs.assets.training import student_version, train_checkpoint
 from widen_dag.defs.metadata import table_metadata
 from widen_dag.defs.resources import PipelineResource
-from widen_dag.defs.workers import run_worker
+from widen_dag.defs.workers import run_or_reuse
 from widen_dag.domains import get_domain
 from widen_dag.evaluate import report
 from widen_dag.evaluate import table7 as table7_md
 from widen_dag.reporting.plots import markdown_image
+from widen_dag.storage.reuse import recorded_version
 from widen_dag.train import distill
 
 
@@ -42,7 +44,10 @@ def distill_checkpoint(context: dg.AssetExecutionContext, pipeline: PipelineReso
                        pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
     """The student SFT'd on distilled long CoT instead of on the trees (same SFT config): the
     bottleneck the paper starts from, one more row of the ablation table."""
-    return run_worker(context, pipeline, pipes_subprocess_client, "train", "distill")
+    profile, lake = pipeline.load_profile(), pipeline.lake()
+    return train_checkpoint(context, pipeline, pipes_subprocess_client, "distill",
+                            {"distill_dataset": lake.table_sha256("distill_dataset"), "student_base": student_version(pipeline)},
+                            {"sft": profile.train.sft.model_dump(), "seed": profile.train.seed}, "distill")
 
 
 @dg.asset(group_name="evaluation", kinds={"pytorch", "parquet"}, code_version="eval_results-v2", pool="gpu",
@@ -53,7 +58,15 @@ def eval_results(context: dg.AssetExecutionContext, pipeline: PipelineResource,
     """Every checkpoint (base, distillation baseline, SFT, each DPO variant) on every eval set:
     one row per response with decoding (sampled / greedy), verdict, tokens and reflection count;
     `eval.samples` sampled responses and one greedy response per problem."""
-    return run_worker(context, pipeline, pipes_subprocess_client, "evaluate")
+    # Re-scored only when a checkpoint, the eval set or the evaluation settings changed.
+    profile, lake = pipeline.load_profile(), pipeline.lake()
+    inputs = {"stg_problems": lake.table_sha256("stg_problems"), "student_base": student_version(pipeline),
+              "distill_checkpoint": recorded_version(lake, "distill_checkpoint"),
+              "sft_checkpoint": recorded_version(lake, "sft_checkpoint"),
+              **{f"dpo_checkpoint[{v}]": recorded_version(lake, "dpo_checkpoint", v) for v in profile.train.dpo.variants}}
+    config = {"eval": profile.eval.model_dump(), "generation": profile.generation.model_dump(), "seed": profile.seed}
+    return run_or_reuse(context, pipeline, pipes_subprocess_client, "evaluate", inputs=inputs, config=config,
+                        artifact_present=lake.has_table("eval_results"))
 
 
 @dg.asset(group_name="evaluation", kinds={"polars", "parquet"}, code_version="ablation_report-v2",

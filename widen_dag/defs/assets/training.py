@@ -3,8 +3,27 @@
 import dagster as dg
 
 from widen_dag.defs.resources import PipelineResource
-from widen_dag.defs.workers import run_worker
+from widen_dag.defs.workers import run_or_reuse
 from widen_dag.profiles import Profile
+from widen_dag.storage.artifacts import checkpoint_dir, read_manifest
+from widen_dag.storage.reuse import recorded_version
+
+
+def student_version(pipeline: PipelineResource) -> str | None:
+    """The student base as an input: its recorded data version (bootstrap) or its hub id/path."""
+    profile = pipeline.load_profile()
+    ref = profile.models.student
+    if ref.source == "bootstrap":
+        return recorded_version(pipeline.lake(), "student_base")
+    return f"{ref.source}:{ref.name}@{ref.revision}"
+
+
+def train_checkpoint(context: dg.AssetExecutionContext, pipeline: PipelineResource, client: dg.PipesSubprocessClient,
+                     name: str, inputs: dict, config: dict, *args: str) -> dg.MaterializeResult:
+    """Train (through the worker) unless the checkpoint in the lake came from the same data,
+    base, configuration and code: a rerun with nothing changed does not retrain."""
+    present = read_manifest(checkpoint_dir(pipeline.lake(), name)) is not None
+    return run_or_reuse(context, pipeline, client, "train", *args, inputs=inputs, config=config, artifact_present=present)
 
 
 @dg.asset(
@@ -20,7 +39,10 @@ def sft_checkpoint(context: dg.AssetExecutionContext, pipeline: PipelineResource
     """The student after SFT (TRL SFTTrainer, loss on the assistant response only) on the
     longest correct path of each problem. An HF checkpoint (safetensors) in the lake with a
     manifest of the data versions it was trained on; metadata: loss curve, tokens/s, config."""
-    return run_worker(context, pipeline, pipes_subprocess_client, "train", "sft")
+    profile, lake = pipeline.load_profile(), pipeline.lake()
+    return train_checkpoint(context, pipeline, pipes_subprocess_client, "sft",
+                            {"sft_dataset": lake.table_sha256("sft_dataset"), "student_base": student_version(pipeline)},
+                            {"sft": profile.train.sft.model_dump(), "seed": profile.train.seed}, "sft")
 
 
 def dpo_checkpoint_asset(profile: Profile) -> dg.AssetsDefinition:
@@ -42,6 +64,13 @@ def dpo_checkpoint_asset(profile: Profile) -> dg.AssetsDefinition:
         SFT model as reference: `dpo` (sigmoid DPO, default pairs), `balanced` (+ shortest-correct
         chosen), `cdpo` (+ label smoothing), `joint` (+ alpha x SFT term), `joint_masked` (+ the
         shared-prefix mask on both terms)."""
-        return run_worker(context, pipeline, pipes_subprocess_client, "train", "dpo", context.partition_key)
+        profile, lake, variant = pipeline.load_profile(), pipeline.lake(), context.partition_key
+        dpo = profile.train.dpo
+        config = {"dpo": dpo.model_dump(exclude={"variants"}), "variant": dpo.variants[variant].model_dump()
+                  if variant in dpo.variants else variant, "seed": profile.train.seed}
+        return train_checkpoint(context, pipeline, pipes_subprocess_client, f"dpo-{variant}",
+                                {"preference_pairs": lake.table_sha256("preference_pairs"),
+                                 "sft_checkpoint": recorded_version(lake, "sft_checkpoint")},
+                                config, "dpo", variant)
 
     return dpo_checkpoint
