@@ -46,7 +46,7 @@ def test_pair_trace_with_its_search_trees_partition_missing_names_it(traced_lake
 
 def test_manifest_paths_are_lake_relative_so_a_moved_lake_points_at_itself(tmp_path):
     lake = Lake(str(tmp_path / "a" / "lake"))
-    folder = checkpoint_dir(lake, "dpo-cdpo")
+    folder = Path(checkpoint_dir(lake, "dpo-cdpo"))  # a local lake: the URI is a path
     folder.mkdir(parents=True)
     write_manifest(folder, {"kind": "dpo", "base": str(checkpoint_dir(lake, "sft")), "inputs": {}, "rows": 0,
                             "other": ["/elsewhere/x", str(tmp_path / "a" / "lake-other")]})
