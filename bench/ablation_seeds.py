@@ -57,8 +57,11 @@ def main() -> None:
     parser.add_argument("--profile", help="profile name or YAML path (default: $WIDEN_DAG_PROFILE or tiny)")
     parser.add_argument("--lake-root", default="lake_seeds", help="one lake folder per seed below this")
     parser.add_argument("--rerun", action="store_true", help="run seeds again even if their report exists")
-    parser.add_argument("--retrain-base-models", action="store_true",
-                        help="train the tiny policy and student in every seed (default: once, in the first seed's lake)")
+    parser.add_argument(
+        "--retrain-base-models",
+        action="store_true",
+        help="train the tiny policy and student in every seed (default: once, in the first seed's lake)",
+    )
     parser.add_argument("--markdown", action="store_true", help="also print the summary as Markdown (stderr)")
     parser.add_argument("--readme", type=Path, help="rewrite the summary between the ablation-seeds markers of this file")
     args = parser.parse_args()
@@ -81,11 +84,15 @@ def main() -> None:
         reports[seed] = lake.read_table("ablation_report")
     summary = report.seed_summary(reports)
     per_seed = {
-        seed: {r["variant"]: {k: r.get(k) for k in PER_SEED} for r in reports[seed].iter_rows(named=True)}
-        for seed in seeds
+        seed: {r["variant"]: {k: r.get(k) for k in PER_SEED} for r in reports[seed].iter_rows(named=True)} for seed in seeds
     }
-    out = {"profile": args.profile or os.environ.get("WIDEN_DAG_PROFILE") or "tiny", "lake_root": str(root),
-           "runs": runs, **summary, "per_seed": per_seed}
+    out = {
+        "profile": args.profile or os.environ.get("WIDEN_DAG_PROFILE") or "tiny",
+        "lake_root": str(root),
+        "runs": runs,
+        **summary,
+        "per_seed": per_seed,
+    }
     print(json.dumps(out, indent=1))
     if args.markdown:
         print(report.seed_markdown(summary), file=sys.stderr)

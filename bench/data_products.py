@@ -46,8 +46,9 @@ SIZES = (1_000_000, 4_000_000, 10_000_000, 20_000_000)
 SHARD_NODES = 1_000_000  # search_trees is written in shards (partitions) of about this many nodes
 
 
-def _shape(rng: np.random.Generator, n_trees: int, max_depth: int = 16, p_expand: float = 0.17,
-           p_terminal: float = 0.8) -> list[np.ndarray]:
+def _shape(
+    rng: np.random.Generator, n_trees: int, max_depth: int = 16, p_expand: float = 0.17, p_terminal: float = 0.8
+) -> list[np.ndarray]:
     """Tree structure, level by level across all trees at once: each expanded node gets 4-8
     children; a child is expanded further (p_expand, ~1.0 expanded children per parent keeps
     trees finite but deep), else a terminal answer (p_terminal) or an unexpanded leaf. Returns
@@ -84,21 +85,41 @@ def synthetic_chunk(rng: np.random.Generator, first_tree: int, n_trees: int) -> 
     correct = terminal & (rng.random(n) < 0.5)
     no_answer = terminal & ~correct & (rng.random(n) < 0.2)
     ntype = np.where(kind == 0, "root", np.where(terminal, "answer", TYPES[np.clip(depth - 1, 0, 3)]))
-    raw = pl.DataFrame({"t": tree + first_tree, "i": idx, "p": parent, "depth": depth, "node_type": ntype,
-                        "n_tokens": rng.integers(5, 61, n), "is_terminal": terminal, "correct": correct,
-                        "no_answer": no_answer, "pad": rng.integers(5, 61, n)})
+    raw = pl.DataFrame(
+        {
+            "t": tree + first_tree,
+            "i": idx,
+            "p": parent,
+            "depth": depth,
+            "node_type": ntype,
+            "n_tokens": rng.integers(5, 61, n),
+            "is_terminal": terminal,
+            "correct": correct,
+            "no_answer": no_answer,
+            "pad": rng.integers(5, 61, n),
+        }
+    )
     tree_id = pl.format("t{}", pl.col("t").cast(pl.String).str.zfill(7))
     text = pl.format("<{}>node {} {}</{}>", "node_type", "i", pl.lit("x" * 60).str.slice(0, pl.col("pad")), "node_type")
     nodes = raw.select(
-        tree_id.alias("tree_id"), pl.format("p{}", pl.col("t").cast(pl.String).str.zfill(7)).alias("problem_id"),
+        tree_id.alias("tree_id"),
+        pl.format("p{}", pl.col("t").cast(pl.String).str.zfill(7)).alias("problem_id"),
         pl.format("{}/{}", tree_id, "i").alias("node_id"),
         pl.when(pl.col("p") >= 0).then(pl.format("{}/{}", tree_id, "p")).alias("parent_id"),
-        "depth", "node_type", pl.lit("policy").alias("model"),
+        "depth",
+        "node_type",
+        pl.lit("policy").alias("model"),
         pl.when(pl.col("i") > 0).then(text).otherwise(pl.lit("")).alias("text"),
-        "n_tokens", pl.lit(1).alias("visits"), pl.lit(0.0).alias("value_sum"), "is_terminal",
+        "n_tokens",
+        pl.lit(1).alias("visits"),
+        pl.lit(0.0).alias("value_sum"),
+        "is_terminal",
         pl.when("is_terminal").then(pl.col("correct").cast(pl.Float64)).alias("reward"),
-        pl.lit(None, pl.String).alias("answer"), "no_answer", pl.lit("stop").alias("finish_reason"),
-        pl.lit("tag").alias("ended_by"), pl.lit(1).alias("samples"),
+        pl.lit(None, pl.String).alias("answer"),
+        "no_answer",
+        pl.lit("stop").alias("finish_reason"),
+        pl.lit("tag").alias("ended_by"),
+        pl.lit(1).alias("samples"),
     ).cast(NODE_SCHEMA)
     ids = [f"p{t:07d}" for t in range(first_tree, first_tree + n_trees)]
     staged = pl.DataFrame({"problem_id": ids, "domain": "arithmetic", "split": "train", "prompt": [f"Solve {p}" for p in ids]})
@@ -130,14 +151,14 @@ def run_sql(root: str, settings: DuckDBSettings) -> dict:
     models = load_models()
     batches: list = []
     started = time.perf_counter()
-    runs = list(run_models(lake, models, list(models), {"sft_selection": "longest"}, settings=settings,
-                           progress=batches.append))
+    runs = list(run_models(lake, models, list(models), {"sft_selection": "longest"}, settings=settings, progress=batches.append))
     seconds = time.perf_counter() - started
     rows = {run.name: run.written.rows for run in runs}
     return {
         "seconds": round(seconds, 2),
         "query_seconds": {run.name: round(run.seconds, 2) for run in runs},
-        "rows": rows, "rows_per_s": round(sum(rows.values()) / seconds),
+        "rows": rows,
+        "rows_per_s": round(sum(rows.values()) / seconds),
         "batches": max(run.batches for run in runs),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         # CPU time barely moves when other jobs share the cores; wall seconds do
@@ -148,17 +169,49 @@ def run_sql(root: str, settings: DuckDBSettings) -> dict:
 
 
 MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
-PATH_SCHEMA = {"problem_id": pl.String, "tree_id": pl.String, "path_id": pl.String, "node_ids": pl.List(pl.String),
-               "node_idx": pl.List(pl.Int32), "path_text": pl.String, "correct": pl.Boolean, "no_answer": pl.Boolean,
-               "depth": pl.Int64, "tokens": pl.Int32, "chars": pl.Int32, "cum_tokens": pl.List(pl.Int32),
-               "cum_chars": pl.List(pl.Int32)}
-SFT_SCHEMA = {"problem_id": pl.String, "tree_id": pl.String, "path_id": pl.String, "node_ids": pl.List(pl.String),
-              "messages": MESSAGES, "tokens": pl.Int32, "depth": pl.Int64, "selection": pl.String}
-PAIR_SCHEMA = {"pairing": pl.String, "problem_id": pl.String, "tree_id": pl.String, "prompt": MESSAGES,
-               "chosen": MESSAGES, "rejected": MESSAGES, "chosen_path_id": pl.String, "chosen_node_ids": pl.List(pl.String),
-               "rejected_path_id": pl.String, "rejected_node_ids": pl.List(pl.String), "chosen_tokens": pl.Int32,
-               "rejected_tokens": pl.Int32, "rejected_no_answer": pl.Boolean, "common_prefix_nodes": pl.Int64,
-               "common_prefix_tokens": pl.Int32, "common_prefix_chars": pl.Int32}
+PATH_SCHEMA = {
+    "problem_id": pl.String,
+    "tree_id": pl.String,
+    "path_id": pl.String,
+    "node_ids": pl.List(pl.String),
+    "node_idx": pl.List(pl.Int32),
+    "path_text": pl.String,
+    "correct": pl.Boolean,
+    "no_answer": pl.Boolean,
+    "depth": pl.Int64,
+    "tokens": pl.Int32,
+    "chars": pl.Int32,
+    "cum_tokens": pl.List(pl.Int32),
+    "cum_chars": pl.List(pl.Int32),
+}
+SFT_SCHEMA = {
+    "problem_id": pl.String,
+    "tree_id": pl.String,
+    "path_id": pl.String,
+    "node_ids": pl.List(pl.String),
+    "messages": MESSAGES,
+    "tokens": pl.Int32,
+    "depth": pl.Int64,
+    "selection": pl.String,
+}
+PAIR_SCHEMA = {
+    "pairing": pl.String,
+    "problem_id": pl.String,
+    "tree_id": pl.String,
+    "prompt": MESSAGES,
+    "chosen": MESSAGES,
+    "rejected": MESSAGES,
+    "chosen_path_id": pl.String,
+    "chosen_node_ids": pl.List(pl.String),
+    "rejected_path_id": pl.String,
+    "rejected_node_ids": pl.List(pl.String),
+    "chosen_tokens": pl.Int32,
+    "rejected_tokens": pl.Int32,
+    "rejected_no_answer": pl.Boolean,
+    "common_prefix_nodes": pl.Int64,
+    "common_prefix_tokens": pl.Int32,
+    "common_prefix_chars": pl.Int32,
+}
 
 
 def _frame(rows: list[dict], schema: dict) -> pl.DataFrame:
@@ -192,11 +245,23 @@ def python_reference(source: Lake, lake: Lake) -> dict[str, pl.DataFrame]:
             cum_t.append(cum_t[-1] + (n["n_tokens"] if tokens is None else tokens))
             cum_c.append(cum_c[-1] + len(n["text"]))
         node_ids = [n["node_id"] for n in chain]
-        paths.append({"problem_id": r["problem_id"], "tree_id": r["tree_id"], "path_id": r["node_id"], "node_ids": node_ids,
-                      "node_idx": [int(i.rsplit("/", 1)[1]) for i in node_ids],
-                      "path_text": "".join(n["text"] for n in chain),
-                      "correct": r["node_type"] == "answer" and r["reward"] == 1.0, "no_answer": bool(r["no_answer"]),
-                      "depth": len(chain) - 1, "tokens": cum_t[-1], "chars": cum_c[-1], "cum_tokens": cum_t, "cum_chars": cum_c})
+        paths.append(
+            {
+                "problem_id": r["problem_id"],
+                "tree_id": r["tree_id"],
+                "path_id": r["node_id"],
+                "node_ids": node_ids,
+                "node_idx": [int(i.rsplit("/", 1)[1]) for i in node_ids],
+                "path_text": "".join(n["text"] for n in chain),
+                "correct": r["node_type"] == "answer" and r["reward"] == 1.0,
+                "no_answer": bool(r["no_answer"]),
+                "depth": len(chain) - 1,
+                "tokens": cum_t[-1],
+                "chars": cum_c[-1],
+                "cum_tokens": cum_t,
+                "cum_chars": cum_c,
+            }
+        )
     paths.sort(key=lambda p: p["path_id"])
     by_problem: dict[str, list[dict]] = defaultdict(list)
     for p in paths:
@@ -208,31 +273,57 @@ def python_reference(source: Lake, lake: Lake) -> dict[str, pl.DataFrame]:
             continue
         prompt = problems[pid]["prompt"]
         longest = min(correct, key=lambda p: (-p["tokens"], p["path_id"]))
-        sft.append({"problem_id": pid, "tree_id": longest["tree_id"], "path_id": longest["path_id"],
-                    "node_ids": longest["node_ids"],
-                    "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": longest["path_text"]}],
-                    "tokens": longest["tokens"], "depth": longest["depth"], "selection": "longest"})
-        chosen = {"balanced": min(correct, key=lambda p: (p["tokens"], p["path_id"])),
-                  "default": min(correct, key=lambda p: (hashlib.md5(p["path_id"].encode()).hexdigest(), p["path_id"]))}
+        sft.append(
+            {
+                "problem_id": pid,
+                "tree_id": longest["tree_id"],
+                "path_id": longest["path_id"],
+                "node_ids": longest["node_ids"],
+                "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": longest["path_text"]}],
+                "tokens": longest["tokens"],
+                "depth": longest["depth"],
+                "selection": "longest",
+            }
+        )
+        chosen = {
+            "balanced": min(correct, key=lambda p: (p["tokens"], p["path_id"])),
+            "default": min(correct, key=lambda p: (hashlib.md5(p["path_id"].encode()).hexdigest(), p["path_id"])),
+        }
         for pairing, c in chosen.items():
             wrong = [p for p in ps if not p["correct"] and p["tree_id"] == c["tree_id"]]
             if not wrong:
                 continue
-            shared, _, _, w = min(((common_prefix_length(c["node_ids"], w["node_ids"]), w["tokens"], w["path_id"], w) for w in wrong),
-                                  key=lambda s: s[:3])
-            pairs.append({"pairing": pairing, "problem_id": pid, "tree_id": c["tree_id"],
-                          "prompt": [{"role": "user", "content": prompt}],
-                          "chosen": [{"role": "assistant", "content": c["path_text"]}],
-                          "rejected": [{"role": "assistant", "content": w["path_text"]}],
-                          "chosen_path_id": c["path_id"], "chosen_node_ids": c["node_ids"],
-                          "rejected_path_id": w["path_id"], "rejected_node_ids": w["node_ids"],
-                          "chosen_tokens": c["tokens"], "rejected_tokens": w["tokens"], "rejected_no_answer": w["no_answer"],
-                          "common_prefix_nodes": shared - 1, "common_prefix_tokens": c["cum_tokens"][shared - 1],
-                          "common_prefix_chars": c["cum_chars"][shared - 1]})
+            shared, _, _, w = min(
+                ((common_prefix_length(c["node_ids"], w["node_ids"]), w["tokens"], w["path_id"], w) for w in wrong),
+                key=lambda s: s[:3],
+            )
+            pairs.append(
+                {
+                    "pairing": pairing,
+                    "problem_id": pid,
+                    "tree_id": c["tree_id"],
+                    "prompt": [{"role": "user", "content": prompt}],
+                    "chosen": [{"role": "assistant", "content": c["path_text"]}],
+                    "rejected": [{"role": "assistant", "content": w["path_text"]}],
+                    "chosen_path_id": c["path_id"],
+                    "chosen_node_ids": c["node_ids"],
+                    "rejected_path_id": w["path_id"],
+                    "rejected_node_ids": w["node_ids"],
+                    "chosen_tokens": c["tokens"],
+                    "rejected_tokens": w["tokens"],
+                    "rejected_no_answer": w["no_answer"],
+                    "common_prefix_nodes": shared - 1,
+                    "common_prefix_tokens": c["cum_tokens"][shared - 1],
+                    "common_prefix_chars": c["cum_chars"][shared - 1],
+                }
+            )
     sft.sort(key=lambda r: (r["problem_id"], r["path_id"]))
     pairs.sort(key=lambda r: (r["pairing"], r["problem_id"]))
-    out = {"tree_paths": _frame(paths, PATH_SCHEMA), "sft_dataset": _frame(sft, SFT_SCHEMA),
-           "preference_pairs": _frame(pairs, PAIR_SCHEMA)}
+    out = {
+        "tree_paths": _frame(paths, PATH_SCHEMA),
+        "sft_dataset": _frame(sft, SFT_SCHEMA),
+        "preference_pairs": _frame(pairs, PAIR_SCHEMA),
+    }
     for name, df in out.items():
         lake.write_table(name, df)
     return out
@@ -240,9 +331,18 @@ def python_reference(source: Lake, lake: Lake) -> dict[str, pl.DataFrame]:
 
 def _child(*args: str) -> dict:
     # each stage in its own process: peak RSS is then that of the model run alone
-    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                                          os.environ.get("PYTHONPATH", "")])})
+    out = subprocess.run(
+        [sys.executable, __file__, *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get("PYTHONPATH", "")]
+            ),
+        },
+    )
     return json.loads(out.stdout)
 
 
@@ -280,8 +380,13 @@ def main() -> int:
         return 0
 
     config = load_profile("tiny").data.duckdb.model_dump()
-    config.update({k: v for k, v in {"batch_rows": args.batch_rows, "memory_limit": args.memory_limit,
-                                     "threads": args.threads}.items() if v is not None})
+    config.update(
+        {
+            k: v
+            for k, v in {"batch_rows": args.batch_rows, "memory_limit": args.memory_limit, "threads": args.threads}.items()
+            if v is not None
+        }
+    )
     sizes = [n for n in (int(x) for x in args.sizes.split(",")) if n <= args.max_nodes]
     results = []
     for n in sizes:
@@ -300,12 +405,15 @@ def main() -> int:
         y = np.array([r["seconds"] for r in results])
         slope, intercept = np.polyfit(x, y, 1)
         first, last = results[0], results[-1]
-        summary.update({
-            "slope_seconds_per_m_nodes": round(slope * 1e6, 3), "intercept_seconds": round(intercept, 2),
-            # per-node time at the largest size over that at the smallest: 1.0 is exactly linear
-            "linearity_ratio": round(last["seconds_per_m_nodes"] / first["seconds_per_m_nodes"], 3),
-            "max_peak_rss_mb": max(r["peak_rss_mb"] for r in results),
-        })
+        summary.update(
+            {
+                "slope_seconds_per_m_nodes": round(slope * 1e6, 3),
+                "intercept_seconds": round(intercept, 2),
+                # per-node time at the largest size over that at the smallest: 1.0 is exactly linear
+                "linearity_ratio": round(last["seconds_per_m_nodes"] / first["seconds_per_m_nodes"], 3),
+                "max_peak_rss_mb": max(r["peak_rss_mb"] for r in results),
+            }
+        )
     print(json.dumps(summary, indent=2))
     return 0 if all(r.get("outputs_match", True) for r in results) else 1
 

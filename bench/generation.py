@@ -30,11 +30,16 @@ def _throughput(backend, prompts: list[str], batch: int, max_tokens: int) -> flo
 def _prefix_workload(backend, problems) -> float:
     """Parents first (their paths get cached), then 4 children per parent on the same path."""
     parents = [backend.chat_prompt(arithmetic.task_prompt(p.question), open_tag("sub_task")) for p in problems]
-    first = backend.generate([GenerationRequest(prompt=p, max_tokens=48, temperature=0.7, stop=(close_tag("sub_task"),)) for p in parents])
+    first = backend.generate(
+        [GenerationRequest(prompt=p, max_tokens=48, temperature=0.7, stop=(close_tag("sub_task"),)) for p in parents]
+    )
     paths = [p + o[0].text for p, o in zip(parents, first, strict=True)]
     before = (backend.stats.prompt_tokens, backend.stats.cached_prompt_tokens)
-    children = [GenerationRequest(prompt=path + open_tag(t), n=2, max_tokens=32, temperature=0.7, stop=(close_tag(t),))
-                for path in paths for t in ("thinking", "double_check")]
+    children = [
+        GenerationRequest(prompt=path + open_tag(t), n=2, max_tokens=32, temperature=0.7, stop=(close_tag(t),))
+        for path in paths
+        for t in ("thinking", "double_check")
+    ]
     backend.generate(children)
     prompt = backend.stats.prompt_tokens - before[0]
     cached = backend.stats.cached_prompt_tokens - before[1]
@@ -46,8 +51,17 @@ def run(model: str, backends: list[str], max_tokens: int) -> dict:
     result: dict = {"model": model, "max_tokens": max_tokens, "backends": {}}
     for name in backends:
         start = time.perf_counter()
-        backend = create_backend(name, model, device="cpu", seed=0, max_model_len=1024, max_num_seqs=256,
-                                 cpu_kvcache_gib=1, enforce_eager=True, block_size=32)
+        backend = create_backend(
+            name,
+            model,
+            device="cpu",
+            seed=0,
+            max_model_len=1024,
+            max_num_seqs=256,
+            cpu_kvcache_gib=1,
+            enforce_eager=True,
+            block_size=32,
+        )
         startup = time.perf_counter() - start
         prompts = [backend.chat_prompt(arithmetic.task_prompt(p.question)) for p in problems]
         _throughput(backend, prompts, 4, 8)  # warm-up: first calls pay lazy initialisation

@@ -30,9 +30,12 @@ def run_faults(tmp: Path) -> dict:
     from tests.reliability import faults
 
     out = {}
-    for name, fn in (("search_kill9", faults.search_kill9), ("sql_kill9_mid_write", faults.sql_kill9_mid_write),
-                     ("checkpoint_kill9_mid_save", faults.checkpoint_kill9_mid_save),
-                     ("training_kill9_and_resume", faults.training_kill9_and_resume)):
+    for name, fn in (
+        ("search_kill9", faults.search_kill9),
+        ("sql_kill9_mid_write", faults.sql_kill9_mid_write),
+        ("checkpoint_kill9_mid_save", faults.checkpoint_kill9_mid_save),
+        ("training_kill9_and_resume", faults.training_kill9_and_resume),
+    ):
         start = time.perf_counter()
         out[name] = {**fn(tmp / name), "seconds": round(time.perf_counter() - start, 1)}
     return out
@@ -53,8 +56,13 @@ def run_corpus(tmp: Path) -> dict:
         slowest = max(slowest, outcome.seconds)
         if outcome.kind != case.expect or case.contains not in outcome.message:
             mismatched.append(case.name)
-    return {"cases": len(CASES), "by_outcome": dict(kinds), "crashes": crashes, "unexpected_outcomes": mismatched,
-            "slowest_verifier_call_s": round(slowest, 2)}
+    return {
+        "cases": len(CASES),
+        "by_outcome": dict(kinds),
+        "crashes": crashes,
+        "unexpected_outcomes": mismatched,
+        "slowest_verifier_call_s": round(slowest, 2),
+    }
 
 
 def markdown(result: dict) -> str:
@@ -62,19 +70,31 @@ def markdown(result: dict) -> str:
     s, q, k, t = f["search_kill9"], f["sql_kill9_mid_write"], f["checkpoint_kill9_mid_save"], f["training_kill9_and_resume"]
     ok = lambda b: "yes" if b else "**no**"  # noqa: E731
     rows = [
-        ("search: kill -9 at random points, rerun each time", f"{s['kills']} kills",
-         f"trees identical to an uninterrupted run: {ok(s['trees_identical_to_uninterrupted'])}; duplicate node ids: "
-         f"{s['duplicate_node_ids']}; finished trees reused: {s['tree_reuse_pct']}% of {s['trees']} "
-         f"(after each kill: {', '.join(map(str, s['finished_trees_after_each_kill']))})"),
-        ("SQL model: kill -9 between writing and publishing", "1 kill",
-         f"partial table visible: {'**yes**' if q['partial_table_visible'] else 'no'}; upstream models published: "
-         f"{ok(q['upstream_models_published'])}"),
+        (
+            "search: kill -9 at random points, rerun each time",
+            f"{s['kills']} kills",
+            f"trees identical to an uninterrupted run: {ok(s['trees_identical_to_uninterrupted'])}; duplicate node ids: "
+            f"{s['duplicate_node_ids']}; finished trees reused: {s['tree_reuse_pct']}% of {s['trees']} "
+            f"(after each kill: {', '.join(map(str, s['finished_trees_after_each_kill']))})",
+        ),
+        (
+            "SQL model: kill -9 between writing and publishing",
+            "1 kill",
+            f"partial table visible: {'**yes**' if q['partial_table_visible'] else 'no'}; upstream models published: "
+            f"{ok(q['upstream_models_published'])}",
+        ),
         ("checkpoint: kill -9 mid-save", "1 kill", f"checkpoint visible: {'**yes**' if k['checkpoint_visible'] else 'no'}"),
-        ("training: kill -9 at step 5 of 8 (Trainer checkpoints every 2)", "1 kill",
-         f"resumed from step {t['resumed_from_step']}; weights equal to an uninterrupted run: {ok(t['weights_equal_uninterrupted'])}"),
-        ("bad inputs (tests/reliability/bad_inputs.py)", f"{c['cases']} cases",
-         ", ".join(f"{n} {kind}" for kind, n in sorted(c["by_outcome"].items())) + f"; crashes: {len(c['crashes'])}; "
-         f"slowest verifier call {c['slowest_verifier_call_s']} s"),
+        (
+            "training: kill -9 at step 5 of 8 (Trainer checkpoints every 2)",
+            "1 kill",
+            f"resumed from step {t['resumed_from_step']}; weights equal to an uninterrupted run: {ok(t['weights_equal_uninterrupted'])}",
+        ),
+        (
+            "bad inputs (tests/reliability/bad_inputs.py)",
+            f"{c['cases']} cases",
+            ", ".join(f"{n} {kind}" for kind, n in sorted(c["by_outcome"].items())) + f"; crashes: {len(c['crashes'])}; "
+            f"slowest verifier call {c['slowest_verifier_call_s']} s",
+        ),
     ]
     lines = ["| fault or input | tried | what survived |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c_} |" for a, b, c_ in rows]

@@ -51,9 +51,16 @@ def _reset_cache(backend) -> None:
 
 def _run(backend, profile, problems, active: int):
     cfg = profile.search.model_copy(update={"active_trees": active})
-    ctx = SearchContext(cfg=cfg, chat_prompt=backend.chat_prompt, count_tokens=backend.count_tokens,
-                        temperature=profile.generation.temperature, top_p=profile.generation.top_p,
-                        max_tokens_per_node=profile.generation.max_tokens_per_node, has_critic=False, seed=profile.seed)
+    ctx = SearchContext(
+        cfg=cfg,
+        chat_prompt=backend.chat_prompt,
+        count_tokens=backend.count_tokens,
+        temperature=profile.generation.temperature,
+        top_p=profile.generation.top_p,
+        max_tokens_per_node=profile.generation.max_tokens_per_node,
+        has_critic=False,
+        seed=profile.seed,
+    )
     trees = {}
     _reset_cache(backend)
     before = (backend.stats.generated_tokens, backend.stats.prompt_tokens, backend.stats.cached_prompt_tokens)
@@ -64,9 +71,15 @@ def _run(backend, profile, problems, active: int):
     prompt = backend.stats.prompt_tokens - before[1]
     cached = backend.stats.cached_prompt_tokens - before[2]
     frame = pl.concat([tree_frame(trees[k]) for k in sorted(trees)])
-    return {"seconds": seconds, "generated_tokens": gen, "tok_per_s": gen / seconds, "nodes": stats.nodes,
-            "nodes_per_s": stats.nodes / seconds, "mean_batch": stats.mean_batch_size,
-            "prefix_cache_hit_rate": cached / prompt if prompt else 0.0}, frame
+    return {
+        "seconds": seconds,
+        "generated_tokens": gen,
+        "tok_per_s": gen / seconds,
+        "nodes": stats.nodes,
+        "nodes_per_s": stats.nodes / seconds,
+        "mean_batch": stats.mean_batch_size,
+        "prefix_cache_hit_rate": cached / prompt if prompt else 0.0,
+    }, frame
 
 
 def main() -> int:
@@ -98,18 +111,23 @@ def main() -> int:
         raw_tok_per_s = (backend.stats.generated_tokens - before) / (time.perf_counter() - start)
     finally:
         backend.inner.close()
-    print(json.dumps({
-        "backend": profile.generation.backend,
-        "problems": args.problems,
-        "speedup_vs_sequential": round(seq["seconds"] / lock["seconds"], 2),
-        "efficiency_vs_raw": round(lock["tok_per_s"] / raw_tok_per_s, 3),
-        "prefix_cache_hit_rate": round(lock["prefix_cache_hit_rate"], 4),
-        "nodes_per_s": round(lock["nodes_per_s"], 1),
-        "trees_identical": lock_frame.equals(seq_frame),
-        "lockstep": {k: round(v, 2) for k, v in lock.items()},
-        "sequential": {k: round(v, 2) for k, v in seq.items()},
-        "raw_flat_batch_tok_per_s": round(raw_tok_per_s, 1),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "backend": profile.generation.backend,
+                "problems": args.problems,
+                "speedup_vs_sequential": round(seq["seconds"] / lock["seconds"], 2),
+                "efficiency_vs_raw": round(lock["tok_per_s"] / raw_tok_per_s, 3),
+                "prefix_cache_hit_rate": round(lock["prefix_cache_hit_rate"], 4),
+                "nodes_per_s": round(lock["nodes_per_s"], 1),
+                "trees_identical": lock_frame.equals(seq_frame),
+                "lockstep": {k: round(v, 2) for k, v in lock.items()},
+                "sequential": {k: round(v, 2) for k, v in seq.items()},
+                "raw_flat_batch_tok_per_s": round(raw_tok_per_s, 1),
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -32,8 +32,14 @@ def _rows(n: int, seed: int):
         bad = good[:cut] + f"<answer>The answer is: \\boxed{{{int(p.gold) + 1}}}</answer>"
         prompt = [{"role": "user", "content": arithmetic.task_prompt(p.question)}]
         sft.append({"prompt": prompt, "completion": [{"role": "assistant", "content": good}]})
-        pairs.append({"problem_id": p.question[:20], "prompt": prompt, "chosen": [{"role": "assistant", "content": good}],
-                      "rejected": [{"role": "assistant", "content": bad}]})
+        pairs.append(
+            {
+                "problem_id": p.question[:20],
+                "prompt": prompt,
+                "chosen": [{"role": "assistant", "content": good}],
+                "rejected": [{"role": "assistant", "content": bad}],
+            }
+        )
     return sft, pairs
 
 
@@ -53,18 +59,51 @@ def main() -> int:
     tok = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model)
     with tempfile.TemporaryDirectory() as tmp:
-        sft = train_sft(model, tok, sft_rows, output_dir=tmp, learning_rate=sft_cfg.learning_rate, batch_size=sft_cfg.batch_size,
-                        max_length=sft_cfg.max_length, epochs=1, device="cpu")
+        sft = train_sft(
+            model,
+            tok,
+            sft_rows,
+            output_dir=tmp,
+            learning_rate=sft_cfg.learning_rate,
+            batch_size=sft_cfg.batch_size,
+            max_length=sft_cfg.max_length,
+            epochs=1,
+            device="cpu",
+        )
         ref = AutoModelForCausalLM.from_pretrained(args.model)
-        dpo = train_dpo(model, ref, tok, pairs[:128], output_dir=tmp, beta=dpo_cfg.beta, learning_rate=dpo_cfg.learning_rate,
-                        batch_size=dpo_cfg.batch_size, max_length=dpo_cfg.max_length, epochs=1,
-                        label_smoothing=v.label_smoothing, sft_weight=v.sft_weight, prefix_mask=v.prefix_mask, device="cpu")
-    print(json.dumps({
-        "model": args.model, "parameters": bootstrap.n_parameters(model), "device": "cpu",
-        "sft_tokens_per_s": round(sft.tokens_per_s, 1), "sft_steps": sft.steps, "sft_seconds": round(sft.seconds, 2),
-        "dpo_s_per_step": round(dpo.s_per_step, 4), "dpo_steps": dpo.steps, "dpo_batch_size": dpo_cfg.batch_size,
-        "dpo_variant": "joint_masked",
-    }, indent=2))
+        dpo = train_dpo(
+            model,
+            ref,
+            tok,
+            pairs[:128],
+            output_dir=tmp,
+            beta=dpo_cfg.beta,
+            learning_rate=dpo_cfg.learning_rate,
+            batch_size=dpo_cfg.batch_size,
+            max_length=dpo_cfg.max_length,
+            epochs=1,
+            label_smoothing=v.label_smoothing,
+            sft_weight=v.sft_weight,
+            prefix_mask=v.prefix_mask,
+            device="cpu",
+        )
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "parameters": bootstrap.n_parameters(model),
+                "device": "cpu",
+                "sft_tokens_per_s": round(sft.tokens_per_s, 1),
+                "sft_steps": sft.steps,
+                "sft_seconds": round(sft.seconds, 2),
+                "dpo_s_per_step": round(dpo.s_per_step, 4),
+                "dpo_steps": dpo.steps,
+                "dpo_batch_size": dpo_cfg.batch_size,
+                "dpo_variant": "joint_masked",
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -49,17 +49,16 @@ def test_every_asset_has_docstring_group_kinds_and_code_version():
 
 
 def test_code_location_imports_no_torch_transformers_or_vllm():
-    code = (
-        "import sys, widen_dag.definitions\n"
-        f"print([m for m in {HEAVY!r} if m in sys.modules])"
-    )
+    code = f"import sys, widen_dag.definitions\nprint([m for m in {HEAVY!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
 
 
 def test_dagster_cli_validates_the_workspace():
     dagster = Path(sys.executable).parent / "dagster"
-    res = subprocess.run([str(dagster), "definitions", "validate", "-w", "workspace.yaml"], capture_output=True, text=True, cwd=REPO)
+    res = subprocess.run(
+        [str(dagster), "definitions", "validate", "-w", "workspace.yaml"], capture_output=True, text=True, cwd=REPO
+    )
     assert res.returncode == 0, res.stdout + res.stderr
 
 

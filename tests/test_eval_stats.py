@@ -80,10 +80,32 @@ def _results(variant: str, correct: list[bool], no_answer: list[bool], samples: 
     rows = []
     for i, (c, na) in enumerate(zip(correct, no_answer, strict=True)):
         for k in range(samples):
-            rows.append({"variant": variant, "eval_set": "arith", "problem_id": f"p{i}", "sample": k, "decoding": "sampled",
-                         "correct": c, "no_answer": na, "n_tokens": 10 + k, "reflections": 0})
-        rows.append({"variant": variant, "eval_set": "arith", "problem_id": f"p{i}", "sample": 0, "decoding": "greedy",
-                     "correct": (greedy or correct)[i], "no_answer": na, "n_tokens": 10, "reflections": 0})
+            rows.append(
+                {
+                    "variant": variant,
+                    "eval_set": "arith",
+                    "problem_id": f"p{i}",
+                    "sample": k,
+                    "decoding": "sampled",
+                    "correct": c,
+                    "no_answer": na,
+                    "n_tokens": 10 + k,
+                    "reflections": 0,
+                }
+            )
+        rows.append(
+            {
+                "variant": variant,
+                "eval_set": "arith",
+                "problem_id": f"p{i}",
+                "sample": 0,
+                "decoding": "greedy",
+                "correct": (greedy or correct)[i],
+                "no_answer": na,
+                "n_tokens": 10,
+                "reflections": 0,
+            }
+        )
     return rows
 
 
@@ -92,13 +114,31 @@ def test_report_keeps_intervals_and_paired_differences_and_says_supported_only_o
     base = [i % 4 == 0 for i in range(n)]  # 25%
     sft = [i % 4 == 0 or i % 4 == 1 for i in range(n)]  # 50%: a 25-point paired gain
     dpo = [c if i != 1 else not c for i, c in enumerate(sft)]  # one problem changes: noise
-    results = pl.DataFrame(_results("base", base, [False] * n) + _results("sft", sft, [False] * n)
-                           + _results("dpo", dpo, [i % 50 == 0 for i in range(n)]))
+    results = pl.DataFrame(
+        _results("base", base, [False] * n)
+        + _results("sft", sft, [False] * n)
+        + _results("dpo", dpo, [i % 50 == 0 for i in range(n)])
+    )
     summary = summarize_results(results)
-    for col in ("accuracy_lo", "accuracy_hi", "no_answer_lo", "no_answer_hi", "greedy_accuracy", "greedy_accuracy_lo",
-                "greedy_accuracy_hi", "test_at_1", "test_at_2", "test_at_2_lo", "median_tokens", "reflections_per_response",
-                "acc_diff_vs_prev", "acc_diff_vs_prev_lo", "acc_diff_vs_prev_hi", "no_answer_diff_vs_sft_lo",
-                "greedy_mcnemar_p_vs_prev"):
+    for col in (
+        "accuracy_lo",
+        "accuracy_hi",
+        "no_answer_lo",
+        "no_answer_hi",
+        "greedy_accuracy",
+        "greedy_accuracy_lo",
+        "greedy_accuracy_hi",
+        "test_at_1",
+        "test_at_2",
+        "test_at_2_lo",
+        "median_tokens",
+        "reflections_per_response",
+        "acc_diff_vs_prev",
+        "acc_diff_vs_prev_lo",
+        "acc_diff_vs_prev_hi",
+        "no_answer_diff_vs_sft_lo",
+        "greedy_mcnemar_p_vs_prev",
+    ):
         assert col in summary.columns, col
     s = {r["variant"]: r for r in summary.iter_rows(named=True)}
     assert s["sft"]["accuracy_lo"] < 0.5 < s["sft"]["accuracy_hi"]
@@ -122,8 +162,11 @@ def test_seed_summary_gives_mean_sd_and_how_often_each_direction_held():
     for seed, extra in ((0, 1), (1, 2), (2, 3)):
         sft = [i % 4 == 0 or i % 4 in range(1, 1 + extra) and i < 100 for i in range(n)]
         dpo = [c and i % 7 != seed for i, c in enumerate(sft)]
-        reports[seed] = summarize_results(pl.DataFrame(_results("base", base, [False] * n) + _results("sft", sft, [False] * n)
-                                                       + _results("dpo", dpo, [False] * n)))
+        reports[seed] = summarize_results(
+            pl.DataFrame(
+                _results("base", base, [False] * n) + _results("sft", sft, [False] * n) + _results("dpo", dpo, [False] * n)
+            )
+        )
     out = seed_summary(reports)
     assert out["seeds"] == [0, 1, 2]
     sft_acc = out["cells"]["arith"]["SFT"]["accuracy"]

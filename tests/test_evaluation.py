@@ -15,14 +15,25 @@ def _rows(variant: str, correct: list[bool], no_answer: list[bool], tokens: int,
     out = []
     for i, (c, na) in enumerate(zip(correct, no_answer, strict=True)):
         for k in range(samples):
-            out.append({"variant": variant, "eval_set": "arith", "problem_id": f"p{i}", "sample": k,
-                        "correct": c if k == 0 else not c, "no_answer": na and k == 0, "n_tokens": tokens, "reflections": 1})
+            out.append(
+                {
+                    "variant": variant,
+                    "eval_set": "arith",
+                    "problem_id": f"p{i}",
+                    "sample": k,
+                    "correct": c if k == 0 else not c,
+                    "no_answer": na and k == 0,
+                    "n_tokens": tokens,
+                    "reflections": 1,
+                }
+            )
     return out
 
 
 def test_summary_accuracy_is_the_mean_over_samples_and_test_at_n_any_sample():
-    rows = pl.DataFrame(_rows("sft", [True, False, False, False], [False, True, False, False], 40)
-                        + _rows("base", [False] * 4, [True] * 4, 90))
+    rows = pl.DataFrame(
+        _rows("sft", [True, False, False, False], [False, True, False, False], 40) + _rows("base", [False] * 4, [True] * 4, 90)
+    )
     s = {r["variant"]: r for r in summarize_results(rows).iter_rows(named=True)}
     assert s["sft"]["accuracy"] == 0.5  # every problem has one correct sample of two
     assert s["sft"]["no_answer_rate"] == 0.125  # one no-answer among 8 samples
@@ -41,10 +52,26 @@ def test_markdown_table_has_the_paper_rows_in_order_with_intervals():
 
 
 def test_summarize_counts_no_answer_apart_from_wrong():
-    rows = [{"problem_id": "a", "sample": 0, "correct": False, "no_answer": True, "n_tokens": 5, "well_formed": False,
-             "reflections": 0},
-            {"problem_id": "b", "sample": 0, "correct": False, "no_answer": False, "n_tokens": 7, "well_formed": True,
-             "reflections": 2}]
+    rows = [
+        {
+            "problem_id": "a",
+            "sample": 0,
+            "correct": False,
+            "no_answer": True,
+            "n_tokens": 5,
+            "well_formed": False,
+            "reflections": 0,
+        },
+        {
+            "problem_id": "b",
+            "sample": 0,
+            "correct": False,
+            "no_answer": False,
+            "n_tokens": 7,
+            "well_formed": True,
+            "reflections": 2,
+        },
+    ]
     s = summarize(rows)
     assert s["accuracy"] == 0 and s["no_answer_rate"] == 0.5 and s["median_tokens"] == 6
 
@@ -54,9 +81,16 @@ def test_reflection_phrases_are_counted():
 
 
 def test_overthinking_teacher_pads_correct_solutions_with_habits():
-    staged = pl.DataFrame({"problem_id": ["p1", "p2"], "domain": "arithmetic", "split": ["train", "eval"],
-                           "prompt": ["solve 1", "solve 2"], "gold": ["9", "3"],
-                           "meta": [json.dumps({"steps": ["4 + 5 = 9"]}), json.dumps({"steps": ["1 + 2 = 3"]})]})
+    staged = pl.DataFrame(
+        {
+            "problem_id": ["p1", "p2"],
+            "domain": "arithmetic",
+            "split": ["train", "eval"],
+            "prompt": ["solve 1", "solve 2"],
+            "gold": ["9", "3"],
+            "meta": [json.dumps({"steps": ["4 + 5 = 9"]}), json.dumps({"steps": ["1 + 2 = 3"]})],
+        }
+    )
     rows = distill.synthetic_rows(staged, reflections=6, seed=0)
     assert [r["problem_id"] for r in rows] == ["p1"]  # train split only
     text = rows[0]["messages"][1]["content"]
@@ -84,13 +118,27 @@ def test_eval_worker_writes_sampled_and_greedy_responses_for_every_checkpoint(tm
     from widen_dag.workers.common import Worker
 
     lake = Lake(str(tmp_path))
-    lake.write_table("stg_problems", pl.DataFrame({
-        "problem_id": ["p0", "p1", "p2"], "split": "eval", "source": "arithmetic", "domain": "arithmetic",
-        "question": ["Ann has 1 pens. How many pens does Ann have?"] * 3, "gold": ["1", "2", "3"]}))
+    lake.write_table(
+        "stg_problems",
+        pl.DataFrame(
+            {
+                "problem_id": ["p0", "p1", "p2"],
+                "split": "eval",
+                "source": "arithmetic",
+                "domain": "arithmetic",
+                "question": ["Ann has 1 pens. How many pens does Ann have?"] * 3,
+                "gold": ["1", "2", "3"],
+            }
+        ),
+    )
     profile = with_run_seed(load_profile("tiny"), 5)
     worker = Worker(SimpleNamespace(log=SimpleNamespace(info=lambda m: None)), profile, lake)
-    for folder in ("models/student_base", "checkpoints/distill", "checkpoints/sft",
-                   *(f"checkpoints/dpo-{v}" for v in profile.train.dpo.variants)):
+    for folder in (
+        "models/student_base",
+        "checkpoints/distill",
+        "checkpoints/sft",
+        *(f"checkpoints/dpo-{v}" for v in profile.train.dpo.variants),
+    ):
         (Path(tmp_path) / folder).mkdir(parents=True)
         (Path(tmp_path) / folder / "config.json").write_text("{}")
         if folder.startswith("checkpoints/"):

@@ -38,9 +38,11 @@ def test_crash_mid_write_leaves_nothing_visible_and_keeps_the_old_file(tmp_path,
     def crashing_open(self, path, mode="rb", **kw):
         fh = real_open(self, path, mode, **kw)
         if "w" in mode:
+
             def boom(data):
                 fh.raw_write = True
                 raise OSError("disk gone mid-write")
+
             fh.write = boom
         return fh
 

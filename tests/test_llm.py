@@ -13,16 +13,27 @@ from widen_dag.search.thoughts import choose_prefill, open_tag
 
 @pytest.fixture(scope="module", params=["transformers", pytest.param("vllm", marks=pytest.mark.slow)])
 def backend(request, tiny_checkpoint):
-    b = create_backend(request.param, str(tiny_checkpoint), device="cpu", seed=0, max_model_len=512, max_num_seqs=64,
-                       cpu_kvcache_gib=1, enforce_eager=True, block_size=32)
+    b = create_backend(
+        request.param,
+        str(tiny_checkpoint),
+        device="cpu",
+        seed=0,
+        max_model_len=512,
+        max_num_seqs=64,
+        cpu_kvcache_gib=1,
+        enforce_eager=True,
+        block_size=32,
+    )
     yield b
     b.close()
 
 
 def test_backends_return_n_samples_with_text_tokens_logprob_and_finish_reason(backend):
     prompt = backend.chat_prompt("What is 2 + 3?", open_tag("thinking") + choose_prefill("thinking", random.Random(0)))
-    reqs = [GenerationRequest(prompt=prompt, n=3, max_tokens=12, temperature=0.7, top_p=0.9, stop=("</thinking>",)),
-            GenerationRequest(prompt=prompt, n=1, max_tokens=5, temperature=0.0)]
+    reqs = [
+        GenerationRequest(prompt=prompt, n=3, max_tokens=12, temperature=0.7, top_p=0.9, stop=("</thinking>",)),
+        GenerationRequest(prompt=prompt, n=1, max_tokens=5, temperature=0.0),
+    ]
     out = backend.generate(reqs)
     assert [len(o) for o in out] == [3, 1]
     for s in out[0] + out[1]:
@@ -64,10 +75,12 @@ def test_token_id_prompts_are_accepted(backend):
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"prompt": "x", "max_tokens": 0}, "request.max_tokens must be > 0"),
-     ({"prompt": "x", "temperature": -0.1}, "request.temperature must be >= 0"),
-     ({"prompt": "x", "n": 0}, "request.n must be >= 1"),
-     ({}, "exactly one of prompt or prompt_token_ids")],
+    [
+        ({"prompt": "x", "max_tokens": 0}, "request.max_tokens must be > 0"),
+        ({"prompt": "x", "temperature": -0.1}, "request.temperature must be >= 0"),
+        ({"prompt": "x", "n": 0}, "request.n must be >= 1"),
+        ({}, "exactly one of prompt or prompt_token_ids"),
+    ],
 )
 def test_bad_requests_fail_with_the_field(kwargs, message):
     with pytest.raises(GenerationConfigError, match=message):

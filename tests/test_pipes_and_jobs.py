@@ -21,7 +21,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _resources(lake_root: Path) -> dict:
-    return {"pipeline": PipelineResource(profile="tiny", lake_root=str(lake_root)), "pipes_subprocess_client": dg.PipesSubprocessClient()}
+    return {
+        "pipeline": PipelineResource(profile="tiny", lake_root=str(lake_root)),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+    }
 
 
 def test_pipes_worker_round_trip_reports_metadata_and_logs(tmp_path):
@@ -36,7 +39,6 @@ def test_pipes_worker_round_trip_reports_metadata_and_logs(tmp_path):
     assert any(m.startswith("compute environment: {") for m in messages)  # the worker's log, relayed
 
 
-
 def test_a_yaml_profile_named_in_the_environment_reaches_the_worker(tmp_path, monkeypatch):
     # A user's own profile file, given as a relative path through $WIDEN_DAG_PROFILE: the worker
     # must load that file, not look for a built-in profile called by its name.
@@ -46,9 +48,13 @@ def test_a_yaml_profile_named_in_the_environment_reaches_the_worker(tmp_path, mo
     pipeline = PipelineResource(lake_root=str(tmp_path / "lake"))
     extras = pipeline.worker_extras(pipeline.load_profile())
     assert profile_from_json(extras["profile_json"]).name == "my-own-profile"
-    result = dg.materialize([compute_environment], instance=dg.DagsterInstance.ephemeral(),
-                            resources={"pipeline": pipeline, "pipes_subprocess_client": dg.PipesSubprocessClient()})
+    result = dg.materialize(
+        [compute_environment],
+        instance=dg.DagsterInstance.ephemeral(),
+        resources={"pipeline": pipeline, "pipes_subprocess_client": dg.PipesSubprocessClient()},
+    )
     assert result.success
+
 
 def test_run_seed_is_run_config_that_reseeds_search_training_and_evaluation_only():
     from widen_dag.definitions import defs
@@ -60,7 +66,12 @@ def test_run_seed_is_run_config_that_reseeds_search_training_and_evaluation_only
     base, seeded = load_profile("tiny"), pipeline.load_profile()
     assert (seeded.search.seed, seeded.train.seed, seeded.eval.seed, seeded.data.distill.seed) == (3, 3, 3, 3)
     # the same problems, split and base models in every seed: the comparisons stay paired
-    assert (seeded.seed, seeded.problems, seeded.datasets, seeded.models) == (base.seed, base.problems, base.datasets, base.models)
+    assert (seeded.seed, seeded.problems, seeded.datasets, seeded.models) == (
+        base.seed,
+        base.problems,
+        base.datasets,
+        base.models,
+    )
     # the worker gets the seeded profile itself
     assert profile_from_json(pipeline.worker_extras(pipeline.load_profile())["profile_json"]) == seeded
     plain = PipelineResource(profile="tiny")
@@ -73,7 +84,9 @@ def test_problem_assets_write_the_lake_and_report_counts(tmp_path):
     assert register_profile_shards(instance, load_profile("tiny")) == ["arithmetic-000", "arithmetic-001"]
     for key in ("arithmetic-000", "arithmetic-001"):
         assert dg.materialize([raw_problems], partition_key=key, resources=res, instance=instance).success
-    result = dg.materialize([raw_problems.to_source_asset(), stg_problems], resources=res, selection=[stg_problems], instance=instance)
+    result = dg.materialize(
+        [raw_problems.to_source_asset(), stg_problems], resources=res, selection=[stg_problems], instance=instance
+    )
     assert result.success
     lake = Lake(str(tmp_path))
     staged = lake.read_table("stg_problems")
@@ -118,9 +131,23 @@ def test_demo_command_runs_every_shard_into_a_persistent_dagster_home(tmp_path):
         assert lake.read_table(name).height > 0, name
     _check_checkpoints(tmp_path / "lake" / "checkpoints")
     report = lake.read_table("ablation_report")
-    assert set(report.columns) >= {"variant", "eval_set", "n", "accuracy", "accuracy_lo", "accuracy_hi", "no_answer_rate",
-                                   "no_answer_lo", "no_answer_hi", "greedy_accuracy", "test_at_2", "mean_tokens",
-                                   "median_tokens", "acc_diff_vs_prev_lo", "acc_diff_vs_sft_hi"}
+    assert set(report.columns) >= {
+        "variant",
+        "eval_set",
+        "n",
+        "accuracy",
+        "accuracy_lo",
+        "accuracy_hi",
+        "no_answer_rate",
+        "no_answer_lo",
+        "no_answer_hi",
+        "greedy_accuracy",
+        "test_at_2",
+        "mean_tokens",
+        "median_tokens",
+        "acc_diff_vs_prev_lo",
+        "acc_diff_vs_sft_hi",
+    }
     assert sorted(report["variant"]) == sorted(["base", "distill_baseline", "sft", *variants])
     assert (report["n"] >= 1000).all()  # enough held-out problems for intervals narrower than the effects
     assert ((report["accuracy_lo"] <= report["accuracy"]) & (report["accuracy"] <= report["accuracy_hi"])).all()
@@ -130,11 +157,18 @@ def test_demo_command_runs_every_shard_into_a_persistent_dagster_home(tmp_path):
     assert verdicts[("sft", "acc")]["verdict"] == "supported", verdicts[("sft", "acc")]
     assert "Ablation (the paper's Table 5 layout)" in res.stdout and "| +mask |" in res.stdout
     # Lineage from a trained checkpoint back to its pairs, tree nodes and problem.
-    traced = subprocess.run([str(cli), "trace", "dpo-joint_masked", "--json"], capture_output=True, text=True, cwd=REPO,
-                            env=env, check=True)
+    traced = subprocess.run(
+        [str(cli), "trace", "dpo-joint_masked", "--json"], capture_output=True, text=True, cwd=REPO, env=env, check=True
+    )
     pair = json.loads(traced.stdout)["pairs"][0]
-    detail = subprocess.run([str(cli), "trace", "dpo-joint_masked", "--pair", pair["problem_id"], "--json"],
-                            capture_output=True, text=True, cwd=REPO, env=env, check=True)
+    detail = subprocess.run(
+        [str(cli), "trace", "dpo-joint_masked", "--pair", pair["problem_id"], "--json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        check=True,
+    )
     nodes = json.loads(detail.stdout)
     assert nodes["chosen"][-1]["reward"] == 1.0 and nodes["rejected"][-1]["reward"] in (0.0, None)
     assert nodes["problem"]["split"] == "train"
@@ -156,11 +190,24 @@ def _check_checkpoints(folder: Path) -> None:
         assert manifest["inputs"] and manifest["rows"] > 0
         tok = AutoTokenizer.from_pretrained(folder / name)
         model = AutoModelForCausalLM.from_pretrained(folder / name, use_safetensors=True)
-        ids = tok(tok.apply_chat_template([{"role": "user", "content": "Ann has 2 pens."}], add_generation_prompt=True,
-                                          tokenize=False), return_tensors="pt", add_special_tokens=False)
-        assert model.generate(**ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id).shape[1] > ids["input_ids"].shape[1]
-    backend = create_backend("vllm", str(folder / "dpo-joint_masked"), device="cpu", max_model_len=512, cpu_kvcache_gib=1,
-                             enforce_eager=True, block_size=32)
+        ids = tok(
+            tok.apply_chat_template([{"role": "user", "content": "Ann has 2 pens."}], add_generation_prompt=True, tokenize=False),
+            return_tensors="pt",
+            add_special_tokens=False,
+        )
+        assert (
+            model.generate(**ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id).shape[1]
+            > ids["input_ids"].shape[1]
+        )
+    backend = create_backend(
+        "vllm",
+        str(folder / "dpo-joint_masked"),
+        device="cpu",
+        max_model_len=512,
+        cpu_kvcache_gib=1,
+        enforce_eager=True,
+        block_size=32,
+    )
     try:
         out = backend.generate([GenerationRequest(prompt=backend.chat_prompt("Ann has 2 pens."), max_tokens=8)])
         assert out[0][0].n_tokens > 0

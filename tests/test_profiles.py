@@ -29,8 +29,10 @@ def test_tiny_is_the_default_and_env_var_selects(monkeypatch):
         ({"generation": {"backend": "tgi"}}, "generation.backend: Input should be 'vllm' or 'transformers'"),
         ({"generation": {"temperature": -1}}, "generation.temperature: Input should be greater than or equal to 0"),
         ({"models": {"policy": {"source": "hub"}}}, "models.policy: Value error, a hub model needs 'name'"),
-        ({"datasets": [{"name": "a", "domain": "math", "source": {"kind": "file", "path": "x", "qestion_field": "q"}}]},
-         "datasets.0.source.qestion_field: Extra inputs are not permitted"),
+        (
+            {"datasets": [{"name": "a", "domain": "math", "source": {"kind": "file", "path": "x", "qestion_field": "q"}}]},
+            "datasets.0.source.qestion_field: Extra inputs are not permitted",
+        ),
         ({"data": {"duckdb": {"memory_limit": "lots"}}}, "data.duckdb.memory_limit: String should match pattern"),
         ({"data": {"duckdb": {"batch_rows": 0}}}, "data.duckdb.batch_rows: Input should be greater than 0"),
     ],

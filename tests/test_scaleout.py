@@ -18,8 +18,17 @@ K8S = "llama3_1_8b_planning_k8s"
 def test_multi_gpu_training_workers_run_under_accelerate_launch():
     assert scaleout.worker_argv("train", "sft")[1:] == ["-m", "widen_dag.workers.train", "sft"]
     cmd = scaleout.worker_argv("train", "dpo", "cdpo", num_processes=4, python="python")
-    assert cmd == ["python", "-m", "accelerate.commands.launch", "--num_processes", "4",
-                   "-m", "widen_dag.workers.train", "dpo", "cdpo"]
+    assert cmd == [
+        "python",
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "4",
+        "-m",
+        "widen_dag.workers.train",
+        "dpo",
+        "cdpo",
+    ]
 
 
 def test_k8s_profile_extends_the_planning_profile_and_overrides_only_what_it_names():
@@ -50,7 +59,11 @@ def test_secrets_reach_pods_only_as_secret_key_refs():
     assert {e["name"] for e in env} == {"HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
     assert all(set(e) == {"name", "valueFrom"} and "secretKeyRef" in e["valueFrom"] for e in env)
     plain = scaleout.pod_env(profile)
-    assert plain == {"WIDEN_DAG_PROFILE": K8S, "WIDEN_DAG_LAKE": "s3://example-bucket/widen-dag/lake", "TOKENIZERS_PARALLELISM": "false"}
+    assert plain == {
+        "WIDEN_DAG_PROFILE": K8S,
+        "WIDEN_DAG_LAKE": "s3://example-bucket/widen-dag/lake",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 def test_dagster_k8s_builds_a_valid_pod_from_the_spec_and_command():
@@ -58,7 +71,9 @@ def test_dagster_k8s_builds_a_valid_pod_from_the_spec_and_command():
 
     profile = load_profile(K8S)
     command = scaleout.worker_argv("train", "sft", num_processes=scaleout.training_processes(profile, "train"), python="python")
-    pod = build_pod_body("widen-dag-train-sft", None, command, scaleout.pod_env(profile), None, scaleout.pod_spec(profile, "train"))
+    pod = build_pod_body(
+        "widen-dag-train-sft", None, command, scaleout.pod_env(profile), None, scaleout.pod_spec(profile, "train")
+    )
     container = pod.spec.containers[0]
     assert container.image == "ghcr.io/example/widen-dag:latest"
     assert container.command[:5] == ["python", "-m", "accelerate.commands.launch", "--num_processes", "4"]
@@ -80,7 +95,10 @@ def test_a_k8s_profile_launches_workers_through_pipes_k8s_client(tmp_path, monke
             raise RuntimeError("no cluster in tests")
 
     monkeypatch.setattr(dagster_k8s, "PipesK8sClient", RecordingK8sClient)
-    res = {"pipeline": PipelineResource(profile=K8S, lake_root=str(tmp_path)), "pipes_subprocess_client": dg.PipesSubprocessClient()}
+    res = {
+        "pipeline": PipelineResource(profile=K8S, lake_root=str(tmp_path)),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+    }
     result = dg.materialize([compute_environment], resources=res, raise_on_error=False)
     assert not result.success and len(calls) == 2  # the asset's retry policy ran it twice
     call = calls[0]
@@ -92,14 +110,20 @@ def test_a_k8s_profile_launches_workers_through_pipes_k8s_client(tmp_path, monke
 
 
 def _with_runtime(runtime: dict) -> dict:
-    return {"name": "x", "datasets": [{"name": "a", "domain": "arithmetic", "source": {"kind": "arithmetic"}}], "runtime": runtime}
+    return {
+        "name": "x",
+        "datasets": [{"name": "a", "domain": "arithmetic", "source": {"kind": "arithmetic"}}],
+        "runtime": runtime,
+    }
 
 
 def test_k8s_runtime_errors_name_the_field():
     with pytest.raises(ProfileError, match="needs a runtime.k8s section"):
         parse_profile(_with_runtime({"kind": "k8s"}))
     with pytest.raises(ProfileError, match=r"runtime.k8s.secret_env.*'<secret name>/<key>'"):
-        parse_profile(_with_runtime({"kind": "k8s", "k8s": {"image": "i", "lake_root": "s3://b", "secret_env": {"HF_TOKEN": "hf_abc"}}}))
+        parse_profile(
+            _with_runtime({"kind": "k8s", "k8s": {"image": "i", "lake_root": "s3://b", "secret_env": {"HF_TOKEN": "hf_abc"}}})
+        )
     with pytest.raises(ProfileError, match="runtime.k8s.lake_root"):
         parse_profile(_with_runtime({"kind": "k8s", "k8s": {"image": "i", "lake_root": "/local/path"}}))
 
@@ -118,8 +142,10 @@ def test_a_hung_worker_is_stopped_at_its_timeout_retried_and_reported(tmp_path, 
         monkeypatch.setattr(scaleout, "TIMEOUT_EXIT_CODE", 99999)
     profile = tmp_path / "hung.yaml"
     profile.write_text("extends: tiny\nname: hung\nruntime: {worker_timeout_s: 1}\n")
-    res = {"pipeline": PipelineResource(profile=str(profile), lake_root=str(tmp_path / "lake")),
-           "pipes_subprocess_client": dg.PipesSubprocessClient()}
+    res = {
+        "pipeline": PipelineResource(profile=str(profile), lake_root=str(tmp_path / "lake")),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+    }
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize([compute_environment], resources=res, instance=instance, raise_on_error=False)
     assert not result.success

@@ -39,8 +39,11 @@ def test_code_version_follows_the_sql(tmp_path):
 
 @pytest.mark.parametrize(
     ("sql", "message"),
-    [("SELECT 1; SELECT 2", "a.sql: must hold exactly one SELECT"), ("DELETE FROM t", "a.sql: must hold exactly one SELECT"),
-     ("SELEC 1 FROM", "a.sql: not valid SQL")],
+    [
+        ("SELECT 1; SELECT 2", "a.sql: must hold exactly one SELECT"),
+        ("DELETE FROM t", "a.sql: must hold exactly one SELECT"),
+        ("SELEC 1 FROM", "a.sql: not valid SQL"),
+    ],
 )
 def test_a_file_that_is_not_one_select_is_rejected_by_name(tmp_path, sql, message):
     _write(tmp_path, "a", sql)
@@ -62,7 +65,6 @@ def test_cycles_and_checks_without_a_model_are_rejected(tmp_path):
 def test_cte_named_like_a_table_is_not_a_dependency(tmp_path):
     _write(tmp_path, "a", "WITH stg_problems AS (SELECT 1 AS x) SELECT * FROM stg_problems JOIN search_trees ON true")
     assert sqlmodels.load_models(tmp_path)["a"].deps == ("search_trees",)
-
 
 
 def test_a_failing_model_still_lands_the_models_computed_before_it(tmp_path):
@@ -103,7 +105,11 @@ def test_sft_takes_the_longest_correct_path_per_train_problem(small_lake):
     assert sft["path_id"].to_list() == ["P1-s0/6", "P2-s0/2", "P5-s0/2"]  # P2: tie -> smaller id; P3 is eval
     msgs = sft.row(0, named=True)["messages"]
     assert msgs[0] == {"role": "user", "content": "solve P1"} and msgs[1]["role"] == "assistant"
-    assert run_sql_models(small_lake, "shortest")["sft_dataset"].sort("problem_id")["path_id"].to_list() == ["P1-s0/3", "P2-s0/2", "P5-s0/2"]
+    assert run_sql_models(small_lake, "shortest")["sft_dataset"].sort("problem_id")["path_id"].to_list() == [
+        "P1-s0/3",
+        "P2-s0/2",
+        "P5-s0/2",
+    ]
     assert run_sql_models(small_lake, "all_correct")["sft_dataset"].height == 5
 
 
@@ -159,22 +165,32 @@ def test_dagster_multi_asset_materializes_a_subset_with_its_checks(small_lake):
     meta = events["tree_paths"].metadata
     assert meta["dagster/row_count"].value == 11 and meta["query_seconds"].value > 0 and meta["rows_per_s"].value > 0
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
-    assert checks == {"preference_pairs__distinct_nonempty": True, "preference_pairs__labels": True,
-                      "preference_pairs__no_eval_problems": True}
+    assert checks == {
+        "preference_pairs__distinct_nonempty": True,
+        "preference_pairs__labels": True,
+        "preference_pairs__no_eval_problems": True,
+    }
 
 
 def test_the_rejected_path_comes_from_the_chosen_paths_tree(tmp_path):
     # P6 was searched twice (two trees). Node numbers restart per tree, so a problem-wide
     # comparison would see s1's wrong answer as sharing the sub_task of s0's chosen path.
-    extra = [node_row("P6-s0", 0, None, "root", 0), node_row("P6-s0", 1, 0, "sub_task", 10),
-             node_row("P6-s0", 2, 1, "answer", 5, reward=1.0, terminal=True), node_row("P6-s0", 3, 1, "answer", 9, reward=0.0, terminal=True),
-             node_row("P6-s1", 0, None, "root", 0), node_row("P6-s1", 1, 0, "answer", 2, reward=0.0, terminal=True)]
+    extra = [
+        node_row("P6-s0", 0, None, "root", 0),
+        node_row("P6-s0", 1, 0, "sub_task", 10),
+        node_row("P6-s0", 2, 1, "answer", 5, reward=1.0, terminal=True),
+        node_row("P6-s0", 3, 1, "answer", 9, reward=0.0, terminal=True),
+        node_row("P6-s1", 0, None, "root", 0),
+        node_row("P6-s1", 1, 0, "answer", 2, reward=0.0, terminal=True),
+    ]
     lake = build_small_lake(tmp_path)
     lake.write_table("search_trees", pl.DataFrame(extra, schema=NODE_SCHEMA), "hand-001")
     nodes = lake.read_all("search_trees")
     lake.write_table("node_lengths", nodes.select("node_id", pl.col("n_tokens").alias("student_tokens")))
     stg = lake.read_table("stg_problems")
-    lake.write_table("stg_problems", pl.concat([stg, stg.head(1).with_columns(problem_id=pl.lit("P6"), prompt=pl.lit("solve P6"))]))
+    lake.write_table(
+        "stg_problems", pl.concat([stg, stg.head(1).with_columns(problem_id=pl.lit("P6"), prompt=pl.lit("solve P6"))])
+    )
     pairs = run_sql_models(lake)["preference_pairs"].filter(pl.col("problem_id") == "P6")
     assert pairs["rejected_path_id"].to_list() == ["P6-s0/3", "P6-s0/3"]  # balanced and default
     assert pairs["common_prefix_nodes"].to_list() == [1, 1] and pairs["tree_id"].to_list() == ["P6-s0", "P6-s0"]
@@ -183,32 +199,57 @@ def test_the_rejected_path_comes_from_the_chosen_paths_tree(tmp_path):
 # ---- at scale: batches, a memory limit and spilling change nothing -------------------------
 def _many_trees_lake(tmp_path, copies: int) -> Lake:
     """The hand-built problems (P6 with two trees included) repeated ``copies`` times under new ids."""
-    base = pl.concat([hand_built_trees(), pl.DataFrame(
-        [node_row("P6-s0", 0, None, "root", 0), node_row("P6-s0", 1, 0, "sub_task", 10),
-         node_row("P6-s0", 2, 1, "answer", 5, reward=1.0, terminal=True), node_row("P6-s0", 3, 1, "answer", 9, reward=0.0, terminal=True),
-         node_row("P6-s1", 0, None, "root", 0), node_row("P6-s1", 1, 0, "answer", 2, reward=0.0, terminal=True)], schema=NODE_SCHEMA)])
+    base = pl.concat(
+        [
+            hand_built_trees(),
+            pl.DataFrame(
+                [
+                    node_row("P6-s0", 0, None, "root", 0),
+                    node_row("P6-s0", 1, 0, "sub_task", 10),
+                    node_row("P6-s0", 2, 1, "answer", 5, reward=1.0, terminal=True),
+                    node_row("P6-s0", 3, 1, "answer", 9, reward=0.0, terminal=True),
+                    node_row("P6-s1", 0, None, "root", 0),
+                    node_row("P6-s1", 1, 0, "answer", 2, reward=0.0, terminal=True),
+                ],
+                schema=NODE_SCHEMA,
+            ),
+        ]
+    )
     lake = Lake(str(tmp_path / "lake"))
     shards = []
     for c in range(copies):
         tag = pl.lit(f"{c:04d}")
-        shards.append(base.with_columns(  # P1-s0/3 -> P1x0007-s0/3: the copy's problem, tree and node ids
-            *(pl.col(k).str.replace(r"^(P\d)", "${1}x" + f"{c:04d}") for k in ("tree_id", "problem_id", "node_id", "parent_id")),
-            pl.concat_str(pl.col("text"), tag)))
+        shards.append(
+            base.with_columns(  # P1-s0/3 -> P1x0007-s0/3: the copy's problem, tree and node ids
+                *(
+                    pl.col(k).str.replace(r"^(P\d)", "${1}x" + f"{c:04d}")
+                    for k in ("tree_id", "problem_id", "node_id", "parent_id")
+                ),
+                pl.concat_str(pl.col("text"), tag),
+            )
+        )
     nodes = pl.concat(shards)
     half = nodes.height // 2
     lake.write_table("search_trees", nodes.head(half), "many-000")  # a problem may straddle shards
     lake.write_table("search_trees", nodes.tail(nodes.height - half), "many-001")
     lake.write_table("node_lengths", nodes.select("node_id", (pl.col("n_tokens") * 2).cast(pl.Int32).alias("student_tokens")))
     problems = nodes.select("problem_id").unique().sort("problem_id")
-    lake.write_table("stg_problems", problems.with_columns(
-        domain=pl.lit("arithmetic"), split=pl.when(pl.col("problem_id").str.starts_with("P3")).then(pl.lit("eval")).otherwise(pl.lit("train")),
-        prompt=pl.concat_str(pl.lit("solve "), "problem_id")))
+    lake.write_table(
+        "stg_problems",
+        problems.with_columns(
+            domain=pl.lit("arithmetic"),
+            split=pl.when(pl.col("problem_id").str.starts_with("P3")).then(pl.lit("eval")).otherwise(pl.lit("train")),
+            prompt=pl.concat_str(pl.lit("solve "), "problem_id"),
+        ),
+    )
     return lake
 
 
 def _tables(lake: Lake, settings=None, progress=None) -> dict[str, tuple[pl.DataFrame, str, int]]:
     models = sqlmodels.load_models()
-    runs = list(sqlmodels.run_models(lake, models, list(models), {"sft_selection": "longest"}, settings=settings, progress=progress))
+    runs = list(
+        sqlmodels.run_models(lake, models, list(models), {"sft_selection": "longest"}, settings=settings, progress=progress)
+    )
     return {r.name: (lake.read_table(r.name), r.written.sha256, r.batches) for r in runs}
 
 
@@ -240,8 +281,12 @@ def test_a_failing_batch_publishes_nothing(tmp_path):
     sql_dir = tmp_path / "sql"
     _write(sql_dir, "tree_paths", "-- batch_by: problem_id\nSELECT problem_id, node_id FROM search_trees ORDER BY node_id")
     # fails only on the batch holding P5x0019's rows, after earlier batches were staged
-    _write(sql_dir, "sft_dataset", "-- batch_by: problem_id\nSELECT problem_id, CAST(CASE WHEN problem_id = 'P5x0019' "
-                                   "THEN 'x' ELSE '1' END AS INTEGER) AS n FROM tree_paths ORDER BY problem_id")
+    _write(
+        sql_dir,
+        "sft_dataset",
+        "-- batch_by: problem_id\nSELECT problem_id, CAST(CASE WHEN problem_id = 'P5x0019' "
+        "THEN 'x' ELSE '1' END AS INTEGER) AS n FROM tree_paths ORDER BY problem_id",
+    )
     models = sqlmodels.load_models(sql_dir)
     with pytest.raises(Exception, match="Conversion Error"):
         list(sqlmodels.run_models(lake, models, list(models), settings=sqlmodels.DuckDBSettings(batch_rows=50)))

@@ -23,11 +23,22 @@ def traced_lake(tmp_path):
         return hashlib.sha256(Path(lake.table_path(asset)).read_bytes()).hexdigest()
 
     for name, manifest in {
-        "sft": {"kind": "sft", "base": "student", "inputs": {"sft_dataset": sha("sft_dataset")}, "rows": 3,
-                "problem_ids": ["P1", "P2", "P5"]},
-        "dpo-joint_masked": {"kind": "dpo", "variant": "joint_masked", "base": "sft", "rows": 2,
-                             "inputs": {"preference_pairs": sha("preference_pairs"), "sft_checkpoint": {"sft_dataset": "0" * 64}},
-                             "config": {"balanced": True}, "problem_ids": ["P1", "P5"]},
+        "sft": {
+            "kind": "sft",
+            "base": "student",
+            "inputs": {"sft_dataset": sha("sft_dataset")},
+            "rows": 3,
+            "problem_ids": ["P1", "P2", "P5"],
+        },
+        "dpo-joint_masked": {
+            "kind": "dpo",
+            "variant": "joint_masked",
+            "base": "sft",
+            "rows": 2,
+            "inputs": {"preference_pairs": sha("preference_pairs"), "sft_checkpoint": {"sft_dataset": "0" * 64}},
+            "config": {"balanced": True},
+            "problem_ids": ["P1", "P5"],
+        },
     }.items():
         folder = Path(lake.dir_path("checkpoints", name))
         folder.mkdir(parents=True)

@@ -19,10 +19,15 @@ def tiny(tiny_checkpoint):
 
 def _pairs(n=4):
     shared = "<sub-task>Start with 3, then + 4.</sub-task><thinking>Let me compute. 3 + 4 = 7</thinking>"
-    return [{"problem_id": f"p{i}", "prompt": [{"role": "user", "content": f"Ann has 3 apples {i}."}],
-             "chosen": [{"role": "assistant", "content": shared + "<answer>The answer is: \\boxed{7}</answer>"}],
-             "rejected": [{"role": "assistant", "content": shared + "<double-check>Let me verify. 3 + 4 = 8</double-check>"}]}
-            for i in range(n)]
+    return [
+        {
+            "problem_id": f"p{i}",
+            "prompt": [{"role": "user", "content": f"Ann has 3 apples {i}."}],
+            "chosen": [{"role": "assistant", "content": shared + "<answer>The answer is: \\boxed{7}</answer>"}],
+            "rejected": [{"role": "assistant", "content": shared + "<double-check>Let me verify. 3 + 4 = 8</double-check>"}],
+        }
+        for i in range(n)
+    ]
 
 
 def _loss(model_dir, tok, losses, weights, prefix_mask: bool, tmp_path, label_smoothing: float = 0.0):
@@ -37,14 +42,32 @@ def _loss(model_dir, tok, losses, weights, prefix_mask: bool, tmp_path, label_sm
     with torch.no_grad():  # make policy and reference differ, so the DPO margin is not zero
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    cfg = dpo_config(str(tmp_path), beta=0.1, learning_rate=1e-3, batch_size=4, max_length=256, label_smoothing=0.0,
-                     sft_weight=0.0, steps=1, warmup_ratio=0.0, device="cpu", seed=0, log_every=1)
+    cfg = dpo_config(
+        str(tmp_path),
+        beta=0.1,
+        learning_rate=1e-3,
+        batch_size=4,
+        max_length=256,
+        label_smoothing=0.0,
+        sft_weight=0.0,
+        steps=1,
+        warmup_ratio=0.0,
+        device="cpu",
+        seed=0,
+        log_every=1,
+    )
     cfg.loss_type, cfg.loss_weights, cfg.label_smoothing = losses, weights, label_smoothing
     collator_cls = PrefixMaskCollator if prefix_mask else DataCollatorForPreference
     collator = collator_cls(pad_token_id=tok.pad_token_id, max_length=256, truncation_mode="keep_start")
     rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in _pairs()]
-    trainer = DPOTrainer(model=model, ref_model=ref, args=cfg, train_dataset=datasets.Dataset.from_list(rows),
-                         processing_class=tok, data_collator=collator)
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=ref,
+        args=cfg,
+        train_dataset=datasets.Dataset.from_list(rows),
+        processing_class=tok,
+        data_collator=collator,
+    )
     examples = [trainer.train_dataset[i] for i in range(len(rows))]
     batch = collator(examples)
     model.eval()
@@ -79,7 +102,6 @@ def test_prefix_mask_changes_the_sft_term_by_exactly_the_masked_tokens(tiny, tmp
     assert masked != pytest.approx(plain, abs=1e-4)
 
 
-
 def _summed_logps(model, batch):
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -110,6 +132,7 @@ def test_loss_terms_add_the_sft_term_with_its_weight():
     assert dpo_loss_terms(0.0, 1.0) == (["sigmoid", "sft"], [1.0, 1.0])
     assert dpo_loss_terms(0.1, 1.0) == (["sigmoid", "robust", "sft"], [1.8, -0.8, 1.0])
 
+
 def test_bad_pairs_fail_before_training_with_the_row():
     with pytest.raises(PairDataError, match="empty"):
         validate_pairs([])
@@ -126,19 +149,44 @@ def test_sft_then_joint_masked_dpo_train_save_and_reload_to_generate(tiny, tmp_p
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path)
     rows = [{"prompt": p["prompt"], "completion": p["chosen"]} for p in _pairs(8)]
-    stats = train_sft(model, tok, rows, output_dir=str(tmp_path / "sft"), learning_rate=1e-3, batch_size=4,
-                      max_length=256, epochs=1, device="cpu")
+    stats = train_sft(
+        model,
+        tok,
+        rows,
+        output_dir=str(tmp_path / "sft"),
+        learning_rate=1e-3,
+        batch_size=4,
+        max_length=256,
+        epochs=1,
+        device="cpu",
+    )
     assert stats.steps == 2 and stats.tokens_per_s > 0
     ref = AutoModelForCausalLM.from_pretrained(path)
-    d = train_dpo(model, ref, tok, _pairs(8), output_dir=str(tmp_path / "dpo"), beta=0.1, learning_rate=1e-4, batch_size=4,
-                  max_length=24, epochs=1, label_smoothing=0.1, sft_weight=1.0, prefix_mask=True)
+    d = train_dpo(
+        model,
+        ref,
+        tok,
+        _pairs(8),
+        output_dir=str(tmp_path / "dpo"),
+        beta=0.1,
+        learning_rate=1e-4,
+        batch_size=4,
+        max_length=24,
+        epochs=1,
+        label_smoothing=0.1,
+        sft_weight=1.0,
+        prefix_mask=True,
+    )
     assert d.steps == 2 and d.masked_prefix_tokens > 0 and d.losses
     assert d.truncated_pairs == 8  # max_length 24 is shorter than prompt + completion: counted, not hidden
     model.save_pretrained(tmp_path / "ckpt", safe_serialization=True)
     tok.save_pretrained(tmp_path / "ckpt")
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", use_safetensors=True)
     assert again.config.use_cache
-    ids = tok(tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False),
-              return_tensors="pt", add_special_tokens=False)
+    ids = tok(
+        tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False),
+        return_tensors="pt",
+        add_special_tokens=False,
+    )
     out = again.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
     assert out.shape[1] > ids["input_ids"].shape[1]

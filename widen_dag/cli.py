@@ -1,11 +1,11 @@
 """`widen-dag`: run the preset jobs into a persistent Dagster home, and set that home up.
 
-    widen-dag demo [--profile tiny] [--seed S]   the whole pipeline, every shard, one run
-    widen-dag smoke                    problems + the worker round trip
-    widen-dag init-home                write $DAGSTER_HOME/dagster.yaml (pool gpu = 1, run monitoring)
-    widen-dag trace dpo-cdpo [--pair P] a checkpoint's data versions, pairs, tree nodes, problems
-    widen-dag plan [--profile P] [--gpus N] [--gpu-memory-gib G]
-                                       GPU memory per stage vs the GPUs; exits 1 naming a stage that does not fit
+widen-dag demo [--profile tiny] [--seed S]   the whole pipeline, every shard, one run
+widen-dag smoke                    problems + the worker round trip
+widen-dag init-home                write $DAGSTER_HOME/dagster.yaml (pool gpu = 1, run monitoring)
+widen-dag trace dpo-cdpo [--pair P] a checkpoint's data versions, pairs, tree nodes, problems
+widen-dag plan [--profile P] [--gpus N] [--gpu-memory-gib G]
+                                   GPU memory per stage vs the GPUs; exits 1 naming a stage that does not fit
 """
 
 from __future__ import annotations
@@ -75,7 +75,10 @@ def print_ablation_table() -> None:
         from widen_dag.profiles import load_profile
 
         ks = load_profile().eval.mcts_decode.test_at
-        print("\nMCTS decode (the paper's Table 7 layout):\n" + table7.markdown_table7(table7.summarize_decode(lake.read_table("mcts_decode"), ks), ks))
+        print(
+            "\nMCTS decode (the paper's Table 7 layout):\n"
+            + table7.markdown_table7(table7.summarize_decode(lake.read_table("mcts_decode"), ks), ks)
+        )
 
 
 FAILED_STEPS: list[str] = []  # every failed step of this command's runs, printed last
@@ -90,8 +93,13 @@ def failed_steps(instance, run_id: str) -> list[str]:
     for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
         event = record.dagster_event
         data = event.step_failure_data
-        cause = data.user_failure_data.description if data.user_failure_data and data.user_failure_data.description \
-            else (data.error.message.strip().splitlines() or ["(no message)"])[-1] if data.error else "(no message)"
+        cause = (
+            data.user_failure_data.description
+            if data.user_failure_data and data.user_failure_data.description
+            else (data.error.message.strip().splitlines() or ["(no message)"])[-1]
+            if data.error
+            else "(no message)"
+        )
         lines.append(f"{event.step_key}: {cause.strip()}")
     return lines
 
@@ -104,8 +112,7 @@ SEED_TAG = "widen_dag/seed"
 BASE_MODEL_ASSETS = ("policy_model", "student_base")
 
 
-def _execute(target, tags: dict[str, str], label: str, seed: int | None = None,
-             skip: tuple[str, ...] = ()) -> tuple[bool, str]:
+def _execute(target, tags: dict[str, str], label: str, seed: int | None = None, skip: tuple[str, ...] = ()) -> tuple[bool, str]:
     import dagster as dg
 
     start = time.perf_counter()
@@ -118,8 +125,9 @@ def _execute(target, tags: dict[str, str], label: str, seed: int | None = None,
     # each seed's runs show it in the UI and launch the same way from there.
     run_config = {"resources": {"pipeline": {"config": {"seed": seed}}}} if seed is not None else None
     tags = tags if seed is None else {**tags, SEED_TAG: str(seed)}
-    with dg.execute_job(dg.reconstructable(target), instance=instance, tags=tags,
-                        run_config=run_config, asset_selection=selection) as result:
+    with dg.execute_job(
+        dg.reconstructable(target), instance=instance, tags=tags, run_config=run_config, asset_selection=selection
+    ) as result:
         ok, run_id = result.success, result.run_id
     print(f"\n{label}: {'SUCCESS' if ok else 'FAILURE'} in {time.perf_counter() - start:.0f}s (run {run_id})")
     if not ok:
@@ -143,8 +151,7 @@ def run_job(name: str, seed: int | None = None, reuse_base_models: bool = False)
     profile = load_profile()
     register_profile_shards(dg.DagsterInstance.get(), profile)
     skip = BASE_MODEL_ASSETS if reuse_base_models and name == "demo" else ()
-    ok, run_id = _execute(_smoke_job if name == "smoke" else _demo_job, all_shards_tags(profile.shard_keys()), name, seed,
-                          skip)
+    ok, run_id = _execute(_smoke_job if name == "smoke" else _demo_job, all_shards_tags(profile.shard_keys()), name, seed, skip)
     if ok and name == "demo":
         for variant in profile.train.dpo.variants:
             ok, _ = _execute(_dpo_variants_job, {"dagster/partition": variant}, f"dpo_variants[{variant}]", seed)
@@ -155,9 +162,11 @@ def run_job(name: str, seed: int | None = None, reuse_base_models: bool = False)
         if ok:
             print_ablation_table()
     print(f"\n{name}: {'SUCCESS' if ok else 'FAILURE'} in {time.perf_counter() - start:.0f}s")
-    print(f"Runs are stored in {home}. Open the UI with:\n"
-          f"  DAGSTER_HOME={home} .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000\n"
-          f"then http://127.0.0.1:3000/runs (runs) and http://127.0.0.1:3000/assets/ablation_report (the table)")
+    print(
+        f"Runs are stored in {home}. Open the UI with:\n"
+        f"  DAGSTER_HOME={home} .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000\n"
+        f"then http://127.0.0.1:3000/runs (runs) and http://127.0.0.1:3000/assets/ablation_report (the table)"
+    )
     if FAILED_STEPS:
         # The cause belongs at the end, not hundreds of log lines above the FAILURE line.
         print(f"\n{name}: FAILURE; {len(FAILED_STEPS)} step(s) failed:", file=sys.stderr)
@@ -234,8 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=f"run the {name} job")
         p.add_argument("--profile", help="profile name or YAML path (default: $WIDEN_DAG_PROFILE or tiny)")
         p.add_argument("--seed", type=int, help="run seed: search, training and evaluation seeds (default: the profile's)")
-        p.add_argument("--reuse-base-models", action="store_true",
-                       help="do not retrain policy_model and student_base: they are already in the lake")
+        p.add_argument(
+            "--reuse-base-models",
+            action="store_true",
+            help="do not retrain policy_model and student_base: they are already in the lake",
+        )
     sub.add_parser("init-home", help="write $DAGSTER_HOME/dagster.yaml")
     tr = sub.add_parser("trace", help="a checkpoint's data, pairs, tree nodes and problems")
     tr.add_argument("target", help="checkpoint name (sft, dpo-cdpo), asset (dpo_checkpoint:cdpo) or folder")

@@ -17,8 +17,9 @@ BIN = Path(sys.executable).parent
 
 def _lint_imports(root: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(root)}
-    return subprocess.run([str(BIN / "lint-imports"), "--no-cache"], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [str(BIN / "lint-imports"), "--no-cache"], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_the_import_contracts_hold():
@@ -26,11 +27,14 @@ def test_the_import_contracts_hold():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("module, line", [
-    ("widen_dag/domains/base.py", "import dagster"),
-    ("widen_dag/search/tree.py", "from widen_dag.defs import resources"),
-    ("widen_dag/workers/evaluate.py", "from widen_dag.workers import train"),
-])
+@pytest.mark.parametrize(
+    "module, line",
+    [
+        ("widen_dag/domains/base.py", "import dagster"),
+        ("widen_dag/search/tree.py", "from widen_dag.defs import resources"),
+        ("widen_dag/workers/evaluate.py", "from widen_dag.workers import train"),
+    ],
+)
 def test_a_library_or_worker_crossing_its_layer_breaks_a_contract(tmp_path, module, line):
     copy = tmp_path / "repo"
     shutil.copytree(REPO / "widen_dag", copy / "widen_dag", ignore=shutil.ignore_patterns("__pycache__"))

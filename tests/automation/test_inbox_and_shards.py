@@ -29,8 +29,9 @@ def inbox(tmp_path, monkeypatch) -> Path:
 
 
 def _evaluate(instance, cursor, lake_root):
-    ctx = dg.build_sensor_context(instance=instance, cursor=cursor,
-                                  resources={"pipeline": PipelineResource(profile="tiny", lake_root=str(lake_root))})
+    ctx = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"pipeline": PipelineResource(profile="tiny", lake_root=str(lake_root))}
+    )
     return problem_inbox(ctx)
 
 
@@ -41,7 +42,9 @@ def _apply(instance, result: dg.SensorResult) -> None:
 
 def test_inbox_sensor_adds_a_partition_and_requests_search_for_exactly_each_new_file(inbox, tmp_path):
     instance = dg.DagsterInstance.ephemeral()
-    _write_jsonl(inbox / "batch_a.jsonl", [{"question": "Ann has 2 pens. Ann gets 3 more. How many pens does Ann have?", "answer": "5"}])
+    _write_jsonl(
+        inbox / "batch_a.jsonl", [{"question": "Ann has 2 pens. Ann gets 3 more. How many pens does Ann have?", "answer": "5"}]
+    )
     (inbox / "batch_b.parquet").write_bytes(b"")  # content is read by the run, not the sensor
     (inbox / ".batch_c.jsonl").write_text("{}\n")  # a writer's temporary name: not yet
     (inbox / "notes.txt").write_text("not a problem file")
@@ -83,19 +86,27 @@ def test_inbox_sensor_on_a_missing_folder_skips(tmp_path, monkeypatch):
 
 def test_profile_shards_sensor_registers_the_profile_shards_once(tmp_path):
     instance = dg.DagsterInstance.ephemeral()
-    ctx = dg.build_sensor_context(instance=instance, resources={"pipeline": PipelineResource(profile="tiny", lake_root=str(tmp_path))})
+    ctx = dg.build_sensor_context(
+        instance=instance, resources={"pipeline": PipelineResource(profile="tiny", lake_root=str(tmp_path))}
+    )
     result = profile_shards(ctx)
     assert not result.run_requests
     assert [list(r.partition_keys) for r in result.dynamic_partitions_requests] == [["arithmetic-000", "arithmetic-001"]]
     _apply(instance, result)
-    again = profile_shards(dg.build_sensor_context(instance=instance, resources={"pipeline": PipelineResource(profile="tiny", lake_root=str(tmp_path))}))
+    again = profile_shards(
+        dg.build_sensor_context(
+            instance=instance, resources={"pipeline": PipelineResource(profile="tiny", lake_root=str(tmp_path))}
+        )
+    )
     assert not again.dynamic_partitions_requests and again.skip_reason
 
 
 def test_an_inbox_file_is_staged_as_its_own_train_shard_next_to_the_profile_shards(inbox, tmp_path):
     instance = dg.DagsterInstance.ephemeral()
-    rows = [{"question": f"Eve has {a} coins. Eve gets {b} more. How many coins does Eve have?", "answer": str(a + b)}
-            for a, b in [(3, 4), (5, 6), (7, 1)]]
+    rows = [
+        {"question": f"Eve has {a} coins. Eve gets {b} more. How many coins does Eve have?", "answer": str(a + b)}
+        for a, b in [(3, 4), (5, 6), (7, 1)]
+    ]
     rows.append({"question": "", "answer": "1"})  # quarantined, not fatal
     _write_jsonl(inbox / "new_batch.jsonl", rows)
     key = "inbox-new_batch.jsonl"
@@ -103,7 +114,9 @@ def test_an_inbox_file_is_staged_as_its_own_train_shard_next_to_the_profile_shar
     res = {"pipeline": PipelineResource(profile="tiny", lake_root=str(tmp_path / "lake"))}
     for k in ("arithmetic-000", "arithmetic-001", key):
         assert dg.materialize([raw_problems], partition_key=k, resources=res, instance=instance).success
-    assert dg.materialize([raw_problems.to_source_asset(), stg_problems], selection=[stg_problems], resources=res, instance=instance).success
+    assert dg.materialize(
+        [raw_problems.to_source_asset(), stg_problems], selection=[stg_problems], resources=res, instance=instance
+    ).success
     lake = Lake(str(tmp_path / "lake"))
     staged = lake.read_table("stg_problems")
     mine = staged.filter(staged["shard"] == key)

@@ -20,6 +20,7 @@ def _stand_ins(versions: dict[str, str]) -> list[dg.AssetsDefinition]:
         @dg.asset(name=name)
         def _asset() -> dg.MaterializeResult:
             return dg.MaterializeResult(data_version=dg.DataVersion(versions[name]))
+
         return _asset
 
     @dg.asset(name="sft_checkpoint", deps=["sft_dataset", "student_base"], code_version="test")
@@ -65,7 +66,9 @@ def test_a_successful_retrain_requests_every_dpo_variant():
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(_stand_ins({"sft_dataset": "a", "student_base": "b"}), instance=instance)
     ctx = dg.build_run_status_sensor_context(
-        sensor_name="dpo_after_retrain", dagster_instance=instance, dagster_run=result.dagster_run,
+        sensor_name="dpo_after_retrain",
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
         dagster_event=result.get_run_success_event(),
         resources={"pipeline": PipelineResource(profile="tiny")},
     )
@@ -116,27 +119,37 @@ def test_sql_tail_refreshes_once_per_cron_tick_after_new_trees_only():
     cursor = result.cursor
 
     # The 10:00 tick passes with no new trees: nothing to refresh.
-    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor, evaluation_time=t + dt.timedelta(minutes=15))
+    result = dg.evaluate_automation_conditions(
+        defs=defs, instance=instance, cursor=cursor, evaluation_time=t + dt.timedelta(minutes=15)
+    )
     assert _requested(result) == set()
     cursor = result.cursor
 
     # New trees land at 10:20: the whole tail (lengths, then paths) is requested at once...
     _run(defs, instance, ["search_trees"])
-    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor, evaluation_time=t + dt.timedelta(minutes=30))
+    result = dg.evaluate_automation_conditions(
+        defs=defs, instance=instance, cursor=cursor, evaluation_time=t + dt.timedelta(minutes=30)
+    )
     assert _requested(result) == {"node_lengths", "tree_paths"}
     cursor = result.cursor
 
     # ...and only once per tick, even if more trees land before 11:00.
     _run(defs, instance, ["node_lengths", "tree_paths"])
     _run(defs, instance, ["search_trees"])
-    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor, evaluation_time=t + dt.timedelta(minutes=40))
+    result = dg.evaluate_automation_conditions(
+        defs=defs, instance=instance, cursor=cursor, evaluation_time=t + dt.timedelta(minutes=40)
+    )
     assert _requested(result) == set()
     # The trees that landed after the 10:30 request are not forgotten: refreshed after 11:00.
-    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor, evaluation_time=t + dt.timedelta(minutes=75))
+    result = dg.evaluate_automation_conditions(
+        defs=defs, instance=instance, cursor=result.cursor, evaluation_time=t + dt.timedelta(minutes=75)
+    )
     assert _requested(result) == {"node_lengths", "tree_paths"}
 
     # Refreshed, nothing new: the 12:00 tick requests nothing.
     _run(defs, instance, ["node_lengths", "tree_paths"])
     for minutes in (85, 135):
-        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor, evaluation_time=t + dt.timedelta(minutes=minutes))
+        result = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, cursor=result.cursor, evaluation_time=t + dt.timedelta(minutes=minutes)
+        )
         assert _requested(result) == set(), minutes

@@ -104,31 +104,40 @@ def test_verify_scores_a_tagged_response():
 
 
 # ---- what real instruct models write --------------------------------------------------------
-SWAP = ("As initial conditions I have that, the red block is clear, the hand is empty, "
-        "the red block is on top of the blue block and the blue block is on the table.\n"
-        "My goal is to have that the blue block is on top of the red block.")
+SWAP = (
+    "As initial conditions I have that, the red block is clear, the hand is empty, "
+    "the red block is on top of the blue block and the blue block is on the table.\n"
+    "My goal is to have that the blue block is on top of the red block."
+)
 
 
 def test_a_plan_among_prose_and_chatty_lines_is_correct():
-    response = ("Sure! Let's think about the blocks.\n\nHere is the plan:\n"
-                "1. **Unstack the red block from on top of the blue block.**\n"
-                "2. Then, put down the red block\n"
-                "- pick up the blue block\n"
-                "Finally, stack the blue block on top of the red block.\n\nThis reaches the goal. [PLAN END]")
+    response = (
+        "Sure! Let's think about the blocks.\n\nHere is the plan:\n"
+        "1. **Unstack the red block from on top of the blue block.**\n"
+        "2. Then, put down the red block\n"
+        "- pick up the blue block\n"
+        "Finally, stack the blue block on top of the red block.\n\nThis reaches the goal. [PLAN END]"
+    )
     verdict = bw.verify(response, "", SWAP)
     assert verdict.correct and not verdict.no_answer
     assert verdict.answer.splitlines() == ["(unstack red blue)", "(put-down red)", "(pick-up blue)", "(stack blue red)"]
-    chatty_answer = "<answer>The answer is:\nHere is the plan:\nunstack the red block from on top of the blue block\n" \
-                    "put down the red block\npick up the blue block\nstack the blue block on top of the red block</answer>"
+    chatty_answer = (
+        "<answer>The answer is:\nHere is the plan:\nunstack the red block from on top of the blue block\n"
+        "put down the red block\npick up the blue block\nstack the blue block on top of the red block</answer>"
+    )
     assert bw.verify(chatty_answer, "", SWAP).correct
 
 
-@pytest.mark.parametrize("response", [
-    "I am not sure how to solve this puzzle.",
-    "Let me think about which block to move first. The red block is on the blue one, so",  # cut off before a plan
-    "<answer>The answer is: Here is the plan:</answer>",
-    "<thinking>I could unstack the red block from on top of the blue block</thinking>",  # deliberation, no answer block
-])
+@pytest.mark.parametrize(
+    "response",
+    [
+        "I am not sure how to solve this puzzle.",
+        "Let me think about which block to move first. The red block is on the blue one, so",  # cut off before a plan
+        "<answer>The answer is: Here is the plan:</answer>",
+        "<thinking>I could unstack the red block from on top of the blue block</thinking>",  # deliberation, no answer block
+    ],
+)
 def test_a_response_without_a_plan_is_a_no_answer(response):
     verdict = bw.verify(response, "", SWAP)
     assert verdict.no_answer and not verdict.correct

@@ -41,9 +41,18 @@ def test_extract_answer_prefers_boxed_in_answer_block_then_text_then_phrase(text
 
 @pytest.mark.parametrize(
     ("pred", "gold"),
-    [("1,000", "1000"), ("$18", "18"), ("18 dollars", "18"), ("12 \\text{ cm}", "12"), ("0.5", "\\frac{1}{2}"),
-     ("1/4", "0.25"), ("\\dfrac{3}{4}", "0.75"), ("-\\frac{1}{2}", "-0.5"), ("x+1", "1+x"),
-     ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})")],
+    [
+        ("1,000", "1000"),
+        ("$18", "18"),
+        ("18 dollars", "18"),
+        ("12 \\text{ cm}", "12"),
+        ("0.5", "\\frac{1}{2}"),
+        ("1/4", "0.25"),
+        ("\\dfrac{3}{4}", "0.75"),
+        ("-\\frac{1}{2}", "-0.5"),
+        ("x+1", "1+x"),
+        ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})"),
+    ],
 )
 def test_equivalent_forms_match(pred, gold):
     assert m.is_equivalent(pred, gold)
@@ -85,17 +94,27 @@ def test_verifier_survives_a_killed_worker_process():
     assert m.is_equivalent("x+1", "1+x")
 
 
-@pytest.mark.parametrize("text", [
-    "The answer is: 18", "<answer>The answer is: 18</answer>", "\\boxed{18}.", "<answer>The answer is: \\boxed{18}.</answer>",
-    "The answer is 18.", "Natalia sold 48/2 = 24 clips.\n#### 18", "The final answer is **18**. Let me double check.",
-    "<answer>Final answer: $18$.</answer>",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The answer is: 18",
+        "<answer>The answer is: 18</answer>",
+        "\\boxed{18}.",
+        "<answer>The answer is: \\boxed{18}.</answer>",
+        "The answer is 18.",
+        "Natalia sold 48/2 = 24 clips.\n#### 18",
+        "The final answer is **18**. Let me double check.",
+        "<answer>Final answer: $18$.</answer>",
+    ],
+)
 def test_answers_as_real_models_write_them_extract_18(text):
     assert m.extract_answer(text) == "18"
     assert m.verify(text, "18").correct
 
 
-@pytest.mark.parametrize("text", ["<answer>The answer is:</answer>", "I think we need more information.", "The answer is \\boxed{18"])
+@pytest.mark.parametrize(
+    "text", ["<answer>The answer is:</answer>", "I think we need more information.", "The answer is \\boxed{18"]
+)
 def test_no_extractable_answer_is_a_no_answer(text):
     verdict = m.verify(text, "18")
     assert verdict.no_answer and not verdict.correct

@@ -86,11 +86,24 @@ def test_missing_file_is_one_clear_error(tmp_path):
 
 def test_planbench_and_math_sources_stage_without_quarantine(datasets_dir):
     bw = DatasetConfig.model_validate(
-        {"name": "bw", "domain": "blocksworld", "source": {"kind": "planbench", "path": str(datasets_dir / "blocksworld" / "task_1_plan_generation.json")}}
+        {
+            "name": "bw",
+            "domain": "blocksworld",
+            "source": {"kind": "planbench", "path": str(datasets_dir / "blocksworld" / "task_1_plan_generation.json")},
+        }
     )
     math500 = DatasetConfig.model_validate(
-        {"name": "m5", "domain": "math", "source": {"kind": "file", "path": str(datasets_dir / "math500" / "test.jsonl"),
-                                                   "question_field": "problem", "answer_field": "answer", "id_field": "unique_id"}}
+        {
+            "name": "m5",
+            "domain": "math",
+            "source": {
+                "kind": "file",
+                "path": str(datasets_dir / "math500" / "test.jsonl"),
+                "question_field": "problem",
+                "answer_field": "answer",
+                "id_field": "unique_id",
+            },
+        }
     )
     raw = pl.concat([load_shard(bw, 0, 0), load_shard(math500, 0, 0)])
     staged, quarantine = stage_problems(raw, ProblemsConfig(), {})

@@ -12,19 +12,28 @@ from widen_dag.workers.search import model_fingerprint
 
 
 @dg.asset(code_version="probe-v1")
-def probe(context: dg.AssetExecutionContext, pipeline: PipelineResource,
-          pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+def probe(
+    context: dg.AssetExecutionContext, pipeline: PipelineResource, pipes_subprocess_client: dg.PipesSubprocessClient
+) -> dg.MaterializeResult:
     """A worker-backed stage (the environment worker) behind the same reuse rule as the models,
     checkpoints and evaluation."""
     lake = pipeline.lake()
-    return run_or_reuse(context, pipeline, pipes_subprocess_client, "environment",
-                        inputs={"stg_problems": lake.table_sha256("stg_problems")},
-                        config={"device": pipeline.load_profile().generation.device}, artifact_present=True)
+    return run_or_reuse(
+        context,
+        pipeline,
+        pipes_subprocess_client,
+        "environment",
+        inputs={"stg_problems": lake.table_sha256("stg_problems")},
+        config={"device": pipeline.load_profile().generation.device},
+        artifact_present=True,
+    )
 
 
 def _materialize(tmp_path, instance):
-    res = {"pipeline": PipelineResource(profile="tiny", lake_root=str(tmp_path / "lake")),
-           "pipes_subprocess_client": dg.PipesSubprocessClient()}
+    res = {
+        "pipeline": PipelineResource(profile="tiny", lake_root=str(tmp_path / "lake")),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+    }
     result = dg.materialize([probe], resources=res, instance=instance)
     [mat] = result.asset_materializations_for_node("probe")
     launched = any("[pipes] external process successfully opened" in r.user_message for r in instance.all_logs(result.run_id))
@@ -56,7 +65,9 @@ def test_a_fresh_dagster_home_on_the_same_lake_still_reuses(tmp_path):
 
 def test_tree_resume_key_follows_the_policy_content_not_its_file_times(tiny_checkpoint, tmp_path):
     copy = tmp_path / "copy"
-    shutil.copytree(tiny_checkpoint, copy, copy_function=shutil.copyfile)  # new mtimes, same bytes: every finished tree stays reusable
+    shutil.copytree(
+        tiny_checkpoint, copy, copy_function=shutil.copyfile
+    )  # new mtimes, same bytes: every finished tree stays reusable
     assert model_fingerprint(str(copy)) == model_fingerprint(str(tiny_checkpoint))
     weights = next(copy.glob("*.safetensors"))
     data = bytearray(weights.read_bytes())

@@ -23,8 +23,10 @@ from widen_dag.domains.problems import (
 from widen_dag.profiles import DatasetConfig, ProblemsConfig, load_profile
 from widen_dag.storage.lake import Lake
 
-SMALL = "extends: tiny\nname: {name}\ndatasets:\n  - {{name: {ds}, domain: arithmetic, shards: 2, role: split,\n" \
-        "     source: {{kind: arithmetic, n_problems: 60, steps: 2, max_operand: 9, ops: '+-'}}}}\n"
+SMALL = (
+    "extends: tiny\nname: {name}\ndatasets:\n  - {{name: {ds}, domain: arithmetic, shards: 2, role: split,\n"
+    "     source: {{kind: arithmetic, n_problems: 60, steps: 2, max_operand: 9, ops: '+-'}}}}\n"
+)
 
 
 def _profile(tmp_path: Path, name: str, ds: str) -> str:
@@ -39,8 +41,9 @@ def _load_all(instance, res, keys):
 
 
 def _stage(instance, res, **kw):
-    return dg.materialize([raw_problems.to_source_asset(), stg_problems], selection=[stg_problems], resources=res,
-                          instance=instance, **kw)
+    return dg.materialize(
+        [raw_problems.to_source_asset(), stg_problems], selection=[stg_problems], resources=res, instance=instance, **kw
+    )
 
 
 def _failure(result) -> str:
@@ -97,9 +100,23 @@ def test_another_profile_on_the_same_lake_is_refused_then_adopted_without_mixing
 
 def _raw(rows: list[tuple[str, str, str]]) -> pl.DataFrame:
     """(dataset, question, gold) rows as loaded."""
-    return pl.DataFrame([{"dataset": d, "shard": f"{d}-000", "row_index": i, "domain": "math", "source_id": None,
-                          "question": q, "gold_raw": g, "meta": "{}", "load_error": None}
-                         for i, (d, q, g) in enumerate(rows)], schema=RAW_SCHEMA)
+    return pl.DataFrame(
+        [
+            {
+                "dataset": d,
+                "shard": f"{d}-000",
+                "row_index": i,
+                "domain": "math",
+                "source_id": None,
+                "question": q,
+                "gold_raw": g,
+                "meta": "{}",
+                "load_error": None,
+            }
+            for i, (d, q, g) in enumerate(rows)
+        ],
+        schema=RAW_SCHEMA,
+    )
 
 
 def test_golds_7_and_7_0_are_one_problem_and_never_in_both_splits():
@@ -112,8 +129,11 @@ def test_golds_7_and_7_0_are_one_problem_and_never_in_both_splits():
 
 
 def test_conflicting_golds_are_quarantined_with_both_values():
-    staged, quarantine = stage_problems(_raw([("gsm", "What is 3+4?", "7"), ("gsm", "What is 3+4?", "8"),
-                                              ("gsm", "What is 1+1?", "2")]), ProblemsConfig(), {"gsm": "split"})
+    staged, quarantine = stage_problems(
+        _raw([("gsm", "What is 3+4?", "7"), ("gsm", "What is 3+4?", "8"), ("gsm", "What is 1+1?", "2")]),
+        ProblemsConfig(),
+        {"gsm": "split"},
+    )
     assert staged["question"].to_list() == ["What is 1+1?"]
     assert quarantine.height == 2
     assert all("conflicting gold answers" in r and "'7'" in r and "'8'" in r for r in quarantine["reason"])
@@ -128,8 +148,14 @@ def test_an_inbox_row_repeating_a_benchmark_problem_never_shrinks_the_benchmark(
 
 
 def test_overlap_check_finds_a_question_in_both_splits():
-    staged = pl.DataFrame({"problem_id": ["a", "b", "c"], "shard": ["s"] * 3, "split": ["train", "eval", "train"],
-                           "question": ["What is 2+2?", "What is  2+2?", "Other?"]})
+    staged = pl.DataFrame(
+        {
+            "problem_id": ["a", "b", "c"],
+            "shard": ["s"] * 3,
+            "split": ["train", "eval", "train"],
+            "question": ["What is 2+2?", "What is  2+2?", "Other?"],
+        }
+    )
     found = train_eval_overlap(staged)
     assert sorted(found["problem_id"]) == ["a", "b"] and set(found["overlap_on"]) == {"normalised question"}
 
@@ -140,7 +166,9 @@ def _file_dataset(path, **fields):
 
 def test_a_utf8_bom_costs_no_row(tmp_path):
     path = tmp_path / "bom.jsonl"
-    path.write_bytes(b"\xef\xbb\xbf" + b'{"question": "What is 2+2?", "answer": "4"}\n{"question": "What is 3+3?", "answer": "6"}\n')
+    path.write_bytes(
+        b"\xef\xbb\xbf" + b'{"question": "What is 2+2?", "answer": "4"}\n{"question": "What is 3+3?", "answer": "6"}\n'
+    )
     recs = dataset_records(_file_dataset(path), 0)
     assert [r.error for r in recs] == [None, None] and recs[0].question == "What is 2+2?"
 
@@ -175,7 +203,9 @@ def test_an_unreadable_inbox_file_fails_raw_problems_once_with_the_file_name(tmp
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(PROBLEM_SHARDS, ["inbox-bad.parquet"])
     res = {"pipeline": PipelineResource(profile="tiny", lake_root=str(tmp_path / "lake"))}
-    result = dg.materialize([raw_problems], partition_key="inbox-bad.parquet", resources=res, instance=instance, raise_on_error=False)
+    result = dg.materialize(
+        [raw_problems], partition_key="inbox-bad.parquet", resources=res, instance=instance, raise_on_error=False
+    )
     assert not result.success and "bad.parquet" in _failure(result)
     failures = [e for e in result.all_events if e.is_step_failure]
     assert len(failures) == 1 and not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
@@ -197,7 +227,17 @@ def test_a_source_whose_rows_are_all_quarantined_fails_staging(tmp_path, monkeyp
 
 
 def test_inbox_takes_what_a_user_drops_and_says_why_it_refuses_a_name(tmp_path):
-    for name in ("a.jsonl", "B.JSONL", "c.json", "d.parquet", "-rf.jsonl", "a...jsonl", "notes.txt", ".hidden.jsonl", "e.jsonl.tmp"):
+    for name in (
+        "a.jsonl",
+        "B.JSONL",
+        "c.json",
+        "d.parquet",
+        "-rf.jsonl",
+        "a...jsonl",
+        "notes.txt",
+        ".hidden.jsonl",
+        "e.jsonl.tmp",
+    ):
         (tmp_path / name).write_text("")
     taken, refused = inbox_files(tmp_path)
     assert [k for k, _ in taken] == ["inbox-B.JSONL", "inbox-a.jsonl", "inbox-c.json", "inbox-d.parquet"]

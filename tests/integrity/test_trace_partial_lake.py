@@ -48,8 +48,16 @@ def test_manifest_paths_are_lake_relative_so_a_moved_lake_points_at_itself(tmp_p
     lake = Lake(str(tmp_path / "a" / "lake"))
     folder = Path(checkpoint_dir(lake, "dpo-cdpo"))  # a local lake: the URI is a path
     folder.mkdir(parents=True)
-    write_manifest(folder, {"kind": "dpo", "base": str(checkpoint_dir(lake, "sft")), "inputs": {}, "rows": 0,
-                            "other": ["/elsewhere/x", str(tmp_path / "a" / "lake-other")]})
+    write_manifest(
+        folder,
+        {
+            "kind": "dpo",
+            "base": str(checkpoint_dir(lake, "sft")),
+            "inputs": {},
+            "rows": 0,
+            "other": ["/elsewhere/x", str(tmp_path / "a" / "lake-other")],
+        },
+    )
     raw = (folder / MANIFEST).read_text()
     assert str(tmp_path / "a") not in raw.replace(str(tmp_path / "a" / "lake-other"), "")
     shutil.move(str(tmp_path / "a" / "lake"), str(tmp_path / "b"))

@@ -17,8 +17,10 @@ def _profile(tmp_path, body: str) -> str:
 
 
 def _run(tmp_path, profile: str, instance):
-    res = {"pipeline": PipelineResource(profile=profile, lake_root=str(tmp_path / "lake")),
-           "pipes_subprocess_client": dg.PipesSubprocessClient()}
+    res = {
+        "pipeline": PipelineResource(profile=profile, lake_root=str(tmp_path / "lake")),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+    }
     return dg.materialize([policy_model], resources=res, instance=instance, raise_on_error=False)
 
 

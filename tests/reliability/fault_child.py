@@ -61,12 +61,32 @@ def train(folder: Path, kill_at: int) -> None:
                 _die()
 
     model, tokenizer = tiny_model(folder)
-    stats = train_sft(model, tokenizer, rows(), output_dir=str(folder / "trainer_state"), learning_rate=3e-3, batch_size=4,
-                      max_length=128, max_steps=TOTAL_STEPS, scheduler="linear", device="cpu", seed=0, log_every=1,
-                      checkpoint_every=2, callbacks=[KillAt()])
+    stats = train_sft(
+        model,
+        tokenizer,
+        rows(),
+        output_dir=str(folder / "trainer_state"),
+        learning_rate=3e-3,
+        batch_size=4,
+        max_length=128,
+        max_steps=TOTAL_STEPS,
+        scheduler="linear",
+        device="cpu",
+        seed=0,
+        log_every=1,
+        checkpoint_every=2,
+        callbacks=[KillAt()],
+    )
     weights = torch.cat([p.detach().flatten() for p in model.parameters()])
-    (folder / "result.json").write_text(json.dumps({"resumed_from_step": stats.resumed_from_step,
-                                                    "weights": weights.tolist()[:2000], "steps": [s for s, _ in stats.losses]}))
+    (folder / "result.json").write_text(
+        json.dumps(
+            {
+                "resumed_from_step": stats.resumed_from_step,
+                "weights": weights.tolist()[:2000],
+                "steps": [s for s, _ in stats.losses],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

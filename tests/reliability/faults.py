@@ -19,8 +19,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _child(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+    )
 
 
 def _search_child(lake: Path, delay: float) -> subprocess.Popen:
@@ -102,6 +103,7 @@ def checkpoint_kill9_mid_save(workdir: Path) -> dict:
 def training_kill9_and_resume(workdir: Path, kill_at: int = 5) -> dict:
     """kill -9 training at step ``kill_at`` (Trainer checkpoints every 2 steps), rerun, and
     compare with an uninterrupted run."""
+
     def run(folder: Path, kill: int) -> tuple[int, dict | None]:
         folder.mkdir(parents=True, exist_ok=True)
         proc = _child("tests.reliability.fault_child", "train", str(folder), str(kill))
@@ -112,8 +114,13 @@ def training_kill9_and_resume(workdir: Path, kill_at: int = 5) -> dict:
     code_ref, reference = run(workdir / "uninterrupted", 0)
     code_killed, _ = run(workdir / "interrupted", kill_at)
     code_resumed, resumed = run(workdir / "interrupted", 0)
-    same = reference and resumed and "weights" in reference and "weights" in resumed and \
-        max(abs(a - b) for a, b in zip(reference["weights"], resumed["weights"], strict=True)) < 1e-5
+    same = (
+        reference
+        and resumed
+        and "weights" in reference
+        and "weights" in resumed
+        and max(abs(a - b) for a, b in zip(reference["weights"], resumed["weights"], strict=True)) < 1e-5
+    )
     return {
         "killed_at_step": kill_at,
         "killed": code_killed == -signal.SIGKILL,

@@ -18,6 +18,7 @@ if __name__ == "__main__":
     done = store.finished()
     todo = [p for p in _problems(24) if tree_id_for(p.problem_id, ctx.seed) not in done]
     print(f"reused {len(done)}", flush=True)
+
     def save(tree):
         store.save(tree)
         print("saved", flush=True)

@@ -96,7 +96,13 @@ def test_sql_runs_only_from_the_repos_model_files_with_parameters_as_literals(tm
 
 def test_secrets_come_only_from_environment_variables():
     with pytest.raises(ProfileError, match="hf_token"):
-        parse_profile({"name": "t", "hf_token": "hf_abc", "datasets": [{"name": "a", "domain": "arithmetic", "source": {"kind": "arithmetic"}}]})
+        parse_profile(
+            {
+                "name": "t",
+                "hf_token": "hf_abc",
+                "datasets": [{"name": "a", "domain": "arithmetic", "source": {"kind": "arithmetic"}}],
+            }
+        )
     secretish = re.compile(r"(?i)(token|password|secret|api_key)\s*:\s*\S+")
     for path in PROFILE_DIR.glob("*.yaml"):
         for line in path.read_text().splitlines():

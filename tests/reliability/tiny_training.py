@@ -18,6 +18,7 @@ def rows() -> list[dict[str, str]]:
 def tiny_model(folder: Path):
     tok_dir = folder / "tokenizer"
     tokenizer = bootstrap.train_tokenizer([r["prompt"] + r["completion"] for r in rows()], 400, tok_dir)
-    model = bootstrap.new_model(tokenizer, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=1,
-                                max_positions=256, seed=0)
+    model = bootstrap.new_model(
+        tokenizer, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=1, max_positions=256, seed=0
+    )
     return model, tokenizer

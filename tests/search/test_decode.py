@@ -55,7 +55,6 @@ def test_a_rerun_reuses_the_checkpointed_trees_and_gives_the_same_rows(tmp_path)
     assert again == first
 
 
-
 def test_table7_puts_mcts_decode_beside_sampling_at_equal_k():
     base = {"checkpoint": "c", "eval_set": "arith", "budget": 4, "nodes": None}
     rows = [

@@ -15,8 +15,16 @@ from widen_dag.search.tree import Tree
 
 
 def _ctx(backend: FakeBackend, **cfg) -> SearchContext:
-    return SearchContext(cfg=SearchConfig(**cfg), chat_prompt=backend.chat_prompt, count_tokens=backend.count_tokens,
-                         temperature=0.7, top_p=0.9, max_tokens_per_node=64, has_critic=False, seed=5)
+    return SearchContext(
+        cfg=SearchConfig(**cfg),
+        chat_prompt=backend.chat_prompt,
+        count_tokens=backend.count_tokens,
+        temperature=0.7,
+        top_p=0.9,
+        max_tokens_per_node=64,
+        has_critic=False,
+        seed=5,
+    )
 
 
 def _problems(n: int) -> list[Problem]:
@@ -25,7 +33,9 @@ def _problems(n: int) -> list[Problem]:
 
 def _search(backend, n_problems=6, **cfg) -> tuple[pl.DataFrame, dict]:
     trees = {}
-    LockstepSearch({"policy": backend}, _ctx(backend, **cfg)).run(_problems(n_problems), lambda t: trees.__setitem__(t.tree_id, t))
+    LockstepSearch({"policy": backend}, _ctx(backend, **cfg)).run(
+        _problems(n_problems), lambda t: trees.__setitem__(t.tree_id, t)
+    )
     frame = pl.concat([tree_frame(trees[k]) for k in sorted(trees)])
     return frame, trees
 
@@ -51,8 +61,8 @@ def test_uct_maximises_mean_value_plus_exploration():
     t = _hand_tree()
     a, b, c = (t.nodes[i] for i in t.root.children)
     t.root.visits = 10
-    a.visits, a.value_sum = 5, 4.0   # 0.8 + 1.414*sqrt(2 ln10 / 5)
-    b.visits, b.value_sum = 2, 1.0   # 0.5 + 1.414*sqrt(2 ln10 / 2)
+    a.visits, a.value_sum = 5, 4.0  # 0.8 + 1.414*sqrt(2 ln10 / 5)
+    b.visits, b.value_sum = 2, 1.0  # 0.5 + 1.414*sqrt(2 ln10 / 2)
     c.visits, c.value_sum = 3, 0.0
     score = {n.index: n.value_sum / n.visits + 1.414 * math.sqrt(2 * math.log(10) / n.visits) for n in (a, b, c)}
     assert t.uct_child(t.root, 1.414).index == max(score, key=score.get)
@@ -67,8 +77,8 @@ def test_uct_ties_are_broken_by_the_trees_seeded_generator():
             t.add_child(t.root, "sub_task", "policy", "x", 1).visits = 1
         t.root.visits = 3
         picks.append(t.uct_child(t.root, 1.414).index)
-    assert picks[0] == picks[1]          # same seed, same choice
-    assert len(set(picks)) > 1           # ties are not always the first child
+    assert picks[0] == picks[1]  # same seed, same choice
+    assert len(set(picks)) > 1  # ties are not always the first child
 
 
 # ---- reflection ---------------------------------------------------------------------------
@@ -129,7 +139,10 @@ def test_expansion_creates_all_children_of_the_action_graph_in_one_step():
     assert exp.child_types == ["thinking"]
     exp = gen.send(backend.generate(exp.requests))
     assert exp.child_types == ["double_check", "thinking"] and [r.n for r in exp.requests] == [2, 2]
-    assert all(r.stop[0] == f"</{'double-check' if ct == 'double_check' else ct}>" for r, ct in zip(exp.requests, exp.child_types, strict=True))
+    assert all(
+        r.stop[0] == f"</{'double-check' if ct == 'double_check' else ct}>"
+        for r, ct in zip(exp.requests, exp.child_types, strict=True)
+    )
     assert "</answer>" in exp.requests[0].stop  # a stray closing tag also ends the node
     assert exp.requests[0].prompt.endswith("<double-check>" + exp.prefills[0])
 
@@ -143,7 +156,9 @@ def test_max_depth_ends_paths_as_no_answer():
 
 
 def test_truncated_nodes_and_path_token_limit_end_as_no_answer():
-    frame, _ = _search(FakeBackend(p_correct=0.5, truncate_every=3), n_problems=3, max_path_tokens=60, rollouts=4, give_up_factor=1)
+    frame, _ = _search(
+        FakeBackend(p_correct=0.5, truncate_every=3), n_problems=3, max_path_tokens=60, rollouts=4, give_up_factor=1
+    )
     truncated = frame.filter(pl.col("finish_reason") == "length")
     assert truncated.height > 0 and truncated["is_terminal"].all() and truncated["no_answer"].all()
 

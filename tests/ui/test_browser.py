@@ -56,8 +56,14 @@ def ui(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(home), "WIDEN_DAG_LAKE": str(tmp_path / "lake"), "WIDEN_DAG_PROFILE": "tiny"}
     dagster = Path(sys.executable).parent / "dagster"
     log = (tmp_path / "dagster_dev.log").open("w")
-    proc = subprocess.Popen([str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -141,24 +147,40 @@ def test_ui_shows_every_stage_and_runs_the_smoke_job(ui, browser):
     deadline = time.monotonic() + 120
     keys: list[str] = []
     while time.monotonic() < deadline and len(keys) < 2:
-        data = _graphql(base, """query($r: RepositorySelector!) { partitionSetsOrError(repositorySelector: $r, pipelineName: "smoke")
-            { ... on PartitionSets { results { partitionsOrError { ... on Partitions { results { name } } } } } } }""", {"r": repo})
+        data = _graphql(
+            base,
+            """query($r: RepositorySelector!) { partitionSetsOrError(repositorySelector: $r, pipelineName: "smoke")
+            { ... on PartitionSets { results { partitionsOrError { ... on Partitions { results { name } } } } } } }""",
+            {"r": repo},
+        )
         results = data["partitionSetsOrError"]["results"]
         keys = [p["name"] for p in results[0]["partitionsOrError"]["results"]] if results else []
         time.sleep(2)
     assert keys[:2] == ["arithmetic-000", "arithmetic-001"], keys
-    launched = _graphql(base, """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
-            __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }""", {"p": {
-        "selector": {**repo, "jobName": "smoke"},
-        "executionMetadata": {"tags": [{"key": "dagster/asset_partition_range_start", "value": keys[0]},
-                                       {"key": "dagster/asset_partition_range_end", "value": keys[1]}]},
-    }})["launchRun"]
+    launched = _graphql(
+        base,
+        """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
+            __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }""",
+        {
+            "p": {
+                "selector": {**repo, "jobName": "smoke"},
+                "executionMetadata": {
+                    "tags": [
+                        {"key": "dagster/asset_partition_range_start", "value": keys[0]},
+                        {"key": "dagster/asset_partition_range_end", "value": keys[1]},
+                    ]
+                },
+            }
+        },
+    )["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
     run_id = launched["run"]["runId"]
 
     status, deadline = "", time.monotonic() + 300
     while time.monotonic() < deadline:
-        status = _graphql(base, 'query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }', {"id": run_id})["runOrError"]["status"]
+        status = _graphql(base, "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }", {"id": run_id})[
+            "runOrError"
+        ]["status"]
         if status in ("SUCCESS", "FAILURE", "CANCELED"):
             break
         time.sleep(2)

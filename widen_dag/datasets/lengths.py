@@ -34,8 +34,10 @@ def count_tokens(tokenizer, texts: list[str], batch: int = 4096) -> list[int]:
 def node_lengths(nodes: pl.DataFrame, tokenizer) -> pl.DataFrame:
     """(node_id, student_tokens, chars) for every node of a node table."""
     texts = nodes["text"].fill_null("").to_list()
-    return pl.DataFrame({
-        "node_id": nodes["node_id"],
-        "student_tokens": pl.Series(count_tokens(tokenizer, texts), dtype=pl.Int32),
-        "chars": nodes["text"].fill_null("").str.len_chars().cast(pl.Int32),
-    })
+    return pl.DataFrame(
+        {
+            "node_id": nodes["node_id"],
+            "student_tokens": pl.Series(count_tokens(tokenizer, texts), dtype=pl.Int32),
+            "chars": nodes["text"].fill_null("").str.len_chars().cast(pl.Int32),
+        }
+    )

@@ -128,9 +128,15 @@ def load_models(sql_dir: Path = SQL_DIR) -> dict[str, SqlModel]:
         if batch_by is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", batch_by):
             raise SqlModelError(f"{path.name}: batch_by must name one column, got {batch_by!r}")
         models[path.stem] = SqlModel(
-            name=path.stem, path=path, sql=sql, description="\n".join(lines).strip() or f"SQL model {path.stem}",
-            deps=tuple(sorted(table_refs(tree))), code_version=hashlib.sha256(sql.encode()).hexdigest()[:16], params=params,
-            batch_by=batch_by, order_by=order_columns(tree),
+            name=path.stem,
+            path=path,
+            sql=sql,
+            description="\n".join(lines).strip() or f"SQL model {path.stem}",
+            deps=tuple(sorted(table_refs(tree))),
+            code_version=hashlib.sha256(sql.encode()).hexdigest()[:16],
+            params=params,
+            batch_by=batch_by,
+            order_by=order_columns(tree),
         )
     order(models, list(models))  # fail early on cycles
     return models
@@ -147,8 +153,11 @@ def load_checks(models: dict[str, SqlModel], sql_dir: Path = SQL_DIR) -> list[Sq
             raise SqlModelError(f"checks/{path.name}: needs a '-- model: <name>' header line")
         if model not in models:
             raise SqlModelError(f"checks/{path.name}: names unknown model {model!r}")
-        checks.append(SqlCheck(path.stem, model, path, sql, " ".join(lines).strip() or path.stem,
-                               meta.get("blocking", "false").lower() == "true"))
+        checks.append(
+            SqlCheck(
+                path.stem, model, path, sql, " ".join(lines).strip() or path.stem, meta.get("blocking", "false").lower() == "true"
+            )
+        )
     return checks
 
 
@@ -220,9 +229,15 @@ class BatchProgress(NamedTuple):
     duckdb_temp_bytes: int
 
 
-def run_models(lake: Lake, models: dict[str, SqlModel], selected: list[str], params: dict[str, Any] | None = None,
-               con: duckdb.DuckDBPyConnection | None = None, settings: DuckDBSettings | None = None,
-               progress: Callable[[BatchProgress], None] | None = None) -> Iterator[ModelRun]:
+def run_models(
+    lake: Lake,
+    models: dict[str, SqlModel],
+    selected: list[str],
+    params: dict[str, Any] | None = None,
+    con: duckdb.DuckDBPyConnection | None = None,
+    settings: DuckDBSettings | None = None,
+    progress: Callable[[BatchProgress], None] | None = None,
+) -> Iterator[ModelRun]:
     """Run ``selected`` in dependency order over one connection, writing each to the lake
     as soon as it is computed; yields a ModelRun (name, result, where it was written, seconds).
 
@@ -244,8 +259,14 @@ def run_models(lake: Lake, models: dict[str, SqlModel], selected: list[str], par
         yield from _run_whole(lake, con, models, names, selected, params)
 
 
-def _run_whole(lake: Lake, con: duckdb.DuckDBPyConnection, models: dict[str, SqlModel], names: list[str],
-               selected: list[str], params: dict[str, Any]) -> Iterator[ModelRun]:
+def _run_whole(
+    lake: Lake,
+    con: duckdb.DuckDBPyConnection,
+    models: dict[str, SqlModel],
+    names: list[str],
+    selected: list[str],
+    params: dict[str, Any],
+) -> Iterator[ModelRun]:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake-writer") as writer:
         pending: deque[tuple[str, pl.DataFrame, Future[Written], float]] = deque()
 
@@ -319,8 +340,9 @@ class _Batch(NamedTuple):
     nulls: bool  # NULL keys sort last (DuckDB's default), so they ride with the last batch
 
 
-def _batch_plan(con: duckdb.DuckDBPyConnection, models: dict[str, SqlModel], names: list[str],
-                batch_rows: int | None) -> tuple[list[str], list[_Batch], dict[str, str]]:
+def _batch_plan(
+    con: duckdb.DuckDBPyConnection, models: dict[str, SqlModel], names: list[str], batch_rows: int | None
+) -> tuple[list[str], list[_Batch], dict[str, str]]:
     """The models that can run in batches (``batch_by`` set, inputs outside the run or in the
     group), the batches (contiguous key ranges of whole keys, ~batch_rows input rows each) and
     the keyed inputs by name, qualified so a batch's temp view can shadow them."""
@@ -330,8 +352,12 @@ def _batch_plan(con: duckdb.DuckDBPyConnection, models: dict[str, SqlModel], nam
     key = None
     for name in names:
         m = models[name]
-        if m.batch_by and m.order_by is not None and (key is None or m.batch_by == key) \
-                and all(d in group or d not in names for d in m.deps):
+        if (
+            m.batch_by
+            and m.order_by is not None
+            and (key is None or m.batch_by == key)
+            and all(d in group or d not in names for d in m.deps)
+        ):
             group.append(name)
             key = m.batch_by
     inputs = sorted({d for n in group for d in models[n].deps if d not in names})
@@ -339,9 +365,11 @@ def _batch_plan(con: duckdb.DuckDBPyConnection, models: dict[str, SqlModel], nam
         return [], [], {}  # a missing input fails in the plain run, with its message
     sources = {}
     for name in inputs:
-        where = con.execute("select database_name, schema_name, temporary from duckdb_views() where view_name = ? "
-                            "union all select database_name, schema_name, temporary from duckdb_tables() where table_name = ?",
-                            [name, name]).fetchall()
+        where = con.execute(
+            "select database_name, schema_name, temporary from duckdb_views() where view_name = ? "
+            "union all select database_name, schema_name, temporary from duckdb_tables() where table_name = ?",
+            [name, name],
+        ).fetchall()
         if not where or where[0][2]:
             return [], [], {}  # only lake views and tables can be shadowed per batch
         if key in con.sql(f'select * from "{where[0][0]}"."{where[0][1]}"."{name}" limit 0').columns:
@@ -373,9 +401,17 @@ def _batch_filter(key: str, batch: _Batch) -> str:
     return " OR ".join([*cond, *([f'"{key}" IS NULL'] if batch.nulls else [])])
 
 
-def _run_batched(lake: Lake, con: duckdb.DuckDBPyConnection, models: dict[str, SqlModel], group: list[str],
-                 plan: list[_Batch], sources: dict[str, str], params: dict[str, Any], spill_dir: str | None,
-                 progress: Callable[[BatchProgress], None] | None) -> Iterator[ModelRun]:
+def _run_batched(
+    lake: Lake,
+    con: duckdb.DuckDBPyConnection,
+    models: dict[str, SqlModel],
+    group: list[str],
+    plan: list[_Batch],
+    sources: dict[str, str],
+    params: dict[str, Any],
+    spill_dir: str | None,
+    progress: Callable[[BatchProgress], None] | None,
+) -> Iterator[ModelRun]:
     key = models[group[0]].batch_by
     writers = {name: lake.table_writer(name, staging_dir=spill_dir) for name in group}
     bounds: dict[str, list[tuple[tuple, tuple]]] = {name: [] for name in group}  # first/last sort keys per batch
@@ -402,11 +438,22 @@ def _run_batched(lake: Lake, con: duckdb.DuckDBPyConnection, models: dict[str, S
                     f.result()
                 writing = [pool.submit(writers[name].write, results[name]) for name in group]
                 if progress is not None:
-                    mem, tmp = con.sql("select sum(memory_usage_bytes)::bigint, sum(temporary_storage_bytes)::bigint "
-                                       "from duckdb_memory()").fetchall()[0]
-                    progress(BatchProgress(i, len(plan), batch.first, batch.last, batch.rows,
-                                           {n: t.num_rows for n, t in results.items()}, time.perf_counter() - started,
-                                           mem or 0, tmp or 0))
+                    mem, tmp = con.sql(
+                        "select sum(memory_usage_bytes)::bigint, sum(temporary_storage_bytes)::bigint from duckdb_memory()"
+                    ).fetchall()[0]
+                    progress(
+                        BatchProgress(
+                            i,
+                            len(plan),
+                            batch.first,
+                            batch.last,
+                            batch.rows,
+                            {n: t.num_rows for n, t in results.items()},
+                            time.perf_counter() - started,
+                            mem or 0,
+                            tmp or 0,
+                        )
+                    )
                 del results
             for f in writing:
                 f.result()
@@ -434,8 +481,9 @@ def _edge_keys(model: SqlModel, table: Any) -> tuple[tuple, tuple]:
     cols = model.order_by or ()
     missing = [c for c in cols if c not in table.column_names]
     if missing:
-        raise SqlModelError(f"{model.name}: to run in batches its ORDER BY must name output columns; "
-                            f"{', '.join(missing)} is not one")
+        raise SqlModelError(
+            f"{model.name}: to run in batches its ORDER BY must name output columns; {', '.join(missing)} is not one"
+        )
     return (tuple(table.column(c)[0].as_py() for c in cols), tuple(table.column(c)[-1].as_py() for c in cols))
 
 
@@ -447,8 +495,9 @@ def _in_order(bounds: list[tuple[tuple, tuple]]) -> bool:
         return False
 
 
-def _sorted_copy(lake: Lake, con: duckdb.DuckDBPyConnection, model: SqlModel, staged: TableWriter,
-                 spill_dir: str | None) -> Written:
+def _sorted_copy(
+    lake: Lake, con: duckdb.DuckDBPyConnection, model: SqlModel, staged: TableWriter, spill_dir: str | None
+) -> Written:
     staged.close()
     out = lake.table_writer(model.name, staging_dir=spill_dir)
     try:

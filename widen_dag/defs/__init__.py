@@ -22,8 +22,10 @@ def build_definitions(profile: str | None = None) -> dg.Definitions:
     ref = profile_ref(profile)
     resolved = load_profile(ref)
     return dg.Definitions(
-        assets=[*dg.load_assets_from_modules([problems, environment, models, search, datasets, training, evaluation, decode]),
-                training.dpo_checkpoint_asset(resolved)],
+        assets=[
+            *dg.load_assets_from_modules([problems, environment, models, search, datasets, training, evaluation, decode]),
+            training.dpo_checkpoint_asset(resolved),
+        ],
         asset_checks=dg.load_asset_checks_from_modules([datasets]),
         jobs=JOBS,
         sensors=SENSORS,

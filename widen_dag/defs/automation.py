@@ -47,8 +47,9 @@ def problem_inbox(context: dg.SensorEvaluationContext, pipeline: PipelineResourc
         cursor[path.name] = fingerprint
         if key not in known:
             new_keys.append(key)
-        requests.append(dg.RunRequest(run_key=f"{key}@{fingerprint}", partition_key=key,
-                                      tags={"widen_dag/inbox_file": str(path)}))
+        requests.append(
+            dg.RunRequest(run_key=f"{key}@{fingerprint}", partition_key=key, tags={"widen_dag/inbox_file": str(path)})
+        )
     if not requests:
         why = f"no new problem files in {folder}" + (f"; {len(refused)} refused: {'; '.join(refused[:3])}" if refused else "")
         return dg.SensorResult(skip_reason=dg.SkipReason(why), cursor=json.dumps(cursor, sort_keys=True))
@@ -130,13 +131,14 @@ def weekly_retrain(context: dg.ScheduleEvaluationContext):
     monitored_jobs=[retrain_job],
     request_job=dpo_variants_job,
     default_status=dg.DefaultSensorStatus.STOPPED,
-    description="After a successful retrain, one `dpo_variants` run per ablation variant (pool `gpu` runs "
-    "them one at a time).",
+    description="After a successful retrain, one `dpo_variants` run per ablation variant (pool `gpu` runs them one at a time).",
 )
 def dpo_after_retrain(context: dg.RunStatusSensorContext, pipeline: PipelineResource):
     run_id = context.dagster_run.run_id
-    return [dg.RunRequest(run_key=f"{run_id}-{variant}", partition_key=variant)
-            for variant in pipeline.load_profile().train.dpo.variants]
+    return [
+        dg.RunRequest(run_key=f"{run_id}-{variant}", partition_key=variant)
+        for variant in pipeline.load_profile().train.dpo.variants
+    ]
 
 
 SENSORS = [problem_inbox, profile_shards, sql_tail_automation, dpo_after_retrain]

@@ -15,8 +15,11 @@ class PipelineResource(dg.ConfigurableResource):
 
     profile: str = Field(default="", description="Profile name or YAML path; empty = $WIDEN_DAG_PROFILE or 'tiny'.")
     lake_root: str = Field(default="", description="Lake root URI; empty = $WIDEN_DAG_LAKE or ./lake.")
-    seed: int | None = Field(default=None, description="Run seed: search, training, distillation data and evaluation "
-                             "sampling seeds all become this (problems and base models stay); empty = the profile's.")
+    seed: int | None = Field(
+        default=None,
+        description="Run seed: search, training, distillation data and evaluation "
+        "sampling seeds all become this (problems and base models stay); empty = the profile's.",
+    )
 
     def load_profile(self) -> Profile:
         return with_run_seed(load_profile(self.profile or None), self.seed)

@@ -19,8 +19,9 @@ from widen_dag.profiles import Profile
 from widen_dag.storage.reuse import ReuseRecord, config_hash, read_record, reuse_key, why_rebuild, write_record
 
 
-def run_worker(context: dg.AssetExecutionContext, pipeline: PipelineResource, client: dg.PipesSubprocessClient,
-               module: str, *args: str) -> dg.MaterializeResult:
+def run_worker(
+    context: dg.AssetExecutionContext, pipeline: PipelineResource, client: dg.PipesSubprocessClient, module: str, *args: str
+) -> dg.MaterializeResult:
     profile = pipeline.load_profile()
     processes = scaleout.training_processes(profile, module)
     if profile.runtime.kind == "k8s":
@@ -32,8 +33,13 @@ def run_worker(context: dg.AssetExecutionContext, pipeline: PipelineResource, cl
     os.unlink(failure_file)  # the worker creates it only for an unrecoverable failure
     try:
         return client.run(
-            command=scaleout.worker_argv(module, *args, num_processes=processes, timeout_s=timeout,
-                                         accelerate_flags=scaleout.accelerate_args(profile, module)),
+            command=scaleout.worker_argv(
+                module,
+                *args,
+                num_processes=processes,
+                timeout_s=timeout,
+                accelerate_flags=scaleout.accelerate_args(profile, module),
+            ),
             context=context,
             extras={**pipeline.worker_extras(profile), FAILURE_FILE_EXTRA: failure_file},
         ).get_materialize_result()
@@ -45,8 +51,9 @@ def run_worker(context: dg.AssetExecutionContext, pipeline: PipelineResource, cl
         # worker; the exit code in Dagster's message is a second sign, not the only one.
         if time.monotonic() - started >= timeout or f"code {scaleout.TIMEOUT_EXIT_CODE}" in str(err):
             # A hung worker: say so in the UI, and let the asset's retry policy run it again.
-            raise dg.Failure(f"the {module} worker ran past runtime.worker_timeout_s={timeout}s and was stopped",
-                             allow_retries=True) from err
+            raise dg.Failure(
+                f"the {module} worker ran past runtime.worker_timeout_s={timeout}s and was stopped", allow_retries=True
+            ) from err
         raise
     finally:
         if os.path.exists(failure_file):
@@ -56,27 +63,38 @@ def run_worker(context: dg.AssetExecutionContext, pipeline: PipelineResource, cl
 def unrecoverable_failure(stage: str, cause: str, fix: str) -> dg.Failure:
     """A failure no retry can fix: one line with the cause and the fix, in the run's failure
     metadata too, and no retries (the asset's RetryPolicy honours allow_retries=False)."""
-    return dg.Failure(f"{stage}: {cause}. Fix: {fix}", allow_retries=False,
-                      metadata={"cause": cause, "fix": fix, "retryable": False})
+    return dg.Failure(
+        f"{stage}: {cause}. Fix: {fix}", allow_retries=False, metadata={"cause": cause, "fix": fix, "retryable": False}
+    )
 
 
-def run_worker_pod(context: dg.AssetExecutionContext, pipeline: PipelineResource, profile: Profile, module: str, *args: str,
-                   num_processes: int) -> dg.MaterializeResult:
+def run_worker_pod(
+    context: dg.AssetExecutionContext, pipeline: PipelineResource, profile: Profile, module: str, *args: str, num_processes: int
+) -> dg.MaterializeResult:
     try:
         from dagster_k8s import PipesK8sClient
     except ImportError as err:  # the k8s extra is optional for local users
         raise dg.Failure("runtime.kind 'k8s' needs dagster-k8s: pip install 'widen-dag[k8s]'") from err
     cfg = scaleout.k8s_settings(profile)
     context.log.info(f"{module}: pod in namespace {cfg.namespace} with {scaleout.gpus_for(profile, module)} GPU(s)")
-    return PipesK8sClient().run(
-        context=context,
-        namespace=cfg.namespace,
-        command=scaleout.worker_argv(module, *args, num_processes=num_processes, python="python",
-                                     accelerate_flags=scaleout.accelerate_args(profile, module)),
-        base_pod_spec=scaleout.pod_spec(profile, module),
-        env=scaleout.pod_env(profile),
-        extras=pipeline.worker_extras(profile, cfg.lake_root),
-    ).get_materialize_result()
+    return (
+        PipesK8sClient()
+        .run(
+            context=context,
+            namespace=cfg.namespace,
+            command=scaleout.worker_argv(
+                module,
+                *args,
+                num_processes=num_processes,
+                python="python",
+                accelerate_flags=scaleout.accelerate_args(profile, module),
+            ),
+            base_pod_spec=scaleout.pod_spec(profile, module),
+            env=scaleout.pod_env(profile),
+            extras=pipeline.worker_extras(profile, cfg.lake_root),
+        )
+        .get_materialize_result()
+    )
 
 
 def _plain_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -105,8 +123,16 @@ def _restored_metadata(plain: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_or_reuse(context: dg.AssetExecutionContext, pipeline: PipelineResource, client: dg.PipesSubprocessClient,
-                 module: str, *args: str, inputs: dict[str, Any], config: Any, artifact_present: bool) -> dg.MaterializeResult:
+def run_or_reuse(
+    context: dg.AssetExecutionContext,
+    pipeline: PipelineResource,
+    client: dg.PipesSubprocessClient,
+    module: str,
+    *args: str,
+    inputs: dict[str, Any],
+    config: Any,
+    artifact_present: bool,
+) -> dg.MaterializeResult:
     """``run_worker``, unless the lake already holds this stage's artifact built from the same
     inputs (content hashes and upstream data versions), configuration and code version: then the
     worker is not started and the recorded data version is reported again, so downstream stages
@@ -122,14 +148,33 @@ def run_or_reuse(context: dg.AssetExecutionContext, pipeline: PipelineResource, 
         context.log.info(f"{asset}: reused (inputs, configuration and code unchanged since run {previous.run_id})")
         return dg.MaterializeResult(
             data_version=dg.DataVersion(previous.data_version),
-            metadata={**_restored_metadata(previous.metadata), "reused": True, "reused_from_run": previous.run_id,
-                      "reuse_key": key, "ran_because": "(skipped: inputs, configuration and code unchanged)"})
+            metadata={
+                **_restored_metadata(previous.metadata),
+                "reused": True,
+                "reused_from_run": previous.run_id,
+                "reuse_key": key,
+                "ran_because": "(skipped: inputs, configuration and code unchanged)",
+            },
+        )
     context.log.info(f"{asset}: building ({'; '.join(reasons)})")
     result = run_worker(context, pipeline, client, module, *args)
     version = result.data_version.value if result.data_version else key
     metadata = dict(result.metadata or {})
-    write_record(lake, asset, partition, ReuseRecord(
-        key=key, data_version=version, inputs=inputs, config_hash=config_hash(config), code_version=code_version,
-        run_id=context.run_id, metadata=_plain_metadata(metadata)))
-    return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={
-        **metadata, "reused": False, "reuse_key": key, "ran_because": "; ".join(reasons)})
+    write_record(
+        lake,
+        asset,
+        partition,
+        ReuseRecord(
+            key=key,
+            data_version=version,
+            inputs=inputs,
+            config_hash=config_hash(config),
+            code_version=code_version,
+            run_id=context.run_id,
+            metadata=_plain_metadata(metadata),
+        ),
+    )
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(version),
+        metadata={**metadata, "reused": False, "reuse_key": key, "ran_because": "; ".join(reasons)},
+    )

@@ -11,7 +11,10 @@ from widen_dag.domains import arithmetic, blocksworld, instruction_following, ma
 from widen_dag.domains.base import Verdict, problem_id
 
 DOMAINS: dict[str, ModuleType] = {
-    "math": math, "blocksworld": blocksworld, "arithmetic": arithmetic, "instruction_following": instruction_following,
+    "math": math,
+    "blocksworld": blocksworld,
+    "arithmetic": arithmetic,
+    "instruction_following": instruction_following,
 }
 
 

@@ -20,7 +20,13 @@ from widen_dag.domains.base import FORMAT_INSTRUCTION, RawRecord, Verdict
 name = "blocksworld"
 
 # PlanBench names PDDL objects a, b, c ... by colour in its English prompts.
-PLANBENCH_COLORS = dict(zip("abcdefghijkl", ["red", "blue", "orange", "yellow", "white", "magenta", "black", "cyan", "green", "violet", "silver", "gold"], strict=True))
+PLANBENCH_COLORS = dict(
+    zip(
+        "abcdefghijkl",
+        ["red", "blue", "orange", "yellow", "white", "magenta", "black", "cyan", "green", "violet", "silver", "gold"],
+        strict=True,
+    )
+)
 ACTIONS = {"pick-up": 1, "put-down": 1, "stack": 2, "unstack": 2}
 PREDICATES = {"on": 2, "ontable": 1, "clear": 1, "holding": 1, "handempty": 0}
 
@@ -55,6 +61,7 @@ class Instance:
 
     def statement(self) -> str:
         """The instance in PlanBench's English."""
+
         def say(fact: str) -> str:
             p = fact.strip("()").split()
             return {
@@ -68,10 +75,7 @@ class Instance:
         order = {"clear": 0, "handempty": 1, "holding": 1, "on": 2, "ontable": 3}
         init = [say(f) for f in sorted(self.init, key=lambda f: (order[f.strip("()").split()[0]], f))]
         goal = [say(f) for f in sorted(self.goal)]
-        return (
-            f"As initial conditions I have that, {_join(init)}.\n"
-            f"My goal is to have that {_join(goal)}."
-        )
+        return f"As initial conditions I have that, {_join(init)}.\nMy goal is to have that {_join(goal)}."
 
 
 @dataclass(frozen=True)
@@ -155,7 +159,11 @@ def parse_statement(text: str) -> Instance:
     """PlanBench's English statement (the last [STATEMENT] of a prompt, if there are several)."""
     if "[STATEMENT]" in text:
         text = text.rsplit("[STATEMENT]", 1)[1]
-    m = re.search(r"As initial conditions I have that,?(.*?)My goal is to have that(.*?)(?:\.\s*(?:\n|$)|My plan is|$)", text, re.DOTALL | re.IGNORECASE)
+    m = re.search(
+        r"As initial conditions I have that,?(.*?)My goal is to have that(.*?)(?:\.\s*(?:\n|$)|My plan is|$)",
+        text,
+        re.DOTALL | re.IGNORECASE,
+    )
     if not m:
         raise BlocksworldError("no 'As initial conditions I have that ... My goal is to have that ...' statement found")
     init, goal = _conditions(m.group(1)), _conditions(m.group(2))
@@ -413,8 +421,9 @@ def records_from_planbench(path: str | Path) -> list[RawRecord]:
     return records_from_planbench_rows(rows)
 
 
-def records_from_planbench_rows(rows: list, query_field: str = "query", plan_field: str = "ground_truth_plan",
-                                id_field: str | None = "instance_id") -> list[RawRecord]:
+def records_from_planbench_rows(
+    rows: list, query_field: str = "query", plan_field: str = "ground_truth_plan", id_field: str | None = "instance_id"
+) -> list[RawRecord]:
     """PlanBench rows (its JSON export or the hub's table): the [STATEMENT] query and its plan."""
     out = []
     for i, row in enumerate(rows):
@@ -430,7 +439,12 @@ def records_from_planbench_rows(rows: list, query_field: str = "query", plan_fie
             q = q[: -len("My plan is as follows:")].rstrip()
         sid = row.get(id_field, i) if id_field else i
         out.append(
-            RawRecord(i, q, plan if isinstance(plan, str) else None, source_id=str(sid),
-                      error=f"missing field(s): {', '.join(missing)}" if missing else None)
+            RawRecord(
+                i,
+                q,
+                plan if isinstance(plan, str) else None,
+                source_id=str(sid),
+                error=f"missing field(s): {', '.join(missing)}" if missing else None,
+            )
         )
     return out

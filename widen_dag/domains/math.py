@@ -266,7 +266,9 @@ def records_from_rows(rows: list[Any], question_field: str, answer_field: str, i
             error = f"field {question_field!r} must be a string, got {type(q).__name__}"
         if error is None and (isinstance(a, bool) or not isinstance(a, (str, int, float))):
             error = f"field {answer_field!r} must be a string or a number, got {type(a).__name__}"
-        meta = {k: v for k, v in row.items() if k not in (question_field, answer_field) and isinstance(v, (str, int, float, bool))}
+        meta = {
+            k: v for k, v in row.items() if k not in (question_field, answer_field) and isinstance(v, (str, int, float, bool))
+        }
         sid = row.get(id_field) if id_field else None
         out.append(
             RawRecord(

@@ -116,9 +116,10 @@ def partition_dataset(profile: Profile, key: str) -> tuple[DatasetConfig, int]:
     """The dataset and shard index a ``problem_shards`` key stands for (profile shard or inbox file)."""
     if key.startswith(INBOX_KEY_PREFIX):
         inbox = profile.inbox
-        path = inbox.resolved_path() / key[len(INBOX_KEY_PREFIX):]
-        source = FileSource(path=str(path), question_field=inbox.question_field, answer_field=inbox.answer_field,
-                            id_field=inbox.id_field)
+        path = inbox.resolved_path() / key[len(INBOX_KEY_PREFIX) :]
+        source = FileSource(
+            path=str(path), question_field=inbox.question_field, answer_field=inbox.answer_field, id_field=inbox.id_field
+        )
         return DatasetConfig(name=INBOX_DATASET, domain=inbox.domain, source=source, role=inbox.role), 0
     name, index = parse_shard_key(key)
     return profile.dataset(name), index
@@ -188,8 +189,8 @@ def _check_columns(path: Path, rows: list[Any], source: Any) -> None:
         return
     found = sorted({k for r in dicts[:1000] for k in r})
     raise ProblemSourceError(
-        f"problem file {path}: no row has the fields {expected} (source question_field/answer_field); "
-        f"columns found: {found}")
+        f"problem file {path}: no row has the fields {expected} (source question_field/answer_field); columns found: {found}"
+    )
 
 
 def _file_records(source: Any) -> list[RawRecord]:
@@ -222,14 +223,17 @@ def _hub_rows(source: Any) -> list[dict[str, Any]]:
     try:
         ds = datasets.load_dataset(source.name, source.config, split=source.split, revision=source.revision)
     except Exception as err:
-        raise ProblemSourceError(f"hub dataset {source.name!r} (config {source.config!r}, split {source.split!r}): "
-                                 f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} "
-                                 "(offline: download it and use source kind: file)") from None
+        raise ProblemSourceError(
+            f"hub dataset {source.name!r} (config {source.config!r}, split {source.split!r}): "
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} "
+            "(offline: download it and use source kind: file)"
+        ) from None
     columns = list(getattr(ds, "column_names", None) or (ds[0] if len(ds) else []))
     missing = [c for c in source.where if c not in columns]
     if missing:
-        raise ProblemSourceError(f"hub dataset {source.name!r}: no column(s) {', '.join(missing)} "
-                                 f"(columns: {', '.join(columns)})")
+        raise ProblemSourceError(
+            f"hub dataset {source.name!r}: no column(s) {', '.join(missing)} (columns: {', '.join(columns)})"
+        )
     return [dict(r) for r in ds if all(str(r.get(k)) == v for k, v in source.where.items())]
 
 
@@ -237,8 +241,9 @@ def _hub_records(source: Any, domain: str) -> list[RawRecord]:
     rows = _hub_rows(source)
     missing = [c for c in (source.question_field, source.answer_field) if rows and c not in rows[0]]
     if missing:
-        raise ProblemSourceError(f"hub dataset {source.name!r}: no column(s) {', '.join(missing)} "
-                                 f"(columns: {', '.join(rows[0])})")
+        raise ProblemSourceError(
+            f"hub dataset {source.name!r}: no column(s) {', '.join(missing)} (columns: {', '.join(rows[0])})"
+        )
     if domain == "blocksworld":
         records = blocksworld.records_from_planbench_rows(rows, source.question_field, source.answer_field, source.id_field)
     else:
@@ -270,10 +275,7 @@ def dataset_records(dataset: DatasetConfig, seed: int) -> list[RawRecord]:
         # Seeded by profile seed and dataset name, so each dataset draws its own problems.
         ds_seed = seed * 1_000_003 + stable_seed(dataset.name)
         problems = arithmetic.generate(src.n_problems, src.steps, src.max_operand, ds_seed, src.ops)
-        return [
-            RawRecord(i, p.question, p.gold, meta={"steps": [s.equation() for s in p.steps]})
-            for i, p in enumerate(problems)
-        ]
+        return [RawRecord(i, p.question, p.gold, meta={"steps": [s.equation() for s in p.steps]}) for i, p in enumerate(problems)]
     if src.kind == "file":
         return _file_records(src)
     if src.kind == "planbench":
@@ -374,7 +376,13 @@ def stage_problems(raw: pl.DataFrame, cfg: ProblemsConfig, roles: dict[str, str]
     def reject(row: dict[str, Any], reason: str) -> None:
         q = row.get("question") or ""
         quarantine.append(
-            {"dataset": row["dataset"], "shard": row["shard"], "row_index": row["row_index"], "reason": reason, "question_preview": q[:120]}
+            {
+                "dataset": row["dataset"],
+                "shard": row["shard"],
+                "row_index": row["row_index"],
+                "reason": reason,
+                "question_preview": q[:120],
+            }
         )
 
     for order, row in enumerate(raw.sort(["dataset", "row_index"]).iter_rows(named=True)):
@@ -453,13 +461,15 @@ def train_eval_overlap(staged: pl.DataFrame) -> pl.DataFrame:
     """Staged rows whose problem id or normalised question is in both train and eval (must be none)."""
     if staged.is_empty():
         return staged.with_columns(pl.lit(None, pl.String).alias("overlap_on"))
-    df = staged.with_columns(
-        pl.col("question").map_elements(normalized_question, return_dtype=pl.String).alias("_norm_q"))
+    df = staged.with_columns(pl.col("question").map_elements(normalized_question, return_dtype=pl.String).alias("_norm_q"))
     out = []
     for col in ("problem_id", "_norm_q"):
         both = df.group_by(col).agg(pl.col("split").n_unique().alias("_n")).filter(pl.col("_n") > 1)[col]
-        out.append(df.filter(pl.col(col).is_in(both.implode())).with_columns(
-            pl.lit("problem_id" if col == "problem_id" else "normalised question").alias("overlap_on")))
+        out.append(
+            df.filter(pl.col(col).is_in(both.implode())).with_columns(
+                pl.lit("problem_id" if col == "problem_id" else "normalised question").alias("overlap_on")
+            )
+        )
     return pl.concat(out).drop("_norm_q").unique(subset=["problem_id", "shard", "split", "overlap_on"], maintain_order=True)
 
 

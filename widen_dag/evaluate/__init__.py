@@ -18,19 +18,27 @@ from widen_dag.search.thoughts import is_well_formed
 from widen_dag.seeding import stable_seed
 
 # Habitual reflection phrases the paper counts ("formalistic long-time thinking").
-REFLECTION_RE = re.compile(r"\b(wait|alternatively|let me (?:re-?check|think again|double[- ]check)|hmm)\b|something is wrong", re.IGNORECASE)
+REFLECTION_RE = re.compile(
+    r"\b(wait|alternatively|let me (?:re-?check|think again|double[- ]check)|hmm)\b|something is wrong", re.IGNORECASE
+)
 
 
-def sample_and_score(backend: Backend, problems: list[Problem], *, n: int, temperature: float, top_p: float,
-                     max_tokens: int, seed: int = 0) -> list[dict[str, Any]]:
+def sample_and_score(
+    backend: Backend, problems: list[Problem], *, n: int, temperature: float, top_p: float, max_tokens: int, seed: int = 0
+) -> list[dict[str, Any]]:
     """n samples per problem; one row per sample with its verdict and lengths.
 
     Each problem's request carries its own seed, so scores do not depend on batching.
     """
     requests = [
-        GenerationRequest(prompt=backend.chat_prompt(get_domain(p.domain).task_prompt(p.question)), n=n,
-                          temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-                          seed=stable_seed(seed, p.problem_id))
+        GenerationRequest(
+            prompt=backend.chat_prompt(get_domain(p.domain).task_prompt(p.question)),
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            seed=stable_seed(seed, p.problem_id),
+        )
         for p in problems
     ]
     rows = []
@@ -38,11 +46,20 @@ def sample_and_score(backend: Backend, problems: list[Problem], *, n: int, tempe
         domain = get_domain(p.domain)
         for k, s in enumerate(samples):
             v = domain.verify(s.text, p.gold, p.question)
-            rows.append({
-                "problem_id": p.problem_id, "sample": k, "response": s.text, "n_tokens": s.n_tokens,
-                "finish_reason": s.finish_reason, "answer": v.answer, "correct": v.correct, "no_answer": v.no_answer,
-                "well_formed": is_well_formed(s.text), "reflections": len(REFLECTION_RE.findall(s.text)),
-            })
+            rows.append(
+                {
+                    "problem_id": p.problem_id,
+                    "sample": k,
+                    "response": s.text,
+                    "n_tokens": s.n_tokens,
+                    "finish_reason": s.finish_reason,
+                    "answer": v.answer,
+                    "correct": v.correct,
+                    "no_answer": v.no_answer,
+                    "well_formed": is_well_formed(s.text),
+                    "reflections": len(REFLECTION_RE.findall(s.text)),
+                }
+            )
     return rows
 
 
@@ -79,4 +96,3 @@ def eval_problem_sets(staged: pl.DataFrame, limit: int | None = None) -> dict[st
     if not out:
         raise ValueError("no eval-split problems in stg_problems: raise problems.eval_fraction or add an eval dataset")
     return out
-

@@ -21,14 +21,27 @@ from widen_dag.evaluate import stats
 
 # (row label in the table, variant name in eval_results), in the paper's order.
 TABLE_ROWS = [
-    ("base", "base"), ("distill_baseline", "distill_baseline"), ("SFT", "sft"), ("+DPO", "dpo"),
-    ("+balance", "balanced"), ("+cDPO", "cdpo"), ("+joint", "joint"), ("+mask", "joint_masked"),
+    ("base", "base"),
+    ("distill_baseline", "distill_baseline"),
+    ("SFT", "sft"),
+    ("+DPO", "dpo"),
+    ("+balance", "balanced"),
+    ("+cDPO", "cdpo"),
+    ("+joint", "joint"),
+    ("+mask", "joint_masked"),
 ]
 LABELS = {v: label for label, v in TABLE_ROWS}
 # The row each row is compared with ("vs the previous row"): SFT and the distillation
 # baseline both start from the base; each DPO row adds one technique to the row above.
-PREVIOUS = {"distill_baseline": "base", "sft": "base", "dpo": "sft", "balanced": "dpo", "cdpo": "balanced",
-            "joint": "cdpo", "joint_masked": "joint"}
+PREVIOUS = {
+    "distill_baseline": "base",
+    "sft": "base",
+    "dpo": "sft",
+    "balanced": "dpo",
+    "cdpo": "balanced",
+    "joint": "cdpo",
+    "joint_masked": "joint",
+}
 REFERENCES = ("prev", "sft", "dpo")  # paired-comparison column groups: vs previous row, vs SFT, vs +DPO
 
 
@@ -77,10 +90,16 @@ def per_problem(results: pl.DataFrame) -> pl.DataFrame:
     if "decoding" not in results.columns:  # eval_results written before greedy decoding existed
         results = results.with_columns(pl.lit("sampled").alias("decoding"))
     keys = ["variant", "eval_set", "problem_id"]
-    sampled = results.filter(pl.col("decoding") == "sampled").group_by(keys).agg(
-        pl.len().alias("samples"), pl.col("correct").sum().alias("correct"), pl.col("no_answer").mean().alias("no_answer"))
-    greedy = results.filter(pl.col("decoding") == "greedy").group_by(keys).agg(
-        pl.col("correct").first().alias("greedy_correct"), pl.col("no_answer").first().alias("greedy_no_answer"))
+    sampled = (
+        results.filter(pl.col("decoding") == "sampled")
+        .group_by(keys)
+        .agg(pl.len().alias("samples"), pl.col("correct").sum().alias("correct"), pl.col("no_answer").mean().alias("no_answer"))
+    )
+    greedy = (
+        results.filter(pl.col("decoding") == "greedy")
+        .group_by(keys)
+        .agg(pl.col("correct").first().alias("greedy_correct"), pl.col("no_answer").first().alias("greedy_no_answer"))
+    )
     return sampled.join(greedy, on=keys, how="left").sort(keys)
 
 
@@ -101,10 +120,15 @@ def _cell(pp: pl.DataFrame, resp: pl.DataFrame, ks: list[int]) -> dict:
         out["greedy_no_answer_rate"] = gna / g.height
         out["greedy_no_answer_lo"], out["greedy_no_answer_hi"] = stats.wilson_interval(gna, g.height)
     for k in ks:
-        per = np.array([stats.pass_at_k(s, c, k) for s, c in zip(pp["samples"], pp["correct"], strict=True)]) \
-            if k <= out["samples_per_problem"] else np.array([math.nan])
+        per = (
+            np.array([stats.pass_at_k(s, c, k) for s, c in zip(pp["samples"], pp["correct"], strict=True)])
+            if k <= out["samples_per_problem"]
+            else np.array([math.nan])
+        )
         out[f"test_at_{k}"] = float(per.mean())
-        out[f"test_at_{k}_lo"], out[f"test_at_{k}_hi"] = stats.bootstrap_interval(per) if not math.isnan(per[0]) else (math.nan, math.nan)
+        out[f"test_at_{k}_lo"], out[f"test_at_{k}_hi"] = (
+            stats.bootstrap_interval(per) if not math.isnan(per[0]) else (math.nan, math.nan)
+        )
     out["test_at_n"] = float((pp["correct"] > 0).mean())  # solved by any of the samples
     tokens = resp["n_tokens"]
     out["mean_tokens"] = float(tokens.mean())
@@ -141,8 +165,9 @@ def summarize_results(results: pl.DataFrame) -> pl.DataFrame:
     max_n = int(pp["samples"].min()) if pp.height else 1
     ks = test_at_ks(max_n)
     order = {v: i for i, (_, v) in enumerate(TABLE_ROWS)}
-    cells = sorted({(v, s) for v, s in zip(pp["variant"], pp["eval_set"], strict=True)},
-                   key=lambda vs: (order.get(vs[0], len(order)), vs[1]))
+    cells = sorted(
+        {(v, s) for v, s in zip(pp["variant"], pp["eval_set"], strict=True)}, key=lambda vs: (order.get(vs[0], len(order)), vs[1])
+    )
     groups = {key: g for key, g in pp.group_by("variant", "eval_set")}
     responses = {key: g for key, g in results.group_by("variant", "eval_set")}
     rows = []
@@ -154,11 +179,15 @@ def summarize_results(results: pl.DataFrame) -> pl.DataFrame:
             if other and other != variant and (other, eval_set) in groups:
                 row |= _paired(groups[(variant, eval_set)], groups[(other, eval_set)], ref)
         rows.append(row)
-    schema = {"variant": pl.String, "eval_set": pl.String, "prev_variant": pl.String, "n": pl.Int64,
-              "samples_per_problem": pl.Int64}
+    schema = {
+        "variant": pl.String,
+        "eval_set": pl.String,
+        "prev_variant": pl.String,
+        "n": pl.Int64,
+        "samples_per_problem": pl.Int64,
+    }
     columns = list(dict.fromkeys(c for r in rows for c in r))
-    return pl.DataFrame([{c: r.get(c) for c in columns} for r in rows],
-                        schema={c: schema.get(c, pl.Float64) for c in columns})
+    return pl.DataFrame([{c: r.get(c) for c in columns} for r in rows], schema={c: schema.get(c, pl.Float64) for c in columns})
 
 
 def _pct(x) -> str:
@@ -181,8 +210,14 @@ def markdown_table(summary: pl.DataFrame) -> str:
     """One table per eval set: the cells with their 95% intervals, and each row's paired
     accuracy difference to the row it is compared with."""
     out = []
-    top_k = max((int(c.removeprefix("test_at_")) for c in summary.columns
-                 if c.startswith("test_at_") and c.removeprefix("test_at_").isdigit()), default=None)
+    top_k = max(
+        (
+            int(c.removeprefix("test_at_"))
+            for c in summary.columns
+            if c.startswith("test_at_") and c.removeprefix("test_at_").isdigit()
+        ),
+        default=None,
+    )
     for (eval_set,), g in summary.group_by("eval_set", maintain_order=True):
         first = g.row(0, named=True)
         out.append(f"**{eval_set}**: {first['n']} problems, {first['samples_per_problem']} samples each + greedy\n")
@@ -195,15 +230,22 @@ def markdown_table(summary: pl.DataFrame) -> str:
             if r is None:
                 continue
             test = _pct(r.get(f"test_at_{top_k}")) if top_k else _pct(r.get("test_at_n"))
-            prev = f"{_diff(r, 'acc_diff_vs_prev')} vs {LABELS.get(r['prev_variant'], r['prev_variant'])}" \
-                if r.get("acc_diff_vs_prev") is not None else ""
-            out.append(f"| {label} | {_ci(r, 'accuracy', 'accuracy_lo', 'accuracy_hi')} | "
-                       f"{_ci(r, 'no_answer_rate', 'no_answer_lo', 'no_answer_hi')} | {_pct(r.get('greedy_accuracy'))} | "
-                       f"{test} | {r['mean_tokens']:.0f} / {r['median_tokens']:.0f} | {prev} |")
+            prev = (
+                f"{_diff(r, 'acc_diff_vs_prev')} vs {LABELS.get(r['prev_variant'], r['prev_variant'])}"
+                if r.get("acc_diff_vs_prev") is not None
+                else ""
+            )
+            out.append(
+                f"| {label} | {_ci(r, 'accuracy', 'accuracy_lo', 'accuracy_hi')} | "
+                f"{_ci(r, 'no_answer_rate', 'no_answer_lo', 'no_answer_hi')} | {_pct(r.get('greedy_accuracy'))} | "
+                f"{test} | {r['mean_tokens']:.0f} / {r['median_tokens']:.0f} | {prev} |"
+            )
         out.append("")
-    return "\n".join(out) + ("\nCells: % with 95% intervals in brackets (bootstrap over problems); accuracy and "
-                             "no-answer are the mean over each problem's samples at the eval temperature; Δ is a "
-                             "paired difference on the same problems (points).")
+    return "\n".join(out) + (
+        "\nCells: % with 95% intervals in brackets (bootstrap over problems); accuracy and "
+        "no-answer are the mean over each problem's samples at the eval temperature; Δ is a "
+        "paired difference on the same problems (points)."
+    )
 
 
 def direction_table(summary: pl.DataFrame) -> list[dict]:
@@ -218,9 +260,21 @@ def direction_table(summary: pl.DataFrame) -> list[dict]:
             if r is None or r.get(col) is None:
                 continue
             diff, lo, hi = r[col], r[col + "_lo"], r[col + "_hi"]
-            out.append({"eval_set": eval_set, "variant": d.variant, "reference": d.reference(), "metric": d.metric,
-                        "expected": "up" if d.sign > 0 else "down", "claim": d.claim, "diff": diff, "lo": lo, "hi": hi,
-                        "held": diff * d.sign > 0, "verdict": stats.verdict(lo, hi, d.sign)})
+            out.append(
+                {
+                    "eval_set": eval_set,
+                    "variant": d.variant,
+                    "reference": d.reference(),
+                    "metric": d.metric,
+                    "expected": "up" if d.sign > 0 else "down",
+                    "claim": d.claim,
+                    "diff": diff,
+                    "lo": lo,
+                    "hi": hi,
+                    "held": diff * d.sign > 0,
+                    "verdict": stats.verdict(lo, hi, d.sign),
+                }
+            )
     return out
 
 
@@ -228,10 +282,12 @@ def direction_notes(summary: pl.DataFrame) -> list[str]:
     """The paper's directions in words: 'supported' only when the paired 95% interval excludes
     zero, 'within noise' when it contains zero, 'contradicted' when it excludes zero the other way."""
     metric = {"acc": "accuracy", "no_answer": "no-answer"}
-    return [f"{d['eval_set']}: {d['claim']}: {d['verdict']} ({LABELS.get(d['variant'], d['variant'])} - "
-            f"{LABELS.get(d['reference'], d['reference'])} {metric[d['metric']]} {100 * d['diff']:+.1f} points, "
-            f"95% CI [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}])"
-            for d in direction_table(summary)]
+    return [
+        f"{d['eval_set']}: {d['claim']}: {d['verdict']} ({LABELS.get(d['variant'], d['variant'])} - "
+        f"{LABELS.get(d['reference'], d['reference'])} {metric[d['metric']]} {100 * d['diff']:+.1f} points, "
+        f"95% CI [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}])"
+        for d in direction_table(summary)
+    ]
 
 
 SEED_METRICS = ("accuracy", "no_answer_rate", "greedy_accuracy", "test_at_n", "mean_tokens")
@@ -249,11 +305,16 @@ def seed_summary(reports: dict[int, pl.DataFrame]) -> dict:
                 if r.get(m) is not None:
                     cell[m].append(r[m])
     out_cells = {
-        eval_set: {LABELS.get(v, v): {m: {"mean": statistics.fmean(xs), "sd": statistics.stdev(xs) if len(xs) > 1 else 0.0,
-                                          "values": xs}
-                                      for m, xs in metrics.items() if xs}
-                   for v, metrics in sorted(variants.items(), key=lambda kv: [v for _, v in TABLE_ROWS].index(kv[0])
-                                            if kv[0] in LABELS else len(TABLE_ROWS))}
+        eval_set: {
+            LABELS.get(v, v): {
+                m: {"mean": statistics.fmean(xs), "sd": statistics.stdev(xs) if len(xs) > 1 else 0.0, "values": xs}
+                for m, xs in metrics.items()
+                if xs
+            }
+            for v, metrics in sorted(
+                variants.items(), key=lambda kv: [v for _, v in TABLE_ROWS].index(kv[0]) if kv[0] in LABELS else len(TABLE_ROWS)
+            )
+        }
         for eval_set, variants in cells.items()
     }
     per_direction: dict[tuple, list[dict]] = {}
@@ -262,15 +323,22 @@ def seed_summary(reports: dict[int, pl.DataFrame]) -> dict:
             per_direction.setdefault((d["eval_set"], d["variant"], d["reference"], d["metric"], d["claim"]), []).append(d)
     directions = []
     for (eval_set, variant, reference, metric, claim), ds in per_direction.items():
-        directions.append({
-            "eval_set": eval_set, "claim": claim, "row": LABELS.get(variant, variant), "vs": LABELS.get(reference, reference),
-            "metric": metric, "expected": ds[0]["expected"], "seeds": len(ds),
-            "held": sum(d["held"] for d in ds) / len(ds),
-            "supported": sum(d["verdict"] == "supported" for d in ds) / len(ds),
-            "contradicted": sum(d["verdict"] == "contradicted" for d in ds) / len(ds),
-            "diff_mean": statistics.fmean(d["diff"] for d in ds),
-            "diff_sd": statistics.stdev([d["diff"] for d in ds]) if len(ds) > 1 else 0.0,
-        })
+        directions.append(
+            {
+                "eval_set": eval_set,
+                "claim": claim,
+                "row": LABELS.get(variant, variant),
+                "vs": LABELS.get(reference, reference),
+                "metric": metric,
+                "expected": ds[0]["expected"],
+                "seeds": len(ds),
+                "held": sum(d["held"] for d in ds) / len(ds),
+                "supported": sum(d["verdict"] == "supported" for d in ds) / len(ds),
+                "contradicted": sum(d["verdict"] == "contradicted" for d in ds) / len(ds),
+                "diff_mean": statistics.fmean(d["diff"] for d in ds),
+                "diff_sd": statistics.stdev([d["diff"] for d in ds]) if len(ds) > 1 else 0.0,
+            }
+        )
     return {"seeds": sorted(reports), "cells": out_cells, "directions": directions}
 
 
@@ -278,18 +346,25 @@ def seed_markdown(summary: dict) -> str:
     """The multi-seed summary as Markdown: cells mean ± sd, then each direction's shares."""
     lines = []
     for eval_set, rows in summary["cells"].items():
-        lines += [f"**{eval_set}**, {len(summary['seeds'])} seeds (mean ± sd, %)\n",
-                  "| row | accuracy | no-answer | greedy | Test@N |", "|---|---|---|---|---|"]
+        lines += [
+            f"**{eval_set}**, {len(summary['seeds'])} seeds (mean ± sd, %)\n",
+            "| row | accuracy | no-answer | greedy | Test@N |",
+            "|---|---|---|---|---|",
+        ]
         for label, m in rows.items():
-            cell = [f"{100 * m[k]['mean']:.1f} ± {100 * m[k]['sd']:.1f}" if k in m else "–"
-                    for k in ("accuracy", "no_answer_rate", "greedy_accuracy", "test_at_n")]
+            cell = [
+                f"{100 * m[k]['mean']:.1f} ± {100 * m[k]['sd']:.1f}" if k in m else "–"
+                for k in ("accuracy", "no_answer_rate", "greedy_accuracy", "test_at_n")
+            ]
             lines.append(f"| {label} | " + " | ".join(cell) + " |")
         lines += ["", "| paper direction | held | supported (CI excludes 0) | mean Δ ± sd (points) |", "|---|---|---|---|"]
         for d in summary["directions"]:
             if d["eval_set"] == eval_set:
                 n = d["seeds"]
-                lines.append(f"| {d['claim']} | {round(d['held'] * n)}/{n} | {round(d['supported'] * n)}/{n} | "
-                             f"{100 * d['diff_mean']:+.1f} ± {100 * d['diff_sd']:.1f} |")
+                lines.append(
+                    f"| {d['claim']} | {round(d['held'] * n)}/{n} | {round(d['supported'] * n)}/{n} | "
+                    f"{100 * d['diff_mean']:+.1f} ± {100 * d['diff_sd']:.1f} |"
+                )
         lines.append("")
     return "\n".join(lines)
 
@@ -305,14 +380,22 @@ def bar_chart_png(summary: pl.DataFrame) -> bytes:
     for ax, s in zip(axes[0], sets, strict=True):
         g = {r["variant"]: r for r in summary.filter(pl.col("eval_set") == s).iter_rows(named=True)}
         xs = range(len(variants))
-        for offset, col, lo, hi, name in ((-0.2, "accuracy", "accuracy_lo", "accuracy_hi", "accuracy %"),
-                                          (0.2, "no_answer_rate", "no_answer_lo", "no_answer_hi", "no-answer %")):
+        for offset, col, lo, hi, name in (
+            (-0.2, "accuracy", "accuracy_lo", "accuracy_hi", "accuracy %"),
+            (0.2, "no_answer_rate", "no_answer_lo", "no_answer_hi", "no-answer %"),
+        ):
             vals = [100 * g[v][col] if v in g else 0 for v in variants]
             # error bars are the 95% intervals (absent in reports from before they existed)
-            err = [[max(0.0, 100 * (g[v][col] - (g[v].get(lo) if g[v].get(lo) is not None else g[v][col]))) if v in g else 0
-                    for v in variants],
-                   [max(0.0, 100 * ((g[v].get(hi) if g[v].get(hi) is not None else g[v][col]) - g[v][col])) if v in g else 0
-                    for v in variants]]
+            err = [
+                [
+                    max(0.0, 100 * (g[v][col] - (g[v].get(lo) if g[v].get(lo) is not None else g[v][col]))) if v in g else 0
+                    for v in variants
+                ],
+                [
+                    max(0.0, 100 * ((g[v].get(hi) if g[v].get(hi) is not None else g[v][col]) - g[v][col])) if v in g else 0
+                    for v in variants
+                ],
+            ]
             ax.bar([x + offset for x in xs], vals, 0.4, yerr=err, capsize=2, label=name)
         ax.set_xticks(list(xs))
         ax.set_xticklabels(labels, rotation=30, ha="right")

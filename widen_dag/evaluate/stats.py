@@ -49,8 +49,9 @@ def _resample_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray
     return values[idx].mean(axis=1)
 
 
-def bootstrap_interval(values: Sequence[float], *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
-                       level: float = 0.95) -> tuple[float, float]:
+def bootstrap_interval(
+    values: Sequence[float], *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap interval of a mean over problems. Each value is one problem's score
     (e.g. the share of its samples that are correct), so samples of one problem, which are not
     independent, are resampled together."""
@@ -62,8 +63,9 @@ def bootstrap_interval(values: Sequence[float], *, resamples: int = BOOTSTRAP_RE
     return (float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha)))
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float], *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
-                      level: float = 0.95) -> tuple[float, float, float]:
+def paired_difference(
+    a: Sequence[float], b: Sequence[float], *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
     """mean(a) - mean(b) over the same problems (a[i], b[i] one problem) and its paired
     bootstrap interval: problems are resampled once for both, so what the two share (easy and
     hard problems) cancels and the interval is far narrower than two independent ones."""

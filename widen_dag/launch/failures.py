@@ -39,24 +39,33 @@ def classify(err: BaseException) -> tuple[str, str] | None:
             return e.cause, e.fix
         name, text = type(e).__name__, str(e)
         low = text.lower()
-        if ("cuda" in low and ("no cuda" in low or "not compiled with cuda" in low or "nvidia driver" in low
-                               or "sees no cuda device" in low)):
-            return (f"no CUDA device: {text.splitlines()[0][:200]}",
-                    "set generation.device: cpu and train.device: cpu in the profile (or run on a GPU machine)")
+        if "cuda" in low and (
+            "no cuda" in low or "not compiled with cuda" in low or "nvidia driver" in low or "sees no cuda device" in low
+        ):
+            return (
+                f"no CUDA device: {text.splitlines()[0][:200]}",
+                "set generation.device: cpu and train.device: cpu in the profile (or run on a GPU machine)",
+            )
         if name in ("RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError"):
-            return (f"the HF hub has no such model or revision, or it is gated: {text.splitlines()[0][:200]}",
-                    "check models.<role>.name and revision; for a gated or private model set HF_TOKEN; "
-                    "or use source: path with a local folder")
+            return (
+                f"the HF hub has no such model or revision, or it is gated: {text.splitlines()[0][:200]}",
+                "check models.<role>.name and revision; for a gated or private model set HF_TOKEN; "
+                "or use source: path with a local folder",
+            )
         if name in ("LocalEntryNotFoundError", "OfflineModeIsEnabled") or (
-                "huggingface.co" in low and any(w in low for w in ("connection", "resolve", "timed out", "unreachable"))):
-            return (f"the HF hub is unreachable and the model is not in the local cache: {text.splitlines()[0][:200]}",
-                    "download the model where the hub is reachable and set HF_HUB_OFFLINE=1, "
-                    "or use source: path with a local folder")
+            "huggingface.co" in low and any(w in low for w in ("connection", "resolve", "timed out", "unreachable"))
+        ):
+            return (
+                f"the HF hub is unreachable and the model is not in the local cache: {text.splitlines()[0][:200]}",
+                "download the model where the hub is reachable and set HF_HUB_OFFLINE=1, or use source: path with a local folder",
+            )
         if name == "ArtifactMissing":
             return text, "materialize the asset it names first"
         if isinstance(e, FileNotFoundError):
-            return (f"file not found: {e.filename or text}", "check the path in the profile (relative paths are read "
-                                                              "from the working directory)")
+            return (
+                f"file not found: {e.filename or text}",
+                "check the path in the profile (relative paths are read from the working directory)",
+            )
     return None
 
 

@@ -43,15 +43,28 @@ def accelerate_args(profile: Profile, module: str) -> list[str]:
     return ["--config_file", str(accelerate_config_file(profile.train.distributed))]
 
 
-def worker_argv(module: str, *args: str, num_processes: int = 1, python: str = sys.executable,
-                timeout_s: int | None = None, accelerate_flags: list[str] | None = None) -> list[str]:
+def worker_argv(
+    module: str,
+    *args: str,
+    num_processes: int = 1,
+    python: str = sys.executable,
+    timeout_s: int | None = None,
+    accelerate_flags: list[str] | None = None,
+) -> list[str]:
     """``python -m widen_dag.workers.<module> args``; under ``accelerate launch`` for N > 1 (with
     ``accelerate_flags``, e.g. the config file); under coreutils ``timeout`` (TERM, then KILL a
     minute later) when ``timeout_s`` is given."""
     target = ["-m", f"widen_dag.workers.{module}", *args]
     if num_processes > 1:
-        argv = [python, "-m", "accelerate.commands.launch", *(accelerate_flags or []), "--num_processes", str(num_processes),
-                *target]
+        argv = [
+            python,
+            "-m",
+            "accelerate.commands.launch",
+            *(accelerate_flags or []),
+            "--num_processes",
+            str(num_processes),
+            *target,
+        ]
     else:
         argv = [python, *target]
     if timeout_s is not None:

@@ -49,22 +49,35 @@ def trace_checkpoint(lake: Lake, target: str) -> dict[str, Any]:
             inputs[asset] = {k: {"trained_on": v, "now": lake.table_sha256(k)} for k, v in version.items()}
         else:
             inputs[asset] = {"trained_on": version, "now": lake.table_sha256(asset)}
-    out = {"checkpoint": str(path), "kind": manifest.get("kind"), "variant": manifest.get("variant"),
-           "base": manifest.get("base"), "rows": manifest.get("rows"), "inputs": inputs,
-           "config": manifest.get("config"), "metrics": manifest.get("metrics"),
-           "problem_ids": manifest.get("problem_ids", [])}
-    out["missing"] = [f"{asset}: not in the lake {lake.uri()} (materialize it to compare data versions)"
-                      for asset, v in inputs.items() if isinstance(v, dict) and v.get("now", "") is None]
+    out = {
+        "checkpoint": str(path),
+        "kind": manifest.get("kind"),
+        "variant": manifest.get("variant"),
+        "base": manifest.get("base"),
+        "rows": manifest.get("rows"),
+        "inputs": inputs,
+        "config": manifest.get("config"),
+        "metrics": manifest.get("metrics"),
+        "problem_ids": manifest.get("problem_ids", []),
+    }
+    out["missing"] = [
+        f"{asset}: not in the lake {lake.uri()} (materialize it to compare data versions)"
+        for asset, v in inputs.items()
+        if isinstance(v, dict) and v.get("now", "") is None
+    ]
     if manifest.get("kind") == "dpo" and not lake.has_table("preference_pairs"):
-        out["missing"].append(f"preference_pairs: not in the lake {lake.uri()}, so the pairs cannot be listed "
-                              "(materialize preference_pairs)")
+        out["missing"].append(
+            f"preference_pairs: not in the lake {lake.uri()}, so the pairs cannot be listed (materialize preference_pairs)"
+        )
     if manifest.get("kind") == "dpo" and lake.has_table("preference_pairs"):
         pairing = "balanced" if (manifest.get("config") or {}).get("balanced") else "default"
         pairs = lake.read_table("preference_pairs").filter(
-            (pl.col("pairing") == pairing) & pl.col("problem_id").is_in(out["problem_ids"]))
+            (pl.col("pairing") == pairing) & pl.col("problem_id").is_in(out["problem_ids"])
+        )
         out["pairing"] = pairing
-        out["pairs"] = pairs.select("problem_id", "tree_id", "chosen_path_id", "rejected_path_id",
-                                    "common_prefix_tokens").to_dicts()
+        out["pairs"] = pairs.select(
+            "problem_id", "tree_id", "chosen_path_id", "rejected_path_id", "common_prefix_tokens"
+        ).to_dicts()
     return out
 
 
@@ -79,12 +92,18 @@ def trace_pair(lake: Lake, target: str, problem_id: str) -> dict[str, Any]:
         raise TraceError(f"{target} was not trained on a pair for problem {problem_id!r}")
     pair = next((p for p in ckpt["pairs"] if p["problem_id"] == problem_id), None)
     if pair is None:
-        raise TraceError(f"{target} was trained on a pair for problem {problem_id!r}, but preference_pairs no longer "
-                         "holds it (rebuilt since): rematerialize the checkpoint or trace another problem")
-    full = lake.read_table("preference_pairs").filter(
-        (pl.col("pairing") == ckpt["pairing"]) & (pl.col("problem_id") == problem_id)).row(0, named=True)
-    problem = lake.read_table("stg_problems").filter(pl.col("problem_id") == problem_id) \
-        if lake.has_table("stg_problems") else None
+        raise TraceError(
+            f"{target} was trained on a pair for problem {problem_id!r}, but preference_pairs no longer "
+            "holds it (rebuilt since): rematerialize the checkpoint or trace another problem"
+        )
+    full = (
+        lake.read_table("preference_pairs")
+        .filter((pl.col("pairing") == ckpt["pairing"]) & (pl.col("problem_id") == problem_id))
+        .row(0, named=True)
+    )
+    problem = (
+        lake.read_table("stg_problems").filter(pl.col("problem_id") == problem_id) if lake.has_table("stg_problems") else None
+    )
     shard = problem.row(0, named=True).get("shard") if problem is not None and problem.height else None
     try:
         nodes = lake.read_all("search_trees").filter(pl.col("tree_id") == pair["tree_id"])
@@ -96,16 +115,22 @@ def trace_pair(lake: Lake, target: str, problem_id: str) -> dict[str, Any]:
     if lost:
         where = f"search_trees[{shard}]" if shard else "search_trees"
         state = "is not in the lake" if shard and not lake.has_table("search_trees", shard) else "does not hold them"
-        raise TraceError(f"tree {pair['tree_id']}: {len(lost)} of the pair's nodes are missing ({', '.join(lost[:4])}); "
-                         f"{where} {state} (materialize search_trees{f'[{shard}]' if shard else ''})")
+        raise TraceError(
+            f"tree {pair['tree_id']}: {len(lost)} of the pair's nodes are missing ({', '.join(lost[:4])}); "
+            f"{where} {state} (materialize search_trees{f'[{shard}]' if shard else ''})"
+        )
 
     def path(ids: list[str]) -> list[dict[str, Any]]:
-        return [{k: by_id[i][k] for k in ("node_id", "node_type", "model", "visits", "value_sum", "reward", "text")}
-                for i in ids]
+        return [{k: by_id[i][k] for k in ("node_id", "node_type", "model", "visits", "value_sum", "reward", "text")} for i in ids]
 
-    return {"checkpoint": ckpt["checkpoint"], "problem": problem.row(0, named=True) if problem is not None and problem.height else None,
-            "tree_id": pair["tree_id"], "common_prefix_tokens": pair["common_prefix_tokens"],
-            "chosen": path(full["chosen_node_ids"]), "rejected": path(full["rejected_node_ids"])}
+    return {
+        "checkpoint": ckpt["checkpoint"],
+        "problem": problem.row(0, named=True) if problem is not None and problem.height else None,
+        "tree_id": pair["tree_id"],
+        "common_prefix_tokens": pair["common_prefix_tokens"],
+        "chosen": path(full["chosen_node_ids"]),
+        "rejected": path(full["rejected_node_ids"]),
+    }
 
 
 def render(report: dict[str, Any]) -> str:
@@ -113,16 +138,25 @@ def render(report: dict[str, Any]) -> str:
     lines = []
     if "chosen" in report:
         p = report["problem"] or {}
-        lines += [f"problem {p.get('problem_id')} ({p.get('source')}, shard {p.get('shard')}, split {p.get('split')})",
-                  f"  question: {p.get('question')}", f"  gold: {p.get('gold')}",
-                  f"tree {report['tree_id']}; shared prefix {report['common_prefix_tokens']} tokens"]
+        lines += [
+            f"problem {p.get('problem_id')} ({p.get('source')}, shard {p.get('shard')}, split {p.get('split')})",
+            f"  question: {p.get('question')}",
+            f"  gold: {p.get('gold')}",
+            f"tree {report['tree_id']}; shared prefix {report['common_prefix_tokens']} tokens",
+        ]
         for side in ("chosen", "rejected"):
             lines.append(f"{side}:")
-            lines += [f"  {n['node_id']} {n['node_type']} N={n['visits']} W={n['value_sum']:g} "
-                      f"reward={n['reward']} {n['text'][:100]!r}" for n in report[side]]
+            lines += [
+                f"  {n['node_id']} {n['node_type']} N={n['visits']} W={n['value_sum']:g} reward={n['reward']} {n['text'][:100]!r}"
+                for n in report[side]
+            ]
         return "\n".join(lines)
-    lines += [f"checkpoint {report['checkpoint']} ({report['kind']}{', ' + report['variant'] if report['variant'] else ''})",
-              f"  base: {report['base']}", f"  rows: {report['rows']}", "  trained on:"]
+    lines += [
+        f"checkpoint {report['checkpoint']} ({report['kind']}{', ' + report['variant'] if report['variant'] else ''})",
+        f"  base: {report['base']}",
+        f"  rows: {report['rows']}",
+        "  trained on:",
+    ]
     for asset, v in report["inputs"].items():
         items = v.items() if "trained_on" not in v else [(asset, v)]
         for name, ver in items:
@@ -130,8 +164,10 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"    {name}: {ver['trained_on'][:16]} ({state})")
     if "pairs" in report:
         lines.append(f"  pairs ({report['pairing']}): {len(report['pairs'])}")
-        lines += [f"    {p['problem_id']} tree {p['tree_id']} chosen {p['chosen_path_id']} rejected {p['rejected_path_id']}"
-                  for p in report["pairs"][:10]]
+        lines += [
+            f"    {p['problem_id']} tree {p['tree_id']} chosen {p['chosen_path_id']} rejected {p['rejected_path_id']}"
+            for p in report["pairs"][:10]
+        ]
     else:
         lines.append(f"  problems: {', '.join(report['problem_ids'][:10])}{' ...' if len(report['problem_ids']) > 10 else ''}")
     return "\n".join(lines)

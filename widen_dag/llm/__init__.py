@@ -28,8 +28,7 @@ def create_backend(name: str, model: str, **kwargs) -> Backend:
     raise GenerationConfigError(f"generation.backend: unknown backend {name!r} (choose one of {', '.join(BACKENDS)})")
 
 
-def backend_from_profile(gen, model: ModelLocation | str, seed: int, backend: str | None = None, memory=None,
-                         **extra) -> Backend:
+def backend_from_profile(gen, model: ModelLocation | str, seed: int, backend: str | None = None, memory=None, **extra) -> Backend:
     """A backend from a profile's GenerationConfig for a resolved model (its revision and
     trust_remote_code go with it); ``backend`` overrides the profile's choice, e.g. for eval.
     ``memory``: the model's ModelRef, whose gpu_memory_utilization / kv_cache_gib (when set)
@@ -39,18 +38,42 @@ def backend_from_profile(gen, model: ModelLocation | str, seed: int, backend: st
     name = model if isinstance(model, str) else model.name_or_path
     revision = None if isinstance(model, str) else model.revision
     trust_remote_code = False if isinstance(model, str) else model.trust_remote_code
-    kwargs = dict(device=gen.device, dtype=gen.dtype, seed=seed, max_model_len=gen.max_model_len,
-                  max_num_seqs=gen.max_num_seqs,
-                  gpu_memory_utilization=getattr(memory, "gpu_memory_utilization", None) or gen.gpu_memory_utilization,
-                  kv_cache_gib=getattr(memory, "kv_cache_gib", None),
-                  cpu_kvcache_gib=gen.cpu_kvcache_gib, revision=revision, trust_remote_code=trust_remote_code,
-                  enforce_eager=gen.enforce_eager, block_size=gen.block_size, **extra)
+    kwargs = dict(
+        device=gen.device,
+        dtype=gen.dtype,
+        seed=seed,
+        max_model_len=gen.max_model_len,
+        max_num_seqs=gen.max_num_seqs,
+        gpu_memory_utilization=getattr(memory, "gpu_memory_utilization", None) or gen.gpu_memory_utilization,
+        kv_cache_gib=getattr(memory, "kv_cache_gib", None),
+        cpu_kvcache_gib=gen.cpu_kvcache_gib,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+        enforce_eager=gen.enforce_eager,
+        block_size=gen.block_size,
+        **extra,
+    )
     if gen.data_parallel_size > 1:
         from widen_dag.llm.replicas import DataParallelBackend
 
-        return DataParallelBackend(backend or gen.backend, name, replicas=gen.data_parallel_size,
-                                   tensor_parallel_size=gen.tensor_parallel_size, pin_gpus=gen.device != "cpu", **kwargs)
+        return DataParallelBackend(
+            backend or gen.backend,
+            name,
+            replicas=gen.data_parallel_size,
+            tensor_parallel_size=gen.tensor_parallel_size,
+            pin_gpus=gen.device != "cpu",
+            **kwargs,
+        )
     return create_backend(backend or gen.backend, name, tensor_parallel_size=gen.tensor_parallel_size, **kwargs)
 
 
-__all__ = ["BACKENDS", "Backend", "EngineStats", "GenerationConfigError", "GenerationRequest", "Sample", "backend_from_profile", "create_backend"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "EngineStats",
+    "GenerationConfigError",
+    "GenerationRequest",
+    "Sample",
+    "backend_from_profile",
+    "create_backend",
+]

@@ -17,8 +17,17 @@ from widen_dag.llm.loading import load_tokenizer, resolve_model_path
 class TransformersBackend(ChatTokenizerMixin):
     name = "transformers"
 
-    def __init__(self, model: str, *, device: str = "auto", dtype: str = "auto", seed: int = 0,
-                 max_batch: int = 128, revision: str | None = None, trust_remote_code: bool = False) -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        seed: int = 0,
+        max_batch: int = 128,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -61,8 +70,14 @@ class TransformersBackend(ChatTokenizerMixin):
                 pad = self.tokenizer.pad_token_id
                 input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for _, ids in chunk], device=self.device)
                 mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, ids in chunk], device=self.device)
-                kwargs = dict(do_sample=temperature > 0, max_new_tokens=max_tokens, pad_token_id=pad,
-                              eos_token_id=self.tokenizer.eos_token_id, return_dict_in_generate=True, output_scores=True)
+                kwargs = dict(
+                    do_sample=temperature > 0,
+                    max_new_tokens=max_tokens,
+                    pad_token_id=pad,
+                    eos_token_id=self.tokenizer.eos_token_id,
+                    return_dict_in_generate=True,
+                    output_scores=True,
+                )
                 if temperature > 0:
                     kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
                 if stop:

@@ -22,11 +22,24 @@ from widen_dag.llm.loading import load_tokenizer, resolve_model_path
 class VLLMBackend(ChatTokenizerMixin):
     name = "vllm"
 
-    def __init__(self, model: str, *, device: str = "auto", dtype: str = "auto", seed: int = 0,
-                 max_model_len: int = 4096, max_num_seqs: int = 256, gpu_memory_utilization: float = 0.85,
-                 cpu_kvcache_gib: float = 1.0, tensor_parallel_size: int = 1,
-                 revision: str | None = None, trust_remote_code: bool = False, enforce_eager: bool = False,
-                 block_size: int | None = None, kv_cache_gib: float | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        seed: int = 0,
+        max_model_len: int = 4096,
+        max_num_seqs: int = 256,
+        gpu_memory_utilization: float = 0.85,
+        cpu_kvcache_gib: float = 1.0,
+        tensor_parallel_size: int = 1,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        enforce_eager: bool = False,
+        block_size: int | None = None,
+        kv_cache_gib: float | None = None,
+    ) -> None:
         import torch
 
         on_cuda = device in ("auto", "cuda") and torch.cuda.is_available()
@@ -73,11 +86,25 @@ class VLLMBackend(ChatTokenizerMixin):
         prompts = []
         params = []
         for r in requests:
-            ids = list(r.prompt_token_ids) if r.prompt_token_ids is not None else self.tokenizer(r.prompt, add_special_tokens=False)["input_ids"]
+            ids = (
+                list(r.prompt_token_ids)
+                if r.prompt_token_ids is not None
+                else self.tokenizer(r.prompt, add_special_tokens=False)["input_ids"]
+            )
             prompts.append({"prompt_token_ids": ids})
-            params.append(SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens,
-                                         stop=list(r.stop), include_stop_str_in_output=r.include_stop, logprobs=0,
-                                         skip_special_tokens=True, seed=r.seed))
+            params.append(
+                SamplingParams(
+                    n=r.n,
+                    temperature=r.temperature,
+                    top_p=r.top_p,
+                    max_tokens=r.max_tokens,
+                    stop=list(r.stop),
+                    include_stop_str_in_output=r.include_stop,
+                    logprobs=0,
+                    skip_special_tokens=True,
+                    seed=r.seed,
+                )
+            )
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         result: list[list[Sample]] = []
         for req, out in zip(requests, outputs, strict=True):

@@ -93,12 +93,14 @@ def with_run_seed(profile: Profile, seed: int | None) -> Profile:
     (which the paired comparisons and the across-seed spread need). None: unchanged."""
     if seed is None:
         return profile
-    return profile.model_copy(update={
-        "search": profile.search.model_copy(update={"seed": seed}),
-        "train": profile.train.model_copy(update={"seed": seed}),
-        "data": profile.data.model_copy(update={"distill": profile.data.distill.model_copy(update={"seed": seed})}),
-        "eval": profile.eval.model_copy(update={"seed": seed}),
-    })
+    return profile.model_copy(
+        update={
+            "search": profile.search.model_copy(update={"seed": seed}),
+            "train": profile.train.model_copy(update={"seed": seed}),
+            "data": profile.data.model_copy(update={"distill": profile.data.distill.model_copy(update={"seed": seed})}),
+            "eval": profile.eval.model_copy(update={"seed": seed}),
+        }
+    )
 
 
 def profile_to_json(profile: Profile) -> str:

@@ -64,7 +64,9 @@ class FileSource(_Strict):
     """JSONL or Parquet file(s); field names are configurable per dataset."""
 
     kind: Literal["file"] = Field("file", description="Source type tag.")
-    path: str = Field(description="File path (relative to the working directory) or glob; instruction_following also reads a Multi-IF .csv.")
+    path: str = Field(
+        description="File path (relative to the working directory) or glob; instruction_following also reads a Multi-IF .csv."
+    )
     question_field: str = Field("question", description="Column holding the question text.")
     answer_field: str = Field("answer", description="Column holding the gold answer (or a solution ending in it).")
     id_field: str | None = Field(None, description="Column with the dataset's own id, kept as source_id.")
@@ -91,8 +93,9 @@ class HubSource(_Strict):
     question_field: str = Field("question", description="Column holding the question text.")
     answer_field: str = Field("answer", description="Column holding the gold answer.")
     id_field: str | None = Field(None, description="Column with the dataset's own id, kept as source_id.")
-    where: dict[str, str] = Field({}, description="Keep only rows whose columns equal these values, "
-                                  "e.g. {domain: blocksworld} for PlanBench's mixed table.")
+    where: dict[str, str] = Field(
+        {}, description="Keep only rows whose columns equal these values, e.g. {domain: blocksworld} for PlanBench's mixed table."
+    )
     limit: int | None = Field(None, gt=0, description="Read at most this many rows.")
 
 
@@ -102,12 +105,17 @@ class DatasetConfig(_Strict):
     name: str = Field(pattern=r"^[a-z0-9_]+$", description="Dataset name; shard keys are <name>-<index>.")
     domain: DomainName = Field(description="Which verifier and task prompt the problems use.")
     source: ArithmeticSource | FileSource | PlanBenchSource | HubSource = Field(
-        discriminator="kind", description="Where the rows come from (kind: arithmetic | file | planbench | hub).")
+        discriminator="kind", description="Where the rows come from (kind: arithmetic | file | planbench | hub)."
+    )
     shards: int = Field(1, ge=1, le=1000, description="Partitions the dataset is split into for loading and search.")
     role: SplitRole = Field("split", description="train, eval, or split (a seeded train/eval split).")
-    answer_fallback: bool = Field(False, description=(
-        "instruction_following only: score the whole response when it has no final <answer> block "
-        "(otherwise it is a no-answer)."))
+    answer_fallback: bool = Field(
+        False,
+        description=(
+            "instruction_following only: score the whole response when it has no final <answer> block "
+            "(otherwise it is a no-answer)."
+        ),
+    )
 
 
 class InboxConfig(_Strict):
@@ -141,19 +149,28 @@ class ModelRef(_Strict):
     """A model: ``bootstrap`` (built here from synthetic data) or an HF id / local path."""
 
     source: Literal["bootstrap", "hub", "path"] = Field(
-        "bootstrap", description="bootstrap (trained here, tiny profiles), hub (an HF id) or path (a local folder).")
+        "bootstrap", description="bootstrap (trained here, tiny profiles), hub (an HF id) or path (a local folder)."
+    )
     name: str | None = Field(None, description="HF model id or local folder (hub and path sources).")
     revision: str | None = Field(None, description="Pinned hub revision (commit or tag); default branch if unset.")
     trust_remote_code: bool = Field(False, description="Allow the model's own Python code (off unless needed).")
-    config_file: str | None = Field(None, description=(
-        "The model's config.json for `widen-dag plan` without the hub (a file name under widen_dag/profiles/model_configs/ "
-        "or a path); unset: the local folder's or the hub's config.json. Never weights."))
+    config_file: str | None = Field(
+        None,
+        description=(
+            "The model's config.json for `widen-dag plan` without the hub (a file name under widen_dag/profiles/model_configs/ "
+            "or a path); unset: the local folder's or the hub's config.json. Never weights."
+        ),
+    )
     gpu_memory_utilization: float | None = Field(
-        None, gt=0, le=1, description="This model's vLLM share of GPU memory (unset: generation.gpu_memory_utilization). "
-        "Policy and critic run as two engines on the same device: their shares must add up to at most 0.95.")
+        None,
+        gt=0,
+        le=1,
+        description="This model's vLLM share of GPU memory (unset: generation.gpu_memory_utilization). "
+        "Policy and critic run as two engines on the same device: their shares must add up to at most 0.95.",
+    )
     kv_cache_gib: float | None = Field(
-        None, gt=0, description="This model's vLLM KV cache in GiB (any device; on CPU unset means "
-        "generation.cpu_kvcache_gib).")
+        None, gt=0, description="This model's vLLM KV cache in GiB (any device; on CPU unset means generation.cpu_kvcache_gib)."
+    )
 
     @model_validator(mode="after")
     def _needs_name(self) -> ModelRef:
@@ -179,20 +196,28 @@ class BootstrapConfig(ArithmeticShape):
     policy_steps: int = Field(400, gt=0, description="Training steps of the policy.")
     student_steps: int = Field(60, gt=0, description="Training steps of the student base.")
     student_style: Literal["plain", "direct"] = Field(
-        "plain", description="plain: untagged 'a + b = c.' solutions; direct: tagged thoughts without checks/reflections.")
+        "plain", description="plain: untagged 'a + b = c.' solutions; direct: tagged thoughts without checks/reflections."
+    )
     batch_size: int = Field(32, gt=0, description="Training batch size.")
     learning_rate: float = Field(4e-3, gt=0, description="Peak learning rate (linear decay).")
     error_rate: float = Field(0.3, ge=0, le=1, description="Share of policy solutions with a slip, so search finds wrong paths.")
     eval_problems: int = Field(200, gt=0, description="Held-out problems for the models' own accuracy check.")
     eval_max_tokens: int = Field(200, gt=0, description="New tokens per answer in that check.")
     style: Literal["tagged", "instruct"] = Field(
-        "tagged", description="tagged: trained on the search's node format (arithmetic, the tiny profile); instruct: "
+        "tagged",
+        description="tagged: trained on the search's node format (arithmetic, the tiny profile); instruct: "
         "instruct-shaped stand-ins (ChatML policy/student, Llama-3-style critic, EOS = end of turn) trained on "
-        "free-form math and Blocksworld text, never on the node format (tiny_instruct).")
-    blocksworld_problems: int = Field(0, ge=0, description="instruct: generated Blocksworld instances (3-4 blocks) "
-                                      "in the training texts, besides train_problems math word problems.")
-    critic_steps: int = Field(100, gt=0, description="instruct: training steps of the bootstrapped critic "
-                              "(models.critic: {source: bootstrap}).")
+        "free-form math and Blocksworld text, never on the node format (tiny_instruct).",
+    )
+    blocksworld_problems: int = Field(
+        0,
+        ge=0,
+        description="instruct: generated Blocksworld instances (3-4 blocks) "
+        "in the training texts, besides train_problems math word problems.",
+    )
+    critic_steps: int = Field(
+        100, gt=0, description="instruct: training steps of the bootstrapped critic (models.critic: {source: bootstrap})."
+    )
 
     @model_validator(mode="after")
     def _head_dim(self) -> BootstrapConfig:
@@ -225,8 +250,11 @@ class GenerationConfig(_Strict):
     max_model_len: int = Field(4096, gt=0, description="Context length given to vLLM (sizes its KV cache).")
     max_num_seqs: int = Field(256, gt=0, description="Sequences vLLM batches at once.")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one vLLM engine spans.")
-    data_parallel_size: int = Field(1, ge=1, description=(
-        "Engine replicas sharing every batch, each in its own process on its own tensor_parallel_size GPUs."))
+    data_parallel_size: int = Field(
+        1,
+        ge=1,
+        description=("Engine replicas sharing every batch, each in its own process on its own tensor_parallel_size GPUs."),
+    )
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="Share of GPU memory vLLM may take.")
     cpu_kvcache_gib: float = Field(1.0, gt=0, description="vLLM's KV cache on CPU, GiB.")
     enforce_eager: bool = Field(False, description="Skip graph capture (CPU: vLLM starts in ~20 s instead of ~60 s).")
@@ -236,15 +264,18 @@ class GenerationConfig(_Strict):
 class SearchConfig(_Strict):
     """MCTS over typed thoughts (SPEC section 1)."""
 
-    action_graph: dict[str, dict[str, int]] = Field({
-        "root": {"sub_task": 2},
-        "sub_task": {"thinking": 2},
-        "hypothesis": {"thinking": 2},
-        "thinking": {"double_check": 2, "thinking": 2},
-        "double_check": {"answer": 1},
-        "reflection": {"thinking_from_scratch": 2},
-        "thinking_from_scratch": {"thinking": 2},
-    }, description="Which child types (and how many of each) a node of each type gets when expanded.")
+    action_graph: dict[str, dict[str, int]] = Field(
+        {
+            "root": {"sub_task": 2},
+            "sub_task": {"thinking": 2},
+            "hypothesis": {"thinking": 2},
+            "thinking": {"double_check": 2, "thinking": 2},
+            "double_check": {"answer": 1},
+            "reflection": {"thinking_from_scratch": 2},
+            "thinking_from_scratch": {"thinking": 2},
+        },
+        description="Which child types (and how many of each) a node of each type gets when expanded.",
+    )
     exploration_c: float = Field(1.414, ge=0, description="UCT exploration constant c.")
     rollouts: int = Field(32, gt=0, description="R: rollouts after which a problem with k_min correct answers stops.")
     k_min: int = Field(4, ge=0, description="Correct answers needed to stop after R rollouts.")
@@ -252,27 +283,38 @@ class SearchConfig(_Strict):
     give_up_factor: int = Field(4, ge=1, description="Give up after give_up_factor x R rollouts.")
     max_depth: int = Field(24, gt=0, description="Safety limit on path depth.")
     max_path_tokens: int = Field(3072, gt=0, description="Safety limit on a path's tokens.")
-    critic_node_types: list[str] = Field(["double_check", "reflection", "thinking_from_scratch"],
-                                         description="Node types the critic writes when one is configured.")
+    critic_node_types: list[str] = Field(
+        ["double_check", "reflection", "thinking_from_scratch"],
+        description="Node types the critic writes when one is configured.",
+    )
     active_trees: int = Field(64, gt=0, description="Trees searched in lock-step at once.")
     max_batch_sequences: int = Field(512, gt=0, description="Sequences per generation call.")
     max_batch_tokens: int = Field(262_144, gt=0, description="Prompt+new tokens per generation call.")
     seed: int = Field(0, description="Added to the profile seed for search sampling.")
     prefills: dict[str, list[str]] = Field(
-        DEFAULT_PREFILLS, description="Prefill phrases per node type (one is drawn per expansion); a node type "
-        "left out keeps its default. Every generated type needs at least one phrase.")
+        DEFAULT_PREFILLS,
+        description="Prefill phrases per node type (one is drawn per expansion); a node type "
+        "left out keeps its default. Every generated type needs at least one phrase.",
+    )
     eos_ends_thought: bool = Field(
-        True, description="A thought the model ends with its end-of-turn token (finish reason stop, no stop string) "
-        "counts as closed, as real instruct models end after \\boxed{18}; off: such a node is a no-answer dead end.")
+        True,
+        description="A thought the model ends with its end-of-turn token (finish reason stop, no stop string) "
+        "counts as closed, as real instruct models end after \\boxed{18}; off: such a node is a no-answer dead end.",
+    )
     merge_identical_siblings: bool = Field(
-        True, description="Identical sibling samples become one node with a samples count (a model at low "
-        "temperature repeats itself); off: every sample is its own node.")
-    reflection_text: str = Field(DEFAULT_REFLECTION_TEXT, min_length=1,
-                                 description="The fixed text of a reflection node (no model call).")
+        True,
+        description="Identical sibling samples become one node with a samples count (a model at low "
+        "temperature repeats itself); off: every sample is its own node.",
+    )
+    reflection_text: str = Field(
+        DEFAULT_REFLECTION_TEXT, min_length=1, description="The fixed text of a reflection node (no model call)."
+    )
     stop_strings: dict[str, list[str]] = Field(
-        {}, description="Extra stop strings per node type, besides the closing tags, e.g. {thinking: ['\\n\\n']} "
+        {},
+        description="Extra stop strings per node type, besides the closing tags, e.g. {thinking: ['\\n\\n']} "
         "to end a thought at a paragraph break with models that do not close tags; a node ended by one "
-        "is closed like one ended by its tag.")
+        "is closed like one ended by its tag.",
+    )
 
     @model_validator(mode="after")
     def _k_range(self) -> SearchConfig:
@@ -286,8 +328,10 @@ class SearchConfig(_Strict):
         unknown = sorted(set(value) - set(NODE_TYPES) - {"reflection"})
         if unknown or "reflection" in value:
             bad = unknown or ["reflection"]
-            raise ValueError(f"prefills.{bad[0]}: not a generated node type (known: "
-                             f"{', '.join(t for t in NODE_TYPES if t != 'reflection')}; reflection uses reflection_text)")
+            raise ValueError(
+                f"prefills.{bad[0]}: not a generated node type (known: "
+                f"{', '.join(t for t in NODE_TYPES if t != 'reflection')}; reflection uses reflection_text)"
+            )
         for node_type, phrases in value.items():
             if not phrases or not all(isinstance(p, str) for p in phrases):
                 raise ValueError(f"prefills.{node_type}: give at least one phrase")
@@ -326,19 +370,26 @@ class DuckDBConfig(_Strict):
     input the models run per range of problems and stream to the lake, and DuckDB spills to
     ``temp_directory`` beyond ``memory_limit`` instead of dying; the tables come out the same."""
 
-    memory_limit: str = Field("4GB", pattern=r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$",
-                              description="DuckDB's buffer manager cap, e.g. '512MB', '4GB' (its own default is 80% of RAM).")
+    memory_limit: str = Field(
+        "4GB",
+        pattern=r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$",
+        description="DuckDB's buffer manager cap, e.g. '512MB', '4GB' (its own default is 80% of RAM).",
+    )
     temp_directory: str | None = Field(None, description="Where DuckDB spills; null: a private temporary folder per run.")
     threads: int | None = Field(None, ge=1, description="DuckDB threads; null: one per core.")
-    batch_rows: int = Field(1_000_000, gt=0, description=(
-        "Input rows (search_trees + stg_problems, whole problems) per batch; peak memory follows it."))
+    batch_rows: int = Field(
+        1_000_000,
+        gt=0,
+        description=("Input rows (search_trees + stg_problems, whole problems) per batch; peak memory follows it."),
+    )
 
 
 class DatasetsConfig(_Strict):
     """The data products built from the trees."""
 
     sft_selection: Literal["longest", "shortest", "all_correct"] = Field(
-        "longest", description="Which correct path(s) per problem the SFT set takes (SPEC: longest).")
+        "longest", description="Which correct path(s) per problem the SFT set takes (SPEC: longest)."
+    )
     duckdb: DuckDBConfig = Field(DuckDBConfig(), description="DuckDB memory, spilling and batching of the SQL models.")
     distill: DistillConfig = Field(DistillConfig(), description="The long-CoT distillation baseline's data.")
 
@@ -371,15 +422,20 @@ class DPOSettings(_Strict):
     batch_size: int = Field(8, gt=0, description="Per-device batch size.")
     max_length: int = Field(2048, gt=0, description="Tokens per sequence.")
     warmup_ratio: float = Field(0.03, ge=0, le=1, description="Share of steps warming up.")
-    precompute_ref_log_probs: bool = Field(False, description=(
-        "TRL computes the reference log-probs once before training, so the reference model is not run each step."))
-    variants: dict[str, DPOVariant] = Field({
-        "dpo": DPOVariant(),
-        "balanced": DPOVariant(balanced=True),
-        "cdpo": DPOVariant(balanced=True, label_smoothing=0.1),
-        "joint": DPOVariant(balanced=True, label_smoothing=0.1, sft_weight=1.0),
-        "joint_masked": DPOVariant(balanced=True, label_smoothing=0.1, sft_weight=1.0, prefix_mask=True),
-    }, description="The ablation rows, in table order; each is a dpo_checkpoint partition.")
+    precompute_ref_log_probs: bool = Field(
+        False,
+        description=("TRL computes the reference log-probs once before training, so the reference model is not run each step."),
+    )
+    variants: dict[str, DPOVariant] = Field(
+        {
+            "dpo": DPOVariant(),
+            "balanced": DPOVariant(balanced=True),
+            "cdpo": DPOVariant(balanced=True, label_smoothing=0.1),
+            "joint": DPOVariant(balanced=True, label_smoothing=0.1, sft_weight=1.0),
+            "joint_masked": DPOVariant(balanced=True, label_smoothing=0.1, sft_weight=1.0, prefix_mask=True),
+        },
+        description="The ablation rows, in table order; each is a dpo_checkpoint partition.",
+    )
 
 
 class LoraSettings(_Strict):
@@ -392,7 +448,8 @@ class LoraSettings(_Strict):
     alpha: int = Field(32, gt=0, description="LoRA alpha (scale = alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
     target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="Modules that get adapters: names (q_proj, v_proj, ...) or 'all-linear'.")
+        "all-linear", description="Modules that get adapters: names (q_proj, v_proj, ...) or 'all-linear'."
+    )
 
 
 Distributed = Literal["ddp", "fsdp", "deepspeed_zero3"]
@@ -404,21 +461,32 @@ class TrainConfig(_Strict):
     device: Device = Field("auto", description="auto, cpu or cuda.")
     seed: int = Field(0, description="Trainer seed.")
     num_processes: int = Field(1, ge=1, description="> 1: training runs under `accelerate launch --num_processes N`.")
-    distributed: Distributed = Field("ddp", description=(
-        "How N processes share the model: ddp (a full copy per GPU), fsdp (FULL_SHARD) or deepspeed_zero3 "
-        "(parameters, gradients and optimizer sharded); picks the accelerate config file shipped in widen_dag/launch/accelerate/."))
-    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step (global batch = batch_size x processes x this).")
-    gradient_checkpointing: bool | None = Field(None, description=(
-        "Recompute activations in the backward pass; unset: on for CUDA, off on CPU (measured ~11x slower there)."))
+    distributed: Distributed = Field(
+        "ddp",
+        description=(
+            "How N processes share the model: ddp (a full copy per GPU), fsdp (FULL_SHARD) or deepspeed_zero3 "
+            "(parameters, gradients and optimizer sharded); picks the accelerate config file shipped in widen_dag/launch/accelerate/."
+        ),
+    )
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, description="Micro-batches per optimizer step (global batch = batch_size x processes x this)."
+    )
+    gradient_checkpointing: bool | None = Field(
+        None,
+        description=("Recompute activations in the backward pass; unset: on for CUDA, off on CPU (measured ~11x slower there)."),
+    )
     lora: LoraSettings = Field(LoraSettings(), description="LoRA instead of a full fine-tune (SFT and DPO).")
 
     @model_validator(mode="after")
     def _lora_with_ddp(self) -> TrainConfig:
         # Merging an adapter needs the whole model on one rank; sharded LoRA is not built here.
         if self.lora.enabled and self.distributed != "ddp":
-            raise ValueError(f"train.lora.enabled needs train.distributed: ddp (got {self.distributed!r}); "
-                             "a LoRA run holds the frozen base once per GPU and needs no sharding")
+            raise ValueError(
+                f"train.lora.enabled needs train.distributed: ddp (got {self.distributed!r}); "
+                "a LoRA run holds the frozen base once per GPU and needs no sharding"
+            )
         return self
+
     checkpoint_every: int = Field(200, ge=0, description="Trainer checkpoints every N steps (resume after a crash); 0: none.")
     sft: SFTSettings = Field(SFTSettings(), description="SFT settings.")
     dpo: DPOSettings = Field(DPOSettings(), description="DPO settings and the ablation variants.")
@@ -428,13 +496,24 @@ class MCTSDecodeConfig(_Strict):
     """MCTS decoding at evaluation (paper Table 7): the search with a trained checkpoint as the
     only policy and the verifier as oracle, beside sampled Test@N at the same N."""
 
-    variants: list[str] = Field(["sft", "joint_masked"], description=(
-        "Ablation rows decoded (eval_results variant names: base, distill_baseline, sft or a DPO variant); "
-        "the paper's Table 7 has SFT and the best DPO variant."))
+    variants: list[str] = Field(
+        ["sft", "joint_masked"],
+        description=(
+            "Ablation rows decoded (eval_results variant names: base, distill_baseline, sft or a DPO variant); "
+            "the paper's Table 7 has SFT and the best DPO variant."
+        ),
+    )
     rollouts: int = Field(32, gt=0, description="N: rollouts per problem at most (a problem stops at its first correct answer).")
-    test_at: list[int] = Field([1, 8, 32], min_length=1, description=(
-        "The k of the Test@k columns; sampled Test@k draws max(test_at) samples per problem at the eval temperature."))
-    max_problems: int | None = Field(None, gt=0, description="At most this many problems per eval set (default: eval.max_problems).")
+    test_at: list[int] = Field(
+        [1, 8, 32],
+        min_length=1,
+        description=(
+            "The k of the Test@k columns; sampled Test@k draws max(test_at) samples per problem at the eval temperature."
+        ),
+    )
+    max_problems: int | None = Field(
+        None, gt=0, description="At most this many problems per eval set (default: eval.max_problems)."
+    )
 
     @model_validator(mode="after")
     def _reachable(self) -> MCTSDecodeConfig:
@@ -450,9 +529,14 @@ class EvalConfig(_Strict):
     # skips vLLM's ~20 s engine start per checkpoint.
     backend: BackendName = Field("vllm", description="vllm or transformers.")
     test_at_n: int = Field(4, ge=1, description="N of the reported Test@N.")
-    samples: int | None = Field(None, gt=0, description=(
-        "Sampled responses per problem (unset: test_at_n); Test@k for k <= samples uses the unbiased estimator, "
-        "and accuracy is the mean over all samples (less noise than the first sample alone)."))
+    samples: int | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Sampled responses per problem (unset: test_at_n); Test@k for k <= samples uses the unbiased estimator, "
+            "and accuracy is the mean over all samples (less noise than the first sample alone)."
+        ),
+    )
     greedy: bool = Field(True, description="One greedy response per problem beside the samples.")
     temperature: float = Field(0.7, ge=0, description="Sampling temperature.")
     max_new_tokens: int = Field(1024, gt=0, description="New tokens per answer.")
@@ -504,11 +588,21 @@ class RuntimeConfig(_Strict):
 
     kind: Literal["local", "k8s"] = Field("local", description="local subprocesses or k8s pods.")
     k8s: K8sConfig | None = Field(None, description="Pod settings (kind: k8s).")
-    gpu_memory_gib: float = Field(80.0, gt=0, description=(
-        "Memory of one GPU of the machines the profile targets, GiB (`widen-dag plan` checks each stage against it)."))
-    worker_timeout_s: int = Field(48 * 3600, gt=0, description=(
-        "A worker still running after this long is stopped (local: SIGTERM, then SIGKILL 60 s later; "
-        "k8s: the pod's activeDeadlineSeconds) and the asset's retry policy takes over."))
+    gpu_memory_gib: float = Field(
+        80.0,
+        gt=0,
+        description=(
+            "Memory of one GPU of the machines the profile targets, GiB (`widen-dag plan` checks each stage against it)."
+        ),
+    )
+    worker_timeout_s: int = Field(
+        48 * 3600,
+        gt=0,
+        description=(
+            "A worker still running after this long is stopped (local: SIGTERM, then SIGKILL 60 s later; "
+            "k8s: the pod's activeDeadlineSeconds) and the asset's retry policy takes over."
+        ),
+    )
 
     @model_validator(mode="after")
     def _k8s_settings(self) -> RuntimeConfig:
@@ -559,7 +653,8 @@ class Profile(_Strict):
             raise ValueError(
                 f"models.critic.gpu_memory_utilization: policy ({policy_share}) + critic ({critic_share}) vLLM engines "
                 "share the GPU and need at most 0.95 together; set models.policy.gpu_memory_utilization and "
-                "models.critic.gpu_memory_utilization (e.g. 0.3 and 0.6)")
+                "models.critic.gpu_memory_utilization (e.g. 0.3 and 0.6)"
+            )
         return self
 
     def shard_keys(self) -> list[str]:

@@ -51,8 +51,9 @@ def tree_id_for(problem_id: str, seed: int) -> str:
 
 
 class LockstepSearch:
-    def __init__(self, backends: dict[str, Backend], ctx: SearchContext,
-                 on_progress: Callable[[SearchStats], None] | None = None) -> None:
+    def __init__(
+        self, backends: dict[str, Backend], ctx: SearchContext, on_progress: Callable[[SearchStats], None] | None = None
+    ) -> None:
         if "policy" not in backends:
             raise ValueError("a policy backend is required")
         self.backends = backends
@@ -110,8 +111,14 @@ class LockstepSearch:
                 spec = next(queue, None)
                 if spec is None:
                     return
-                tree = Tree(tree_id_for(spec.problem_id, self.ctx.seed), spec.problem_id, spec.domain, spec.question,
-                            spec.gold, seed=hash_seed(self.ctx.seed, spec.problem_id))
+                tree = Tree(
+                    tree_id_for(spec.problem_id, self.ctx.seed),
+                    spec.problem_id,
+                    spec.domain,
+                    spec.question,
+                    spec.gold,
+                    seed=hash_seed(self.ctx.seed, spec.problem_id),
+                )
                 a = _Active(tree)
                 if self._advance(a):
                     active.append(a)

@@ -105,12 +105,18 @@ def plan_expansion(tree: Tree, node: Node, ctx: SearchContext) -> Expansion | No
         child_types.append(child_type)
         prefills.append(prefill)
         roles.append(role)
-        requests.append(GenerationRequest(
-            prompt=ctx.prompt_for(role)(user) + path + open_tag(child_type) + prefill, n=count, temperature=ctx.temperature,
-            top_p=ctx.top_p, max_tokens=budget, stop=stop_strings(child_type, cfg.stop_strings.get(child_type, ())),
-            include_stop=True,
-            seed=request_seed(ctx.seed, tree.tree_id, node.index, child_type),
-        ))
+        requests.append(
+            GenerationRequest(
+                prompt=ctx.prompt_for(role)(user) + path + open_tag(child_type) + prefill,
+                n=count,
+                temperature=ctx.temperature,
+                top_p=ctx.top_p,
+                max_tokens=budget,
+                stop=stop_strings(child_type, cfg.stop_strings.get(child_type, ())),
+                include_stop=True,
+                seed=request_seed(ctx.seed, tree.tree_id, node.index, child_type),
+            )
+        )
     if not requests:
         return None
     return Expansion(node, child_types, prefills, roles, requests)
@@ -139,8 +145,15 @@ def apply_expansion(tree: Tree, exp: Expansion, results: list[list[Sample]], ctx
             if ctx.cfg.merge_identical_siblings and body in seen:
                 seen[body]["samples"] += 1
                 continue
-            seen[body] = {"type": child_type, "role": role, "body": body, "closed": closed, "ended_by": ended_by,
-                          "finish_reason": s.finish_reason, "samples": 1}
+            seen[body] = {
+                "type": child_type,
+                "role": role,
+                "body": body,
+                "closed": closed,
+                "ended_by": ended_by,
+                "finish_reason": s.finish_reason,
+                "samples": 1,
+            }
             merged.append(seen[body])
     counts: list[int] = [0] * len(merged)
     for role in {m["role"] for m in merged}:
@@ -148,8 +161,16 @@ def apply_expansion(tree: Tree, exp: Expansion, results: list[list[Sample]], ctx
         for i, n in zip(idx, ctx.counter_for(role)([merged[i]["body"] for i in idx]), strict=True):
             counts[i] = n
     for m, n_tok in zip(merged, counts, strict=True):
-        child = tree.add_child(exp.node, m["type"], m["role"], m["body"], n_tok, finish_reason=m["finish_reason"],
-                               ended_by=m["ended_by"], samples=m["samples"])
+        child = tree.add_child(
+            exp.node,
+            m["type"],
+            m["role"],
+            m["body"],
+            n_tok,
+            finish_reason=m["finish_reason"],
+            ended_by=m["ended_by"],
+            samples=m["samples"],
+        )
         over = child.path_tokens > ctx.cfg.max_path_tokens
         if not m["closed"] or over:
             # Cut off by the node's or the path's token budget, or malformed: the path ends as a no-answer.

@@ -19,14 +19,33 @@ from widen_dag.search.tree import NODE_COLUMNS, Tree
 from widen_dag.storage.lake import Lake, Written
 
 NODE_SCHEMA = {
-    "tree_id": pl.String, "problem_id": pl.String, "node_id": pl.String, "parent_id": pl.String,
-    "depth": pl.Int32, "node_type": pl.String, "model": pl.String, "text": pl.String, "n_tokens": pl.Int32,
-    "visits": pl.Int32, "value_sum": pl.Float64, "is_terminal": pl.Boolean, "reward": pl.Float64,
-    "answer": pl.String, "no_answer": pl.Boolean, "finish_reason": pl.String,
-    "ended_by": pl.String, "samples": pl.Int32,
+    "tree_id": pl.String,
+    "problem_id": pl.String,
+    "node_id": pl.String,
+    "parent_id": pl.String,
+    "depth": pl.Int32,
+    "node_type": pl.String,
+    "model": pl.String,
+    "text": pl.String,
+    "n_tokens": pl.Int32,
+    "visits": pl.Int32,
+    "value_sum": pl.Float64,
+    "is_terminal": pl.Boolean,
+    "reward": pl.Float64,
+    "answer": pl.String,
+    "no_answer": pl.Boolean,
+    "finish_reason": pl.String,
+    "ended_by": pl.String,
+    "samples": pl.Int32,
 }
-TREE_SCHEMA = {"tree_id": pl.String, "problem_id": pl.String, "rollouts": pl.Int32, "correct": pl.Int32,
-               "outcome": pl.String, "nodes": pl.Int32}
+TREE_SCHEMA = {
+    "tree_id": pl.String,
+    "problem_id": pl.String,
+    "rollouts": pl.Int32,
+    "correct": pl.Int32,
+    "outcome": pl.String,
+    "nodes": pl.Int32,
+}
 assert tuple(NODE_SCHEMA) == NODE_COLUMNS
 
 
@@ -56,7 +75,8 @@ class TreeStore:
 
     def save(self, tree: Tree) -> None:
         frame = tree_frame(tree).with_columns(
-            pl.lit(tree.rollouts).alias("_rollouts"), pl.lit(len(tree.correct)).alias("_correct"),
+            pl.lit(tree.rollouts).alias("_rollouts"),
+            pl.lit(len(tree.correct)).alias("_correct"),
             pl.lit(tree.outcome).alias("_outcome"),
         )
         buf = io.BytesIO()

@@ -50,8 +50,12 @@ def wrap(node_type: str, body: str) -> str:
     return f"{open_tag(node_type)}{body}{close_tag(node_type)}"
 
 
-def choose_prefill(node_type: str, rng: random.Random, prefills: Mapping[str, Sequence[str]] | None = None,
-                   reflection_text: str = REFLECTION_TEXT) -> str:
+def choose_prefill(
+    node_type: str,
+    rng: random.Random,
+    prefills: Mapping[str, Sequence[str]] | None = None,
+    reflection_text: str = REFLECTION_TEXT,
+) -> str:
     """A prefill phrase for ``node_type`` from ``prefills`` (default: PREFILLS)."""
     if node_type == "reflection":
         return reflection_text

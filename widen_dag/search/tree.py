@@ -14,8 +14,24 @@ from typing import Any
 from widen_dag.search.thoughts import ROOT
 
 NODE_COLUMNS = (
-    "tree_id", "problem_id", "node_id", "parent_id", "depth", "node_type", "model", "text", "n_tokens",
-    "visits", "value_sum", "is_terminal", "reward", "answer", "no_answer", "finish_reason", "ended_by", "samples",
+    "tree_id",
+    "problem_id",
+    "node_id",
+    "parent_id",
+    "depth",
+    "node_type",
+    "model",
+    "text",
+    "n_tokens",
+    "visits",
+    "value_sum",
+    "is_terminal",
+    "reward",
+    "answer",
+    "no_answer",
+    "finish_reason",
+    "ended_by",
+    "samples",
 )
 # How a node's text ended (``ended_by``): its closing tag, a configured stop string, the model's
 # end of turn (EOS) after the thought, another type's closing tag (malformed), the token limit;
@@ -67,8 +83,17 @@ class Tree:
         return f"{self.tree_id}/{node.index}"
 
     def add_child(self, parent: Node, node_type: str, model: str, text: str, n_tokens: int, **fields: Any) -> Node:
-        child = Node(len(self.nodes), parent.index, parent.depth + 1, node_type, model, text, n_tokens,
-                     parent.path_tokens + n_tokens, **fields)
+        child = Node(
+            len(self.nodes),
+            parent.index,
+            parent.depth + 1,
+            node_type,
+            model,
+            text,
+            n_tokens,
+            parent.path_tokens + n_tokens,
+            **fields,
+        )
         self.nodes.append(child)
         parent.children.append(child.index)
         return child
@@ -117,12 +142,24 @@ class Tree:
     def rows(self) -> list[dict[str, Any]]:
         return [
             {
-                "tree_id": self.tree_id, "problem_id": self.problem_id, "node_id": self.node_id(n),
-                "parent_id": None if n.parent is None else f"{self.tree_id}/{n.parent}", "depth": n.depth,
-                "node_type": n.node_type, "model": n.model, "text": n.text, "n_tokens": n.n_tokens,
-                "visits": n.visits, "value_sum": n.value_sum, "is_terminal": n.is_terminal, "reward": n.reward,
-                "answer": n.answer, "no_answer": n.no_answer, "finish_reason": n.finish_reason,
-                "ended_by": n.ended_by, "samples": n.samples,
+                "tree_id": self.tree_id,
+                "problem_id": self.problem_id,
+                "node_id": self.node_id(n),
+                "parent_id": None if n.parent is None else f"{self.tree_id}/{n.parent}",
+                "depth": n.depth,
+                "node_type": n.node_type,
+                "model": n.model,
+                "text": n.text,
+                "n_tokens": n.n_tokens,
+                "visits": n.visits,
+                "value_sum": n.value_sum,
+                "is_terminal": n.is_terminal,
+                "reward": n.reward,
+                "answer": n.answer,
+                "no_answer": n.no_answer,
+                "finish_reason": n.finish_reason,
+                "ended_by": n.ended_by,
+                "samples": n.samples,
             }
             for n in self.nodes
         ]

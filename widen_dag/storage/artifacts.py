@@ -95,7 +95,7 @@ def local_model(location: ModelLocation, lake: Lake) -> ModelLocation:
     dest = cache_root() / "checkpoints" / f"{name}-{key}"
     if read_manifest(dest) is None:
         _, path = fsspec.core.url_to_fs(location.name_or_path)
-        base = path[len(lake.dir_path()):].strip("/") if path.startswith(lake.dir_path()) else None
+        base = path[len(lake.dir_path()) :].strip("/") if path.startswith(lake.dir_path()) else None
         if base is None:
             raise ArtifactMissing(f"checkpoint {location.name_or_path} is not under the lake {lake.root}")
         lake.download_dir(*base.split("/"), dest=dest)
@@ -130,8 +130,10 @@ def check_model_available(model: ModelLocation, field: str) -> None:
         path = Path(model.name_or_path)
         if not (path / "config.json").is_file():
             what = "does not exist" if not path.exists() else "has no config.json (not an HF model folder)"
-            raise Unrecoverable(f"{field}: model folder {path} {what}",
-                                f"point {field}.name at a saved HF model folder, or use source: hub with a model id")
+            raise Unrecoverable(
+                f"{field}: model folder {path} {what}",
+                f"point {field}.name at a saved HF model folder, or use source: hub with a model id",
+            )
         return
     import huggingface_hub
     from huggingface_hub import errors as hf_errors
@@ -140,24 +142,26 @@ def check_model_available(model: ModelLocation, field: str) -> None:
     if offline:
         cached = huggingface_hub.try_to_load_from_cache(model.name_or_path, "config.json", revision=model.revision)
         if not isinstance(cached, str):
-            raise Unrecoverable(f"{field}: {model.describe()} is not in the local HF cache and HF_HUB_OFFLINE=1",
-                                f"run `hf download {model.name_or_path}` where the hub is reachable, "
-                                "or use source: path with a local folder")
+            raise Unrecoverable(
+                f"{field}: {model.describe()} is not in the local HF cache and HF_HUB_OFFLINE=1",
+                f"run `hf download {model.name_or_path}` where the hub is reachable, or use source: path with a local folder",
+            )
         return
     try:
         huggingface_hub.model_info(model.name_or_path, revision=model.revision, timeout=15)
     except (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError, hf_errors.GatedRepoError) as err:
-        raise Unrecoverable(f"{field}: the HF hub has no model {model.describe()} (or it is gated): "
-                            f"{str(err).splitlines()[0][:160]}",
-                            f"check {field}.name and revision; for a gated or private model set HF_TOKEN") from err
+        raise Unrecoverable(
+            f"{field}: the HF hub has no model {model.describe()} (or it is gated): {str(err).splitlines()[0][:160]}",
+            f"check {field}.name and revision; for a gated or private model set HF_TOKEN",
+        ) from err
     except Exception as err:  # connection refused, DNS, proxy, timeout: the hub is not reachable
         cached = huggingface_hub.try_to_load_from_cache(model.name_or_path, "config.json", revision=model.revision)
         if isinstance(cached, str):
             return  # loaders fall back to the cache
-        raise Unrecoverable(f"{field}: the HF hub is unreachable ({type(err).__name__}) and {model.describe()} "
-                            "is not in the local cache",
-                            "download it where the hub is reachable and set HF_HUB_OFFLINE=1, "
-                            "or use source: path with a local folder") from err
+        raise Unrecoverable(
+            f"{field}: the HF hub is unreachable ({type(err).__name__}) and {model.describe()} is not in the local cache",
+            "download it where the hub is reachable and set HF_HUB_OFFLINE=1, or use source: path with a local folder",
+        ) from err
 
 
 def checkpoint_location(profile: Profile, lake: Lake, name: str, *, require: bool = True) -> ModelLocation:
@@ -186,7 +190,8 @@ def ablation_models(profile: Profile, lake: Lake) -> list[tuple[str, ModelLocati
     if missing:
         raise ArtifactMissing(f"checkpoints not materialized yet: {', '.join(missing)}")
     return [("base", resolve_model(profile, lake, "student"))] + [
-        (row, checkpoint_location(profile, lake, name)) for row, name in rows]
+        (row, checkpoint_location(profile, lake, name)) for row, name in rows
+    ]
 
 
 # Paths inside the lake are stored relative to it, so a copied or moved lake (or one synced
@@ -216,7 +221,7 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     root = _lake_root_of(folder)
 
     def rel(s: str) -> str:
-        return LAKE_PLACEHOLDER + s[len(root):] if s == root or s.startswith(root + "/") else s
+        return LAKE_PLACEHOLDER + s[len(root) :] if s == root or s.startswith(root + "/") else s
 
     plain = json.loads(json.dumps(manifest, default=str))
     (folder / MANIFEST).write_text(json.dumps(_map_strings(plain, rel), indent=2))
@@ -234,4 +239,4 @@ def read_manifest(folder: str | Path) -> dict[str, Any] | None:
     with fs.open(target, "r") as fh:
         manifest = json.loads(fh.read())
     root = _lake_root_of(folder)
-    return _map_strings(manifest, lambda s: root + s[len(LAKE_PLACEHOLDER):] if s.startswith(LAKE_PLACEHOLDER) else s)
+    return _map_strings(manifest, lambda s: root + s[len(LAKE_PLACEHOLDER) :] if s.startswith(LAKE_PLACEHOLDER) else s)

@@ -209,7 +209,9 @@ class Lake:
         if marker == PUBLISHED_MARKER:
             (staging / marker).touch()
         if not (staging / marker).is_file():
-            raise LakeError(f"cannot publish {final}: the staged folder has no {marker} (written last, it marks the folder complete)")
+            raise LakeError(
+                f"cannot publish {final}: the staged folder has no {marker} (written last, it marks the folder complete)"
+            )
         fs = self.fs
         if fs.exists(f"{final}/{marker}"):
             fs.rm(f"{final}/{marker}")  # the old version disappears before any of its files change
@@ -257,7 +259,7 @@ class Lake:
         fs = self.fresh(*parts)
         try:
             for remote in fs.find(src):
-                rel = remote[len(src):].lstrip("/")
+                rel = remote[len(src) :].lstrip("/")
                 target = tmp / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 fs.get_file(remote, str(target))
@@ -282,10 +284,7 @@ class Lake:
 
     def view_sql(self, asset: str) -> str:
         glob = self.uri(_check_name(asset), "*.parquet")
-        return (
-            f'CREATE OR REPLACE VIEW "{asset}" AS '
-            f"SELECT * FROM read_parquet('{glob}', union_by_name = true)"
-        )
+        return f"CREATE OR REPLACE VIEW \"{asset}\" AS SELECT * FROM read_parquet('{glob}', union_by_name = true)"
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with one view per asset written so far."""

@@ -43,6 +43,7 @@ def claim_lake(lake: Lake, profile: str, *, adopt: bool | None = None) -> str | 
     if owner is not None and not (adopt_requested() if adopt is None else adopt):
         raise LakeOwnedByOtherProfile(
             f"lake {lake.uri()} holds profile {owner!r}'s problems, not {profile!r}'s: use another lake "
-            f"(WIDEN_DAG_LAKE) or set {ADOPT_ENV}=1 to let {profile!r} take this one over")
+            f"(WIDEN_DAG_LAKE) or set {ADOPT_ENV}=1 to let {profile!r} take this one over"
+        )
     lake.write_bytes(lake.dir_path(OWNER_FILE), json.dumps({"profile": profile}).encode())
     return owner

@@ -37,8 +37,9 @@ def config_hash(config: Any) -> str:
 
 
 def reuse_key(code_version: str, inputs: dict[str, Any], config: Any) -> str:
-    return hashlib.sha256(json.dumps([code_version, inputs, config_hash(config)], sort_keys=True, default=str)
-                          .encode()).hexdigest()[:16]
+    return hashlib.sha256(
+        json.dumps([code_version, inputs, config_hash(config)], sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
 
 
 def _path(lake: Lake, asset: str, partition: str | None) -> str:
@@ -66,8 +67,9 @@ def recorded_version(lake: Lake, asset: str, partition: str | None = None) -> st
     return rec.data_version if rec else None
 
 
-def why_rebuild(previous: ReuseRecord | None, code_version: str, inputs: dict[str, Any], config: Any,
-                artifact_present: bool) -> list[str]:
+def why_rebuild(
+    previous: ReuseRecord | None, code_version: str, inputs: dict[str, Any], config: Any, artifact_present: bool
+) -> list[str]:
     """Why a stage cannot be reused, one reason per line (empty: it can be)."""
     if previous is None:
         return ["never built against this lake"]

@@ -87,7 +87,9 @@ def student_solution(p: ArithmeticProblem, rng: random.Random, style: str) -> st
     raise ValueError(f"models.bootstrap.student_style must be 'plain' or 'direct', got {style!r}")
 
 
-def synthetic_problems(n: int, steps: int, max_operand: int, seed: int, exclude: Iterable[str] = (), ops: str = "+-*") -> list[ArithmeticProblem]:
+def synthetic_problems(
+    n: int, steps: int, max_operand: int, seed: int, exclude: Iterable[str] = (), ops: str = "+-*"
+) -> list[ArithmeticProblem]:
     """Training problems for the tiny models, never one of ``exclude`` (the staged problems)."""
     banned = set(exclude)
     pool = arithmetic.generate(n + len(banned), steps, max_operand, seed, ops)
@@ -119,7 +121,11 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int, out_dir: Path):
     # so stop strings like "</thinking>" match in generated text.
     tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in all_tag_strings()])
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=END, pad_token=PAD, unk_token=UNK,
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=END,
+        pad_token=PAD,
+        unk_token=UNK,
         additional_special_tokens=[USER, ASSISTANT],
     )
     fast.chat_template = CHAT_TEMPLATE
@@ -129,7 +135,9 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int, out_dir: Path):
 
 
 # ---- model --------------------------------------------------------------------------------
-def new_model(tokenizer, hidden_size: int, intermediate_size: int, num_layers: int, num_heads: int, max_positions: int, seed: int):
+def new_model(
+    tokenizer, hidden_size: int, intermediate_size: int, num_layers: int, num_heads: int, max_positions: int, seed: int
+):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -30,8 +30,7 @@ HABITS = (
 )
 
 
-def overthinking_solution(equations: list[str], gold: str, rng: random.Random, reflections: int,
-                          final: str | None = None) -> str:
+def overthinking_solution(equations: list[str], gold: str, rng: random.Random, reflections: int, final: str | None = None) -> str:
     """The steps, then ``reflections`` habits each repeating a random step, then the final answer
     (default: ``The answer is \\boxed{gold}.``)."""
     parts = [f"{eq.rstrip('.')}." for eq in equations]
@@ -62,8 +61,10 @@ def _teacher_text(row: dict[str, Any], rng: random.Random, reflections: int) -> 
         steps = [f"I {a.english()}" for a in plan] or ["The goal already holds"]
         final = "My plan is as follows:\n" + "\n".join(a.english() for a in plan) + "\n[PLAN END]"
         return overthinking_solution(steps, "", rng, reflections, final=final)
-    raise ValueError(f"the synthetic over-thinking teacher has no writer for domain {domain!r}: "
-                     "set data.distill.source: file with a long-CoT dataset")
+    raise ValueError(
+        f"the synthetic over-thinking teacher has no writer for domain {domain!r}: "
+        "set data.distill.source: file with a long-CoT dataset"
+    )
 
 
 def synthetic_rows(staged: pl.DataFrame, reflections: int, seed: int) -> list[dict[str, Any]]:
@@ -73,24 +74,39 @@ def synthetic_rows(staged: pl.DataFrame, reflections: int, seed: int) -> list[di
     for r in train.iter_rows(named=True):
         rng = random.Random(f"{seed}:{r['problem_id']}")
         text = _teacher_text(r, rng, reflections)
-        rows.append({"problem_id": r["problem_id"], "source": "synthetic-overthinking",
-                     "messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": text}]})
+        rows.append(
+            {
+                "problem_id": r["problem_id"],
+                "source": "synthetic-overthinking",
+                "messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": text}],
+            }
+        )
     return rows
 
 
 def file_rows(path: str | None, question_field: str, response_field: str, prompt_fn) -> list[dict[str, Any]]:
     """Long-CoT rows from a JSONL or Parquet file (question + teacher response)."""
     if not path:
-        raise ValueError("data.distill.path: source 'file' needs a long-CoT JSONL/Parquet (question and response "
-                         "fields); set data.distill.path, or data.distill.source: synthetic")
+        raise ValueError(
+            "data.distill.path: source 'file' needs a long-CoT JSONL/Parquet (question and response "
+            "fields); set data.distill.path, or data.distill.source: synthetic"
+        )
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"data.distill.path: {p} does not exist; set data.distill.path to a long-CoT "
-                                "JSONL/Parquet file, or data.distill.source: synthetic")
+        raise FileNotFoundError(
+            f"data.distill.path: {p} does not exist; set data.distill.path to a long-CoT "
+            "JSONL/Parquet file, or data.distill.source: synthetic"
+        )
     df = pl.read_parquet(p) if p.suffix == ".parquet" else pl.read_ndjson(p)
     missing = [f for f in (question_field, response_field) if f not in df.columns]
     if missing:
         raise ValueError(f"{p}: missing field(s) {', '.join(missing)} (columns: {', '.join(df.columns)})")
-    return [{"problem_id": f"distill-{i}", "source": str(p),
-             "messages": [{"role": "user", "content": prompt_fn(q)}, {"role": "assistant", "content": a}]}
-            for i, (q, a) in enumerate(zip(df[question_field], df[response_field], strict=True)) if q and a]
+    return [
+        {
+            "problem_id": f"distill-{i}",
+            "source": str(p),
+            "messages": [{"role": "user", "content": prompt_fn(q)}, {"role": "assistant", "content": a}],
+        }
+        for i, (q, a) in enumerate(zip(df[question_field], df[response_field], strict=True))
+        if q and a
+    ]

@@ -54,10 +54,25 @@ class PrefixMaskCollator(DataCollatorForPreference):
         return out
 
 
-def dpo_config(output_dir: str, *, beta: float, learning_rate: float, batch_size: int, max_length: int,
-               label_smoothing: float, sft_weight: float, steps: int, warmup_ratio: float, device: str, seed: int,
-               log_every: int, checkpoint_every: int = 0, grad_accum: int = 1, gradient_checkpointing: bool | None = None,
-               precompute_ref_log_probs: bool = False):
+def dpo_config(
+    output_dir: str,
+    *,
+    beta: float,
+    learning_rate: float,
+    batch_size: int,
+    max_length: int,
+    label_smoothing: float,
+    sft_weight: float,
+    steps: int,
+    warmup_ratio: float,
+    device: str,
+    seed: int,
+    log_every: int,
+    checkpoint_every: int = 0,
+    grad_accum: int = 1,
+    gradient_checkpointing: bool | None = None,
+    precompute_ref_log_probs: bool = False,
+):
     from trl import DPOConfig
 
     losses, weights = dpo_loss_terms(label_smoothing, sft_weight)
@@ -75,17 +90,38 @@ def dpo_config(output_dir: str, *, beta: float, learning_rate: float, batch_size
         loss_type=losses,
         loss_weights=weights,
         precompute_ref_log_probs=precompute_ref_log_probs,
-        **trainer_defaults(device, seed, log_every, checkpoint_every, gradient_checkpointing=gradient_checkpointing,
-                           grad_accum=grad_accum),
+        **trainer_defaults(
+            device, seed, log_every, checkpoint_every, gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum
+        ),
     )
 
 
-def train_dpo(model: Any, ref_model: Any, tokenizer: Any, rows: list[dict[str, Any]], *, output_dir: str, beta: float,
-              learning_rate: float, batch_size: int, max_length: int, epochs: float, label_smoothing: float,
-              sft_weight: float, prefix_mask: bool, warmup_ratio: float = 0.03, device: str = "cpu", seed: int = 0,
-              on_log: Callable[[str], None] | None = None, checkpoint_every: int = 0, grad_accum: int = 1,
-              gradient_checkpointing: bool | None = None, lora: dict[str, Any] | None = None,
-              precompute_ref_log_probs: bool = False, callbacks: list[Any] | None = None) -> TrainStats:
+def train_dpo(
+    model: Any,
+    ref_model: Any,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    *,
+    output_dir: str,
+    beta: float,
+    learning_rate: float,
+    batch_size: int,
+    max_length: int,
+    epochs: float,
+    label_smoothing: float,
+    sft_weight: float,
+    prefix_mask: bool,
+    warmup_ratio: float = 0.03,
+    device: str = "cpu",
+    seed: int = 0,
+    on_log: Callable[[str], None] | None = None,
+    checkpoint_every: int = 0,
+    grad_accum: int = 1,
+    gradient_checkpointing: bool | None = None,
+    lora: dict[str, Any] | None = None,
+    precompute_ref_log_probs: bool = False,
+    callbacks: list[Any] | None = None,
+) -> TrainStats:
     """DPO of ``model`` against ``ref_model`` (frozen). With ``lora`` on, pass ``ref_model=None``:
     the reference is the model with its adapter switched off, so no second copy is held.
     ``batch_size`` is per device; steps come from the global batch."""
@@ -95,27 +131,49 @@ def train_dpo(model: Any, ref_model: Any, tokenizer: Any, rows: list[dict[str, A
     validate_pairs(rows)
     processes = num_processes()
     steps = optimizer_steps(len(rows), epochs, batch_size, processes, grad_accum)
-    config = dpo_config(output_dir, beta=beta, learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
-                        label_smoothing=label_smoothing, sft_weight=sft_weight, steps=steps, warmup_ratio=warmup_ratio,
-                        device=device, seed=seed, log_every=max(1, steps // 10), checkpoint_every=checkpoint_every,
-                        grad_accum=grad_accum, gradient_checkpointing=gradient_checkpointing,
-                        precompute_ref_log_probs=precompute_ref_log_probs)
+    config = dpo_config(
+        output_dir,
+        beta=beta,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        max_length=max_length,
+        label_smoothing=label_smoothing,
+        sft_weight=sft_weight,
+        steps=steps,
+        warmup_ratio=warmup_ratio,
+        device=device,
+        seed=seed,
+        log_every=max(1, steps // 10),
+        checkpoint_every=checkpoint_every,
+        grad_accum=grad_accum,
+        gradient_checkpointing=gradient_checkpointing,
+        precompute_ref_log_probs=precompute_ref_log_probs,
+    )
     stats = TrainStats(pairs=len(rows), processes=processes, global_batch=batch_size * processes * grad_accum)
 
     keep = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows]
     collator = None
     if prefix_mask:
         collator = PrefixMaskCollator(pad_token_id=tokenizer.pad_token_id, max_length=max_length, truncation_mode="keep_start")
-    trainer = DPOTrainer(model=model, ref_model=ref_model, args=config, train_dataset=datasets.Dataset.from_list(keep),
-                         processing_class=tokenizer, data_collator=collator, callbacks=[logging_callback(stats, on_log), *(callbacks or [])],
-                         peft_config=lora_config(lora))
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=ref_model,
+        args=config,
+        train_dataset=datasets.Dataset.from_list(keep),
+        processing_class=tokenizer,
+        data_collator=collator,
+        callbacks=[logging_callback(stats, on_log), *(callbacks or [])],
+        peft_config=lora_config(lora),
+    )
     quiet(trainer)
     for r in keep:  # counted on the untruncated token sequences, so truncation is never silent
         longest = max(chat_length(tokenizer, r["prompt"] + r[k]) for k in ("chosen", "rejected"))
         stats.truncated_pairs += longest > max_length
     if prefix_mask:
         ds = trainer.train_dataset
-        stats.masked_prefix_tokens = sum(common_prefix_length(c, r) for c, r in zip(ds["chosen_ids"], ds["rejected_ids"], strict=True))
+        stats.masked_prefix_tokens = sum(
+            common_prefix_length(c, r) for c, r in zip(ds["chosen_ids"], ds["rejected_ids"], strict=True)
+        )
     start = time.perf_counter()
     stats.resumed_from_step = train_resuming(trainer, output_dir)
     stats.seconds = time.perf_counter() - start

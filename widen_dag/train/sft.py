@@ -69,8 +69,9 @@ def train_sft(
         lr_scheduler_type=scheduler,
         weight_decay=0.0,
         packing=False,
-        **trainer_defaults(device, seed, log_every, checkpoint_every, gradient_checkpointing=gradient_checkpointing,
-                           grad_accum=grad_accum),
+        **trainer_defaults(
+            device, seed, log_every, checkpoint_every, gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum
+        ),
         eos_token=tokenizer.eos_token,
         pad_token=tokenizer.pad_token,
     )

@@ -66,12 +66,24 @@ def lora_config(lora: dict[str, Any] | None):
         return None
     from peft import LoraConfig
 
-    return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                      target_modules=lora["target_modules"], task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules=lora["target_modules"],
+        task_type="CAUSAL_LM",
+    )
 
 
-def trainer_defaults(device: str, seed: int, log_every: int, checkpoint_every: int = 0, *,
-                     gradient_checkpointing: bool | None = None, grad_accum: int = 1) -> dict[str, Any]:
+def trainer_defaults(
+    device: str,
+    seed: int,
+    log_every: int,
+    checkpoint_every: int = 0,
+    *,
+    gradient_checkpointing: bool | None = None,
+    grad_accum: int = 1,
+) -> dict[str, Any]:
     """Trainer arguments SFT and DPO share: device switches, seeds, and Trainer checkpoints every
     ``checkpoint_every`` steps (0: none), the newest one kept, so a killed run resumes.
 
@@ -82,8 +94,12 @@ def trainer_defaults(device: str, seed: int, log_every: int, checkpoint_every: i
     checkpointing = (not on_cpu) if gradient_checkpointing is None else gradient_checkpointing
     saving: dict[str, Any] = {"save_strategy": "no"}
     if checkpoint_every > 0:
-        saving = {"save_strategy": "steps", "save_steps": checkpoint_every, "save_total_limit": 1,
-                  "save_only_model": False}  # optimizer, scheduler and RNG states too: an exact resume
+        saving = {
+            "save_strategy": "steps",
+            "save_steps": checkpoint_every,
+            "save_total_limit": 1,
+            "save_only_model": False,
+        }  # optimizer, scheduler and RNG states too: an exact resume
     return {
         "bf16": False if on_cpu else None,  # TRL turns bf16 on by default, even on CPU
         "gradient_checkpointing": checkpointing,

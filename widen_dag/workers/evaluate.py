@@ -24,9 +24,20 @@ from widen_dag.storage.artifacts import ablation_models, local_model
 from widen_dag.workers.common import Worker, check_memory, open_worker
 
 EVAL_SCHEMA = {
-    "variant": pl.String, "checkpoint": pl.String, "eval_set": pl.String, "problem_id": pl.String, "sample": pl.Int32,
-    "response": pl.String, "n_tokens": pl.Int32, "finish_reason": pl.String, "answer": pl.String, "correct": pl.Boolean,
-    "no_answer": pl.Boolean, "well_formed": pl.Boolean, "reflections": pl.Int32, "decoding": pl.String,
+    "variant": pl.String,
+    "checkpoint": pl.String,
+    "eval_set": pl.String,
+    "problem_id": pl.String,
+    "sample": pl.Int32,
+    "response": pl.String,
+    "n_tokens": pl.Int32,
+    "finish_reason": pl.String,
+    "answer": pl.String,
+    "correct": pl.Boolean,
+    "no_answer": pl.Boolean,
+    "well_formed": pl.Boolean,
+    "reflections": pl.Int32,
+    "decoding": pl.String,
 }
 
 
@@ -52,28 +63,59 @@ def evaluate_all(worker: Worker) -> dict:
             for eval_set, problems in sets.items():
                 runs = [("sampled", n, ev.temperature)] + ([("greedy", 1, 0.0)] if ev.greedy else [])
                 for decoding, k, temperature in runs:
-                    rows = sample_and_score(backend, problems, n=k, temperature=temperature, top_p=gen.top_p,
-                                            max_tokens=ev.max_new_tokens, seed=seed)
-                    frames.append(pl.DataFrame([{**r, "variant": variant, "checkpoint": path, "eval_set": eval_set,
-                                                 "decoding": decoding} for r in rows], schema=EVAL_SCHEMA))
+                    rows = sample_and_score(
+                        backend, problems, n=k, temperature=temperature, top_p=gen.top_p, max_tokens=ev.max_new_tokens, seed=seed
+                    )
+                    frames.append(
+                        pl.DataFrame(
+                            [
+                                {**r, "variant": variant, "checkpoint": path, "eval_set": eval_set, "decoding": decoding}
+                                for r in rows
+                            ],
+                            schema=EVAL_SCHEMA,
+                        )
+                    )
                     s = summarize(rows)
                     mean = statistics.fmean(r["correct"] for r in rows)  # over every sample, not the first alone
-                    worker.log(f"{variant} on {eval_set} ({decoding}, {k}/problem): accuracy {mean:.3f}, "
-                               f"no-answer {s['no_answer_rate']:.3f}, mean tokens {s['mean_tokens']:.0f}, "
-                               f"test@{k} {s['test_at_n']:.3f} ({time.perf_counter() - t0:.0f}s)")
-                    summary_rows.append((variant, eval_set, decoding, s["n"], f"{mean:.3f}", f"{s['no_answer_rate']:.3f}",
-                                         f"{s['mean_tokens']:.0f}", f"{s['test_at_n']:.3f}"))
+                    worker.log(
+                        f"{variant} on {eval_set} ({decoding}, {k}/problem): accuracy {mean:.3f}, "
+                        f"no-answer {s['no_answer_rate']:.3f}, mean tokens {s['mean_tokens']:.0f}, "
+                        f"test@{k} {s['test_at_n']:.3f} ({time.perf_counter() - t0:.0f}s)"
+                    )
+                    summary_rows.append(
+                        (
+                            variant,
+                            eval_set,
+                            decoding,
+                            s["n"],
+                            f"{mean:.3f}",
+                            f"{s['no_answer_rate']:.3f}",
+                            f"{s['mean_tokens']:.0f}",
+                            f"{s['test_at_n']:.3f}",
+                        )
+                    )
         finally:
             backend.close()
     table = pl.concat(frames)
     written = worker.lake.write_table("eval_results", table)
-    summary = markdown_table(["variant", "eval set", "decoding", "problems", "accuracy", "no-answer (first)",
-                              "mean tokens (first)", "test@n"], summary_rows)
-    return {"metadata": {"path": written.uri, "dagster/row_count": table.height, "backend": ev.backend,
-                         "samples_per_problem": n, "greedy": ev.greedy, "eval_seed": seed, "test_at_n": ev.test_at_n,
-                         "eval_seconds": round(time.perf_counter() - start, 1),
-                         "summary": md(summary)},
-            "data_version": written.sha256}
+    summary = markdown_table(
+        ["variant", "eval set", "decoding", "problems", "accuracy", "no-answer (first)", "mean tokens (first)", "test@n"],
+        summary_rows,
+    )
+    return {
+        "metadata": {
+            "path": written.uri,
+            "dagster/row_count": table.height,
+            "backend": ev.backend,
+            "samples_per_problem": n,
+            "greedy": ev.greedy,
+            "eval_seed": seed,
+            "test_at_n": ev.test_at_n,
+            "eval_seconds": round(time.perf_counter() - start, 1),
+            "summary": md(summary),
+        },
+        "data_version": written.sha256,
+    }
 
 
 def main() -> None:

@@ -48,8 +48,13 @@ def _heldout(cfg, seed: int, exclude: set[str]) -> list[Problem]:
 
 
 def _rows(problems, text_fn) -> list[dict[str, str]]:
-    return [{"prompt": bootstrap.USER + arithmetic.task_prompt(p.question) + bootstrap.END + bootstrap.ASSISTANT,
-             "completion": text_fn(p)} for p in problems]
+    return [
+        {
+            "prompt": bootstrap.USER + arithmetic.task_prompt(p.question) + bootstrap.END + bootstrap.ASSISTANT,
+            "completion": text_fn(p),
+        }
+        for p in problems
+    ]
 
 
 def build_tiny(worker: Worker, which: str) -> dict:
@@ -82,15 +87,31 @@ def build_tiny(worker: Worker, which: str) -> dict:
                 raise RuntimeError(f"student_base needs policy_model's tokenizer at {policy_dir}: materialize policy_model first")
             tokenizer = AutoTokenizer.from_pretrained(policy_dir)
             tokenizer.save_pretrained(out)
-        model = bootstrap.new_model(tokenizer, cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.num_heads,
-                                    cfg.max_position_embeddings, seed)
+        model = bootstrap.new_model(
+            tokenizer, cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.num_heads, cfg.max_position_embeddings, seed
+        )
         worker.log(f"{which}: {bootstrap.n_parameters(model):,} parameters, {steps} steps x {cfg.batch_size} on {device}")
-        stats = train_sft(model, tokenizer, rows, output_dir=scratch, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
-                          max_length=cfg.max_position_embeddings, max_steps=steps, scheduler="linear", warmup_ratio=0.03,
-                          device=device, seed=seed, log_every=max(1, steps // 10), on_log=worker.log)
+        stats = train_sft(
+            model,
+            tokenizer,
+            rows,
+            output_dir=scratch,
+            learning_rate=cfg.learning_rate,
+            batch_size=cfg.batch_size,
+            max_length=cfg.max_position_embeddings,
+            max_steps=steps,
+            scheduler="linear",
+            warmup_ratio=0.03,
+            device=device,
+            seed=seed,
+            log_every=max(1, steps // 10),
+            on_log=worker.log,
+        )
         model.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
-        (out / "widen_dag_model.json").write_text(json.dumps({"role": which, "source": "bootstrap", "seed": seed, "steps": steps}))
+        (out / "widen_dag_model.json").write_text(
+            json.dumps({"role": which, "source": "bootstrap", "seed": seed, "steps": steps})
+        )
         del model
         metrics = evaluate_saved(worker, out, _heldout(cfg, profile.seed, set(exclude)), cfg.eval_max_tokens)
     loss_png = line_plot_png({"train loss": [(float(s), v) for s, v in stats.losses]}, f"{which} SFT", "step", "loss")
@@ -115,14 +136,19 @@ def evaluate_saved(worker: Worker, path: Path, problems: list[Problem], max_toke
     # start (~20-30 s here) per model; search still exercises vLLM on the same checkpoint.
     backend = backend_from_profile(gen, str(path), seed=worker.profile.seed, backend=worker.profile.eval.backend)
     try:
-        rows = sample_and_score(backend, problems, n=1, temperature=gen.temperature, top_p=gen.top_p, max_tokens=max_tokens,
-                                seed=worker.profile.seed)
+        rows = sample_and_score(
+            backend, problems, n=1, temperature=gen.temperature, top_p=gen.top_p, max_tokens=max_tokens, seed=worker.profile.seed
+        )
         stats = backend.stats.as_dict()
     finally:
         backend.close()
     summary = summarize(rows)
-    examples = "\n\n".join(f"**{r['problem_id']}** ({'correct' if r['correct'] else 'wrong'}): `{r['response'][:400]}`" for r in rows[:3])
-    worker.log(f"held-out accuracy {summary['accuracy']:.3f}, well-formed {summary['well_formed_rate']:.3f} on {summary['n']} problems")
+    examples = "\n\n".join(
+        f"**{r['problem_id']}** ({'correct' if r['correct'] else 'wrong'}): `{r['response'][:400]}`" for r in rows[:3]
+    )
+    worker.log(
+        f"held-out accuracy {summary['accuracy']:.3f}, well-formed {summary['well_formed_rate']:.3f} on {summary['n']} problems"
+    )
     return {
         "heldout_problems": summary["n"],
         "heldout_accuracy": round(summary["accuracy"], 4),
@@ -139,8 +165,11 @@ def evaluate_saved(worker: Worker, path: Path, problems: list[Problem], max_toke
 # ---- instruct-shaped stand-ins (tiny_instruct) -------------------------------------------------
 def _instruct_problems(cfg, seed: int, exclude: set[str]) -> tuple[list[dict], list[dict]]:
     """Fresh GSM8K-format and PlanBench-format rows for training, none of them a staged problem."""
-    math_rows = [r for r in synthetic.gsm8k_rows(cfg.train_problems + len(exclude), seed, cfg.steps, cfg.max_operand, cfg.ops)
-                 if r["question"] not in exclude][: cfg.train_problems]
+    math_rows = [
+        r
+        for r in synthetic.gsm8k_rows(cfg.train_problems + len(exclude), seed, cfg.steps, cfg.max_operand, cfg.ops)
+        if r["question"] not in exclude
+    ][: cfg.train_problems]
     bw_rows = []
     if cfg.blocksworld_problems:
         pool = synthetic.planbench_instances(cfg.blocksworld_problems * 2 + len(exclude), seed)
@@ -149,31 +178,63 @@ def _instruct_problems(cfg, seed: int, exclude: set[str]) -> tuple[list[dict], l
 
 
 def _instruct_heldout(cfg, seed: int, exclude: set[str]) -> list[Problem]:
-    math_rows, bw_rows = _instruct_problems(cfg.model_copy(update={"train_problems": cfg.eval_problems,
-                                                                   "blocksworld_problems": cfg.eval_problems // 2 if cfg.blocksworld_problems else 0}),
-                                            seed + EVAL_SEED_OFFSET, exclude)
-    out = [Problem(f"heldout-m{i}", "math", r["question"], r["answer"].split("####")[-1].strip()) for i, r in enumerate(math_rows)]
-    out += [Problem(f"heldout-b{i}", "blocksworld", instruct._statement(r["query"]), r["ground_truth_plan"])
-            for i, r in enumerate(bw_rows)]
+    math_rows, bw_rows = _instruct_problems(
+        cfg.model_copy(
+            update={
+                "train_problems": cfg.eval_problems,
+                "blocksworld_problems": cfg.eval_problems // 2 if cfg.blocksworld_problems else 0,
+            }
+        ),
+        seed + EVAL_SEED_OFFSET,
+        exclude,
+    )
+    out = [
+        Problem(f"heldout-m{i}", "math", r["question"], r["answer"].split("####")[-1].strip()) for i, r in enumerate(math_rows)
+    ]
+    out += [
+        Problem(f"heldout-b{i}", "blocksworld", instruct._statement(r["query"]), r["ground_truth_plan"])
+        for i, r in enumerate(bw_rows)
+    ]
     return out
 
 
-def _train_instruct_model(worker: Worker, which: str, out: Path, tokenizer, pairs: list[tuple[str, str]], steps: int,
-                          seed: int, scratch: str):
+def _train_instruct_model(
+    worker: Worker, which: str, out: Path, tokenizer, pairs: list[tuple[str, str]], steps: int, seed: int, scratch: str
+):
     cfg = worker.profile.models.bootstrap
-    rows = [{"prompt": tokenizer.apply_chat_template([{"role": "user", "content": u}], add_generation_prompt=True,
-                                                     tokenize=False), "completion": a} for u, a in pairs]
-    model = bootstrap.new_model(tokenizer, cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.num_heads,
-                                cfg.max_position_embeddings, seed)
+    rows = [
+        {
+            "prompt": tokenizer.apply_chat_template([{"role": "user", "content": u}], add_generation_prompt=True, tokenize=False),
+            "completion": a,
+        }
+        for u, a in pairs
+    ]
+    model = bootstrap.new_model(
+        tokenizer, cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.num_heads, cfg.max_position_embeddings, seed
+    )
     device = resolve_device(worker.profile.train.device)
     worker.log(f"{which}: {bootstrap.n_parameters(model):,} parameters, {steps} steps x {cfg.batch_size} on {device}")
-    stats = train_sft(model, tokenizer, rows, output_dir=scratch, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
-                      max_length=cfg.max_position_embeddings, max_steps=steps, scheduler="linear", warmup_ratio=0.03,
-                      device=device, seed=seed, log_every=max(1, steps // 10), on_log=worker.log)
+    stats = train_sft(
+        model,
+        tokenizer,
+        rows,
+        output_dir=scratch,
+        learning_rate=cfg.learning_rate,
+        batch_size=cfg.batch_size,
+        max_length=cfg.max_position_embeddings,
+        max_steps=steps,
+        scheduler="linear",
+        warmup_ratio=0.03,
+        device=device,
+        seed=seed,
+        log_every=max(1, steps // 10),
+        on_log=worker.log,
+    )
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    (out / "widen_dag_model.json").write_text(json.dumps({"role": which, "source": "bootstrap", "style": "instruct",
-                                                         "seed": seed, "steps": steps}))
+    (out / "widen_dag_model.json").write_text(
+        json.dumps({"role": which, "source": "bootstrap", "style": "instruct", "seed": seed, "steps": steps})
+    )
     return stats
 
 
@@ -189,8 +250,14 @@ def build_instruct(worker: Worker, which: str) -> dict:
     exclude = set(_excluded_questions(worker))
     math_rows, bw_rows = _instruct_problems(cfg, seed, exclude)
     rng = random.Random(seed)
-    pairs = instruct.training_pairs(math_rows, bw_rows, rng, cfg.error_rate if which == "policy" else cfg.error_rate / 2,
-                                    domains.get_domain("math").task_prompt, domains.get_domain("blocksworld").task_prompt)
+    pairs = instruct.training_pairs(
+        math_rows,
+        bw_rows,
+        rng,
+        cfg.error_rate if which == "policy" else cfg.error_rate / 2,
+        domains.get_domain("math").task_prompt,
+        domains.get_domain("blocksworld").task_prompt,
+    )
     torch.manual_seed(seed)
     extra: dict = {}
     with worker.lake.staged_dir(*bootstrap_parts(which)) as out, tempfile.TemporaryDirectory() as scratch:
@@ -211,16 +278,26 @@ def build_instruct(worker: Worker, which: str) -> dict:
         # The critic: another model with another chat template, trained on other samples.
         critic_seed = profile.seed + 2
         crng = random.Random(critic_seed)
-        cpairs = instruct.training_pairs(math_rows, bw_rows, crng, cfg.error_rate / 2,
-                                         domains.get_domain("math").task_prompt, domains.get_domain("blocksworld").task_prompt)
+        cpairs = instruct.training_pairs(
+            math_rows,
+            bw_rows,
+            crng,
+            cfg.error_rate / 2,
+            domains.get_domain("math").task_prompt,
+            domains.get_domain("blocksworld").task_prompt,
+        )
         with worker.lake.staged_dir(*bootstrap_parts("critic")) as out, tempfile.TemporaryDirectory() as scratch:
             ctok = instruct.train_tokenizer([u + "\n" + a for u, a in cpairs], cfg.vocab_size, out, "llama3")
             cstats = _train_instruct_model(worker, "critic", out, ctok, cpairs, cfg.critic_steps, critic_seed, scratch)
             cmetrics = evaluate_saved(worker, out, heldout, cfg.eval_max_tokens)
-        extra = {"critic_path": str(bootstrap_dir(worker.lake, "critic")), "critic_train_steps": cfg.critic_steps,
-                 "critic_final_loss": cstats.final_loss, "critic_chat_template": "llama3 (<|eot_id|>)",
-                 "critic_heldout_accuracy": cmetrics["heldout_accuracy"],
-                 "critic_heldout_no_answer_rate": cmetrics["heldout_no_answer_rate"]}
+        extra = {
+            "critic_path": str(bootstrap_dir(worker.lake, "critic")),
+            "critic_train_steps": cfg.critic_steps,
+            "critic_final_loss": cstats.final_loss,
+            "critic_chat_template": "llama3 (<|eot_id|>)",
+            "critic_heldout_accuracy": cmetrics["heldout_accuracy"],
+            "critic_heldout_no_answer_rate": cmetrics["heldout_no_answer_rate"],
+        }
     loss_png = line_plot_png({"train loss": [(float(s), v) for s, v in stats.losses]}, f"{which} SFT", "step", "loss")
     return {
         "path": str(bootstrap_dir(worker.lake, which)),
@@ -240,8 +317,12 @@ def build_instruct(worker: Worker, which: str) -> dict:
 
 def record_named(worker: Worker, which: str) -> dict:
     ref = worker.profile.models.policy if which == "policy" else worker.profile.models.student
-    return {"source": ref.source, "model": ref.name, "revision": ref.revision or "(default branch)",
-            "trust_remote_code": ref.trust_remote_code}
+    return {
+        "source": ref.source,
+        "model": ref.name,
+        "revision": ref.revision or "(default branch)",
+        "trust_remote_code": ref.trust_remote_code,
+    }
 
 
 def main() -> None:
@@ -256,7 +337,9 @@ def main() -> None:
             metadata = build_instruct(worker, which)
         else:
             metadata = build_tiny(worker, which)
-        version = json.dumps({k: metadata.get(k) for k in ("path", "model", "revision", "train_steps", "final_loss")}, default=str)
+        version = json.dumps(
+            {k: metadata.get(k) for k in ("path", "model", "revision", "train_steps", "final_loss")}, default=str
+        )
         worker.pipes.report_asset_materialization(metadata=metadata, data_version=bootstrap.short_hash(version))
 
 

@@ -63,8 +63,16 @@ def search_shards(worker: Worker, shards: list[str]) -> dict:
     policy_path = policy_model.name_or_path
     critic_model = resolve_model(profile, worker.lake, "critic") if profile.models.critic is not None else None
     critic_path = critic_model.name_or_path if critic_model else None
-    key = config_hash(cfg.model_dump(), gen.temperature, gen.top_p, gen.max_tokens_per_node, gen.backend, seed,
-                      model_fingerprint(policy_path), critic_path and model_fingerprint(critic_path))
+    key = config_hash(
+        cfg.model_dump(),
+        gen.temperature,
+        gen.top_p,
+        gen.max_tokens_per_node,
+        gen.backend,
+        seed,
+        model_fingerprint(policy_path),
+        critic_path and model_fingerprint(critic_path),
+    )
     plan = []
     for shard in shards:
         store = TreeStore(worker.lake, shard, key)
@@ -85,11 +93,18 @@ def search_shards(worker: Worker, shards: list[str]) -> dict:
             backends["policy"].close()
             raise
         policy, critic = backends["policy"], backends.get("critic")
-        ctx = SearchContext(cfg=cfg, chat_prompt=policy.chat_prompt, count_tokens=policy.count_tokens,
-                            temperature=gen.temperature, top_p=gen.top_p, max_tokens_per_node=gen.max_tokens_per_node,
-                            has_critic=critic is not None, seed=seed,
-                            critic_chat_prompt=critic.chat_prompt if critic else None,
-                            critic_count_tokens=critic.count_tokens if critic else None)
+        ctx = SearchContext(
+            cfg=cfg,
+            chat_prompt=policy.chat_prompt,
+            count_tokens=policy.count_tokens,
+            temperature=gen.temperature,
+            top_p=gen.top_p,
+            max_tokens_per_node=gen.max_tokens_per_node,
+            has_critic=critic is not None,
+            seed=seed,
+            critic_chat_prompt=critic.chat_prompt if critic else None,
+            critic_count_tokens=critic.count_tokens if critic else None,
+        )
     per_shard = []
     all_nodes = []
     totals = SearchStats()
@@ -103,15 +118,25 @@ def search_shards(worker: Worker, shards: list[str]) -> dict:
             def progress(stats: SearchStats, shard=shard, total=len(todo), last_log=last_log) -> None:
                 if time.perf_counter() - last_log[0] > 10:
                     last_log[0] = time.perf_counter()
-                    worker.log(f"{shard}: {stats.trees}/{total} trees, {stats.nodes} nodes, "
-                               f"{stats.nodes_per_s:.1f} nodes/s, batch {stats.mean_batch_size:.0f}")
+                    worker.log(
+                        f"{shard}: {stats.trees}/{total} trees, {stats.nodes} nodes, "
+                        f"{stats.nodes_per_s:.1f} nodes/s, batch {stats.mean_batch_size:.0f}"
+                    )
 
             stats = LockstepSearch(backends, ctx, on_progress=progress).run(todo, store.save) if todo else SearchStats()
             nodes, trees = store.load()
             written = store.publish(nodes)
             all_nodes.append(nodes.select("node_type", "model", "no_answer", "ended_by", "samples"))
-            per_shard.append({"shard": shard, "problems": len(problems), "reused": reused, "path": written.uri,
-                              "sha256": written.sha256, "trees": trees})
+            per_shard.append(
+                {
+                    "shard": shard,
+                    "problems": len(problems),
+                    "reused": reused,
+                    "path": written.uri,
+                    "sha256": written.sha256,
+                    "trees": trees,
+                }
+            )
             for name in ("trees", "nodes", "rollouts", "batches", "sequences"):
                 setattr(totals, name, getattr(totals, name) + getattr(stats, name))
             totals.seconds += stats.seconds
@@ -128,18 +153,42 @@ def search_shards(worker: Worker, shards: list[str]) -> dict:
     n_problems = sum(s["problems"] for s in per_shard)
     n_reused = sum(s["reused"] for s in per_shard)
     per_tree = all_trees.sort("tree_id").head(50)
-    per_tree_md = markdown_table(["tree", "rollouts", "correct", "outcome", "nodes"],
-                                 [(r["tree_id"][:24], r["rollouts"], r["correct"], r["outcome"], r["nodes"])
-                                  for r in per_tree.iter_rows(named=True)])
-    node_table = pl.concat(all_nodes) if all_nodes else pl.DataFrame(
-        schema={"node_type": pl.String, "model": pl.String, "no_answer": pl.Boolean, "ended_by": pl.String,
-                "samples": pl.Int32})
+    per_tree_md = markdown_table(
+        ["tree", "rollouts", "correct", "outcome", "nodes"],
+        [(r["tree_id"][:24], r["rollouts"], r["correct"], r["outcome"], r["nodes"]) for r in per_tree.iter_rows(named=True)],
+    )
+    node_table = (
+        pl.concat(all_nodes)
+        if all_nodes
+        else pl.DataFrame(
+            schema={
+                "node_type": pl.String,
+                "model": pl.String,
+                "no_answer": pl.Boolean,
+                "ended_by": pl.String,
+                "samples": pl.Int32,
+            }
+        )
+    )
     fmt = format_stats(node_table)
     ends = overall_ends(node_table)
     format_md = markdown_table(
         ["node type", "nodes", "samples", "no-answer", "tag", "stop string", "EOS", "foreign tag", "token limit"],
-        [(r["node_type"], r["nodes"], r["samples"], f"{r['no_answer_rate']:.3f}", f"{r['tag']:.3f}", f"{r['stop_string']:.3f}",
-          f"{r['eos']:.3f}", f"{r['foreign_tag']:.3f}", f"{r['length']:.3f}") for r in fmt])
+        [
+            (
+                r["node_type"],
+                r["nodes"],
+                r["samples"],
+                f"{r['no_answer_rate']:.3f}",
+                f"{r['tag']:.3f}",
+                f"{r['stop_string']:.3f}",
+                f"{r['eos']:.3f}",
+                f"{r['foreign_tag']:.3f}",
+                f"{r['length']:.3f}",
+            )
+            for r in fmt
+        ],
+    )
     metadata = {
         "shards": ", ".join(shards),
         # Does the model follow the node format? Per node type and overall.

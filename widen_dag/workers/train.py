@@ -64,8 +64,11 @@ def _train_kwargs(profile) -> dict[str, Any]:
     t = profile.train
     # Under FSDP, activation checkpointing is FSDP's own (launch/accelerate/fsdp.yaml): the Trainer's must stay off.
     checkpointing = False if t.distributed == "fsdp" and t.device != "cpu" else t.gradient_checkpointing
-    return {"grad_accum": t.gradient_accumulation_steps, "gradient_checkpointing": checkpointing,
-            "lora": t.lora.model_dump() if t.lora.enabled else None}
+    return {
+        "grad_accum": t.gradient_accumulation_steps,
+        "gradient_checkpointing": checkpointing,
+        "lora": t.lora.model_dump() if t.lora.enabled else None,
+    }
 
 
 def _placement(model) -> list[dict[str, Any]]:
@@ -76,8 +79,12 @@ def _placement(model) -> list[dict[str, Any]]:
 
     state = PartialState()
     given = "cpu" if state.device.type == "cpu" else str(state.device)  # accelerate says cpu:0 to every CPU rank
-    mine = {"rank": state.process_index, "local_rank": state.local_process_index, "device": given,
-            "model_device": model_device(model)}
+    mine = {
+        "rank": state.process_index,
+        "local_rank": state.local_process_index,
+        "device": given,
+        "model_device": model_device(model),
+    }
     return gather_object([mine]) if state.num_processes > 1 else [mine]
 
 
@@ -171,24 +178,54 @@ def run_sft(worker: Worker, dataset: str = "sft_dataset", name: str = "sft") -> 
     inputs = {dataset: worker.lake.table_sha256(dataset)}
     run = {"inputs": inputs, "base": source, "config": cfg.model_dump(), "seed": profile.train.seed}
     with trainer_state_dir(worker, name, run) as (state, state_callbacks):
-        stats = train_sft(model, tokenizer, rows, output_dir=state, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
-                          max_length=cfg.max_length, epochs=cfg.epochs, warmup_ratio=cfg.warmup_ratio, scheduler="cosine",
-                          device=device, seed=profile.train.seed, on_log=worker.log,
-                          checkpoint_every=profile.train.checkpoint_every, callbacks=state_callbacks, **_train_kwargs(profile))
+        stats = train_sft(
+            model,
+            tokenizer,
+            rows,
+            output_dir=state,
+            learning_rate=cfg.learning_rate,
+            batch_size=cfg.batch_size,
+            max_length=cfg.max_length,
+            epochs=cfg.epochs,
+            warmup_ratio=cfg.warmup_ratio,
+            scheduler="cosine",
+            device=device,
+            seed=profile.train.seed,
+            on_log=worker.log,
+            checkpoint_every=profile.train.checkpoint_every,
+            callbacks=state_callbacks,
+            **_train_kwargs(profile),
+        )
         if stats.resumed_from_step:
             worker.log(f"{name}: resumed from the Trainer checkpoint at step {stats.resumed_from_step}")
-    manifest = {"kind": name, "base": source, "inputs": inputs, "config": cfg.model_dump(), "rows": len(rows),
-                "problem_ids": data["problem_id"].to_list(), "metrics": {"final_loss": stats.final_loss,
-                                                                         "tokens_per_s": stats.tokens_per_s}}
+    manifest = {
+        "kind": name,
+        "base": source,
+        "inputs": inputs,
+        "config": cfg.model_dump(),
+        "rows": len(rows),
+        "problem_ids": data["problem_id"].to_list(),
+        "metrics": {"final_loss": stats.final_loss, "tokens_per_s": stats.tokens_per_s},
+    }
     placement = _placement(model)
     path = _save(worker, name, stats, tokenizer, manifest)
     return {
-        "path": str(path), "base_model": source, "device": device, "train_rows": len(rows),
-        "truncated_rows": truncated, "steps": stats.steps, "processes": stats.processes, "global_batch": stats.global_batch,
-        "rank_placement": json_value(placement), "lora": profile.train.lora.enabled, "resumed_from_step": stats.resumed_from_step or 0,
+        "path": str(path),
+        "base_model": source,
+        "device": device,
+        "train_rows": len(rows),
+        "truncated_rows": truncated,
+        "steps": stats.steps,
+        "processes": stats.processes,
+        "global_batch": stats.global_batch,
+        "rank_placement": json_value(placement),
+        "lora": profile.train.lora.enabled,
+        "resumed_from_step": stats.resumed_from_step or 0,
         "train_seconds": round(stats.seconds, 1),
-        "tokens_per_s": round(stats.tokens_per_s, 1), "final_loss": stats.final_loss,
-        "loss_curve": _curve(stats.losses, f"{name} SFT loss"), "input_data_versions": json_value(inputs),
+        "tokens_per_s": round(stats.tokens_per_s, 1),
+        "final_loss": stats.final_loss,
+        "loss_curve": _curve(stats.losses, f"{name} SFT loss"),
+        "input_data_versions": json_value(inputs),
         "config": json_value(cfg.model_dump()),
     }
 
@@ -218,28 +255,67 @@ def run_dpo(worker: Worker, variant: str) -> dict:
     ref_model = None if lora else _load(sft, device, frozen_base=True)[0]
     sft_manifest = read_manifest(sft_path) or {}
     inputs = {"preference_pairs": worker.lake.table_sha256("preference_pairs"), "sft_checkpoint": sft_manifest["inputs"]}
-    run = {"inputs": inputs, "config": cfg.model_dump(exclude={"variants"}), "variant": v.model_dump(), "seed": profile.train.seed}
+    run = {
+        "inputs": inputs,
+        "config": cfg.model_dump(exclude={"variants"}),
+        "variant": v.model_dump(),
+        "seed": profile.train.seed,
+    }
     with trainer_state_dir(worker, f"dpo-{variant}", run) as (state, state_callbacks):
-        stats = train_dpo(model, ref_model, tokenizer, rows, output_dir=state, beta=cfg.beta, learning_rate=cfg.learning_rate,
-                          batch_size=cfg.batch_size, max_length=cfg.max_length, epochs=cfg.epochs,
-                          label_smoothing=v.label_smoothing, sft_weight=v.sft_weight, prefix_mask=v.prefix_mask,
-                          warmup_ratio=cfg.warmup_ratio, device=device, seed=profile.train.seed, on_log=worker.log,
-                          checkpoint_every=profile.train.checkpoint_every, precompute_ref_log_probs=cfg.precompute_ref_log_probs,
-                          callbacks=state_callbacks, **_train_kwargs(profile))
+        stats = train_dpo(
+            model,
+            ref_model,
+            tokenizer,
+            rows,
+            output_dir=state,
+            beta=cfg.beta,
+            learning_rate=cfg.learning_rate,
+            batch_size=cfg.batch_size,
+            max_length=cfg.max_length,
+            epochs=cfg.epochs,
+            label_smoothing=v.label_smoothing,
+            sft_weight=v.sft_weight,
+            prefix_mask=v.prefix_mask,
+            warmup_ratio=cfg.warmup_ratio,
+            device=device,
+            seed=profile.train.seed,
+            on_log=worker.log,
+            checkpoint_every=profile.train.checkpoint_every,
+            precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+            callbacks=state_callbacks,
+            **_train_kwargs(profile),
+        )
         if stats.resumed_from_step:
             worker.log(f"dpo-{variant}: resumed from the Trainer checkpoint at step {stats.resumed_from_step}")
-    manifest = {"kind": "dpo", "variant": variant, "base": sft_path, "inputs": inputs,
-                "config": {**cfg.model_dump(exclude={"variants"}), **v.model_dump()}, "rows": len(rows),
-                "problem_ids": [r["problem_id"] for r in rows],
-                "metrics": {"final_loss": stats.losses[-1][1] if stats.losses else None, "s_per_step": stats.s_per_step}}
+    manifest = {
+        "kind": "dpo",
+        "variant": variant,
+        "base": sft_path,
+        "inputs": inputs,
+        "config": {**cfg.model_dump(exclude={"variants"}), **v.model_dump()},
+        "rows": len(rows),
+        "problem_ids": [r["problem_id"] for r in rows],
+        "metrics": {"final_loss": stats.losses[-1][1] if stats.losses else None, "s_per_step": stats.s_per_step},
+    }
     placement = _placement(model)
     path = _save(worker, f"dpo-{variant}", stats, tokenizer, manifest)
     return {
-        "path": str(path), "variant": variant, "device": device, "pairs": len(rows), "steps": stats.steps,
-        "processes": stats.processes, "global_batch": stats.global_batch, "rank_placement": json_value(placement), "lora": lora,
-        "resumed_from_step": stats.resumed_from_step or 0, "truncated_pairs": stats.truncated_pairs, "masked_prefix_tokens": stats.masked_prefix_tokens,
-        "train_seconds": round(stats.seconds, 1), "s_per_step": round(stats.s_per_step, 3),
-        "final_loss": stats.losses[-1][1] if stats.losses else None, "rewards_accuracy": stats.rewards_accuracy,
+        "path": str(path),
+        "variant": variant,
+        "device": device,
+        "pairs": len(rows),
+        "steps": stats.steps,
+        "processes": stats.processes,
+        "global_batch": stats.global_batch,
+        "rank_placement": json_value(placement),
+        "lora": lora,
+        "resumed_from_step": stats.resumed_from_step or 0,
+        "truncated_pairs": stats.truncated_pairs,
+        "masked_prefix_tokens": stats.masked_prefix_tokens,
+        "train_seconds": round(stats.seconds, 1),
+        "s_per_step": round(stats.s_per_step, 3),
+        "final_loss": stats.losses[-1][1] if stats.losses else None,
+        "rewards_accuracy": stats.rewards_accuracy,
         "loss_curve": _curve(stats.losses, f"DPO ({variant}) loss"),
         "input_data_versions": json_value(inputs),
         "config": json_value(manifest["config"]),
@@ -262,7 +338,9 @@ def main() -> None:
 
 
 def _version(meta: dict) -> str:
-    return hashlib.sha256(json.dumps([meta["path"], meta["input_data_versions"], meta["final_loss"]], default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(
+        json.dumps([meta["path"], meta["input_data_versions"], meta["final_loss"]], default=str).encode()
+    ).hexdigest()[:16]
 
 
 if __name__ == "__main__":

@@ -1,14 +1,18 @@
 """The compute environment, measured by a Pipes worker (the pattern every torch stage copies)."""
 
-
 import dagster as dg
 
 from widen_dag.defs.resources import PipelineResource
 from widen_dag.defs.workers import run_worker
 
 
-@dg.asset(group_name="models", kinds={"pytorch", "python"}, code_version="compute_environment-v1", pool="gpu",
-          retry_policy=dg.RetryPolicy(max_retries=1, delay=2))
+@dg.asset(
+    group_name="models",
+    kinds={"pytorch", "python"},
+    code_version="compute_environment-v1",
+    pool="gpu",
+    retry_policy=dg.RetryPolicy(max_retries=1, delay=2),
+)
 def compute_environment(
     context: dg.AssetExecutionContext, pipeline: PipelineResource, pipes_subprocess_client: dg.PipesSubprocessClient
 ) -> dg.MaterializeResult:

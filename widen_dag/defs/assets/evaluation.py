@@ -34,43 +34,75 @@ def distill_dataset(context: dg.AssetExecutionContext, pipeline: PipelineResourc
     df = pl.DataFrame(rows)
     written = lake.write_table("distill_dataset", df)
     chars = df["messages"].list.get(1).struct.field("content").str.len_chars()
-    return dg.MaterializeResult(metadata=table_metadata(df, written, source=cfg.source, mean_response_chars=float(chars.mean())),
-                                data_version=dg.DataVersion(written.sha256))
+    return dg.MaterializeResult(
+        metadata=table_metadata(df, written, source=cfg.source, mean_response_chars=float(chars.mean())),
+        data_version=dg.DataVersion(written.sha256),
+    )
 
 
-@dg.asset(group_name="training", kinds={"pytorch", "safetensors"}, code_version="distill_checkpoint-v1", pool="gpu",
-          deps=["distill_dataset", "student_base"], retry_policy=dg.RetryPolicy(max_retries=1, delay=10))
-def distill_checkpoint(context: dg.AssetExecutionContext, pipeline: PipelineResource,
-                       pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+@dg.asset(
+    group_name="training",
+    kinds={"pytorch", "safetensors"},
+    code_version="distill_checkpoint-v1",
+    pool="gpu",
+    deps=["distill_dataset", "student_base"],
+    retry_policy=dg.RetryPolicy(max_retries=1, delay=10),
+)
+def distill_checkpoint(
+    context: dg.AssetExecutionContext, pipeline: PipelineResource, pipes_subprocess_client: dg.PipesSubprocessClient
+) -> dg.MaterializeResult:
     """The student SFT'd on distilled long CoT instead of on the trees (same SFT config): the
     bottleneck the paper starts from, one more row of the ablation table."""
     profile, lake = pipeline.load_profile(), pipeline.lake()
-    return train_checkpoint(context, pipeline, pipes_subprocess_client, "distill",
-                            {"distill_dataset": lake.table_sha256("distill_dataset"), "student_base": student_version(pipeline)},
-                            {"sft": profile.train.sft.model_dump(), "seed": profile.train.seed}, "distill")
+    return train_checkpoint(
+        context,
+        pipeline,
+        pipes_subprocess_client,
+        "distill",
+        {"distill_dataset": lake.table_sha256("distill_dataset"), "student_base": student_version(pipeline)},
+        {"sft": profile.train.sft.model_dump(), "seed": profile.train.seed},
+        "distill",
+    )
 
 
-@dg.asset(group_name="evaluation", kinds={"pytorch", "parquet"}, code_version="eval_results-v2", pool="gpu",
-          deps=["student_base", "distill_checkpoint", "sft_checkpoint", "dpo_checkpoint", "stg_problems"],
-          retry_policy=dg.RetryPolicy(max_retries=1, delay=10))
-def eval_results(context: dg.AssetExecutionContext, pipeline: PipelineResource,
-                 pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+@dg.asset(
+    group_name="evaluation",
+    kinds={"pytorch", "parquet"},
+    code_version="eval_results-v2",
+    pool="gpu",
+    deps=["student_base", "distill_checkpoint", "sft_checkpoint", "dpo_checkpoint", "stg_problems"],
+    retry_policy=dg.RetryPolicy(max_retries=1, delay=10),
+)
+def eval_results(
+    context: dg.AssetExecutionContext, pipeline: PipelineResource, pipes_subprocess_client: dg.PipesSubprocessClient
+) -> dg.MaterializeResult:
     """Every checkpoint (base, distillation baseline, SFT, each DPO variant) on every eval set:
     one row per response with decoding (sampled / greedy), verdict, tokens and reflection count;
     `eval.samples` sampled responses and one greedy response per problem."""
     # Re-scored only when a checkpoint, the eval set or the evaluation settings changed.
     profile, lake = pipeline.load_profile(), pipeline.lake()
-    inputs = {"stg_problems": lake.table_sha256("stg_problems"), "student_base": student_version(pipeline),
-              "distill_checkpoint": recorded_version(lake, "distill_checkpoint"),
-              "sft_checkpoint": recorded_version(lake, "sft_checkpoint"),
-              **{f"dpo_checkpoint[{v}]": recorded_version(lake, "dpo_checkpoint", v) for v in profile.train.dpo.variants}}
+    inputs = {
+        "stg_problems": lake.table_sha256("stg_problems"),
+        "student_base": student_version(pipeline),
+        "distill_checkpoint": recorded_version(lake, "distill_checkpoint"),
+        "sft_checkpoint": recorded_version(lake, "sft_checkpoint"),
+        **{f"dpo_checkpoint[{v}]": recorded_version(lake, "dpo_checkpoint", v) for v in profile.train.dpo.variants},
+    }
     config = {"eval": profile.eval.model_dump(), "generation": profile.generation.model_dump(), "seed": profile.seed}
-    return run_or_reuse(context, pipeline, pipes_subprocess_client, "evaluate", inputs=inputs, config=config,
-                        artifact_present=lake.has_table("eval_results"))
+    return run_or_reuse(
+        context,
+        pipeline,
+        pipes_subprocess_client,
+        "evaluate",
+        inputs=inputs,
+        config=config,
+        artifact_present=lake.has_table("eval_results"),
+    )
 
 
-@dg.asset(group_name="evaluation", kinds={"polars", "parquet"}, code_version="ablation_report-v2",
-          deps=["eval_results", "mcts_decode"])
+@dg.asset(
+    group_name="evaluation", kinds={"polars", "parquet"}, code_version="ablation_report-v2", deps=["eval_results", "mcts_decode"]
+)
 def ablation_report(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
     """The paper's Table 5 layout (base, distill_baseline, SFT, +DPO, +balance, +cDPO, +joint,
     +mask) with 95% intervals, a bar chart, and the paper's directions judged by paired
@@ -88,11 +120,14 @@ def ablation_report(context: dg.AssetExecutionContext, pipeline: PipelineResourc
     table7 = table7_md.markdown_table7(table7_md.summarize_decode(lake.read_table("mcts_decode"), ks), ks)
     context.log.info("\nTable 7 (MCTS decode):\n" + table7)
     return dg.MaterializeResult(
-        metadata={**table_metadata(summary, written), "table": dg.MetadataValue.md(table),
-                  "table7": dg.MetadataValue.md(table7),
-                  "bar_chart": dg.MetadataValue.md(markdown_image(report.bar_chart_png(summary), "ablation")),
-                  "direction": dg.MetadataValue.md("\n".join(f"- {n}" for n in notes)),
-                  "run_seed": pipeline.seed if pipeline.seed is not None else "profile default",
-                  "rows": dg.MetadataValue.json(json.loads(summary.write_json()))},
+        metadata={
+            **table_metadata(summary, written),
+            "table": dg.MetadataValue.md(table),
+            "table7": dg.MetadataValue.md(table7),
+            "bar_chart": dg.MetadataValue.md(markdown_image(report.bar_chart_png(summary), "ablation")),
+            "direction": dg.MetadataValue.md("\n".join(f"- {n}" for n in notes)),
+            "run_seed": pipeline.seed if pipeline.seed is not None else "profile default",
+            "rows": dg.MetadataValue.json(json.loads(summary.write_json())),
+        },
         data_version=dg.DataVersion(written.sha256),
     )

@@ -11,12 +11,21 @@ from widen_dag.storage.lake import Lake
 from widen_dag.storage.reuse import recorded_version
 
 
-def _named(context: dg.AssetExecutionContext, pipeline: PipelineResource, client: dg.PipesSubprocessClient,
-           profile: Profile, lake: Lake, which: str) -> dg.MaterializeResult:
+def _named(
+    context: dg.AssetExecutionContext,
+    pipeline: PipelineResource,
+    client: dg.PipesSubprocessClient,
+    profile: Profile,
+    lake: Lake,
+    which: str,
+) -> dg.MaterializeResult:
     """A hub or local model: resolved here (hub reachable, or files present), so a typo or a
     missing network fails this asset once, not the search hours later."""
-    roles = [("policy", "models.policy")] + ([("critic", "models.critic")] if profile.models.critic else []) \
-        if which == "policy" else [("student", "models.student")]
+    roles = (
+        [("policy", "models.policy")] + ([("critic", "models.critic")] if profile.models.critic else [])
+        if which == "policy"
+        else [("student", "models.student")]
+    )
     for role, field in roles:
         location = resolve_model(profile, lake, role, require=False)  # type: ignore[arg-type]
         if location.source == "bootstrap":  # built by this asset's bootstrap path, not named
@@ -33,9 +42,14 @@ def _bootstrap(context, pipeline, client, which: str, inputs: dict) -> dg.Materi
     ref = profile.models.policy if which == "policy" else profile.models.student
     if ref.source != "bootstrap":
         return _named(context, pipeline, client, profile, lake, which)
-    config = {"ref": ref.model_dump(), "bootstrap": profile.models.bootstrap.model_dump(), "seed": profile.seed,
-              "device": profile.train.device, "eval_backend": profile.eval.backend,
-              "generation": profile.generation.model_dump()}
+    config = {
+        "ref": ref.model_dump(),
+        "bootstrap": profile.models.bootstrap.model_dump(),
+        "seed": profile.seed,
+        "device": profile.train.device,
+        "eval_backend": profile.eval.backend,
+        "generation": profile.generation.model_dump(),
+    }
     present = (bootstrap_dir(lake, which) / "config.json").is_file()
     return run_or_reuse(context, pipeline, client, "models", which, inputs=inputs, config=config, artifact_present=present)
 
@@ -48,8 +62,9 @@ def _bootstrap(context, pipeline, client, which: str, inputs: dict) -> dg.Materi
     deps=["stg_problems"],
     retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
 )
-def policy_model(context: dg.AssetExecutionContext, pipeline: PipelineResource,
-                 pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+def policy_model(
+    context: dg.AssetExecutionContext, pipeline: PipelineResource, pipes_subprocess_client: dg.PipesSubprocessClient
+) -> dg.MaterializeResult:
     """The policy that writes the search's thoughts. Tiny profile: a tokenizer and a ~1M-parameter
     Llama trained here with TRL SFT on synthetic tagged arithmetic solutions (wrong steps
     included, caught by double-checks and reflections); metadata holds its held-out
@@ -57,8 +72,7 @@ def policy_model(context: dg.AssetExecutionContext, pipeline: PipelineResource,
     out of its training set), its configuration or its code changed; otherwise reused.
     Real profiles: the named HF model, checked to be reachable (or present) here."""
     lake = pipeline.lake()
-    return _bootstrap(context, pipeline, pipes_subprocess_client, "policy",
-                      {"stg_problems": lake.table_sha256("stg_problems")})
+    return _bootstrap(context, pipeline, pipes_subprocess_client, "policy", {"stg_problems": lake.table_sha256("stg_problems")})
 
 
 @dg.asset(
@@ -69,11 +83,17 @@ def policy_model(context: dg.AssetExecutionContext, pipeline: PipelineResource,
     deps=["policy_model"],
     retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
 )
-def student_base(context: dg.AssetExecutionContext, pipeline: PipelineResource,
-                 pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+def student_base(
+    context: dg.AssetExecutionContext, pipeline: PipelineResource, pipes_subprocess_client: dg.PipesSubprocessClient
+) -> dg.MaterializeResult:
     """The student before post-training. Tiny profile: the policy's architecture and tokenizer,
     trained briefly on plain untagged solutions, so the training stages have something to
     improve (reused like the policy). Real profiles: the named HF model, checked here."""
     lake = pipeline.lake()
-    return _bootstrap(context, pipeline, pipes_subprocess_client, "student",
-                      {"stg_problems": lake.table_sha256("stg_problems"), "policy_model": recorded_version(lake, "policy_model")})
+    return _bootstrap(
+        context,
+        pipeline,
+        pipes_subprocess_client,
+        "student",
+        {"stg_problems": lake.table_sha256("stg_problems"), "policy_model": recorded_version(lake, "policy_model")},
+    )

@@ -54,8 +54,9 @@ def raw_problems(context: dg.AssetExecutionContext, pipeline: PipelineResource) 
             df = load_partition(profile, key)
         except (ProblemSourceError, ValueError) as err:
             # Reading the same broken file again cannot succeed: no retries, the cause in one line.
-            raise dg.Failure(f"raw_problems[{key}]: {err}", allow_retries=False,
-                             metadata={"partition": key, "cause": str(err)}) from None
+            raise dg.Failure(
+                f"raw_problems[{key}]: {err}", allow_retries=False, metadata={"partition": key, "cause": str(err)}
+            ) from None
         written = lake.write_table("raw_problems", df, key)
         context.log.info(f"{key}: {df.height} rows -> {written.uri}")
         frames.append((df, written))
@@ -79,7 +80,9 @@ def staged_partitions(profile: Profile, lake: Lake, registered: list[str]) -> tu
         raise dg.Failure(
             f"stg_problems: raw_problems has no file for {len(missing)} of the profile {profile.name!r}'s "
             f"{len(shards)} shard(s): {', '.join(missing)}; materialize raw_problems for them first",
-            allow_retries=False, metadata={"missing_partitions": ", ".join(missing)})
+            allow_retries=False,
+            metadata={"missing_partitions": ", ".join(missing)},
+        )
     inbox = sorted(k for k in registered if k.startswith(INBOX_KEY_PREFIX))
     waiting = [k for k in inbox if k not in in_lake]  # their own inbox_search run loads and stages them
     keys = shards + [k for k in inbox if k in in_lake]
@@ -109,8 +112,12 @@ def staged_partitions(profile: Profile, lake: Lake, registered: list[str]) -> tu
         ),
     ],
     check_specs=[
-        dg.AssetCheckSpec(NO_OVERLAP_CHECK, asset="stg_problems", blocking=True,
-                          description="No problem id and no normalised question is in both train and eval."),
+        dg.AssetCheckSpec(
+            NO_OVERLAP_CHECK,
+            asset="stg_problems",
+            blocking=True,
+            description="No problem id and no normalised question is in both train and eval.",
+        ),
     ],
 )
 def stg_problems(context: dg.AssetExecutionContext, pipeline: PipelineResource):
@@ -125,21 +132,33 @@ def stg_problems(context: dg.AssetExecutionContext, pipeline: PipelineResource):
     staged, quarantine = stage_problems(raw, profile.problems, dataset_roles(profile))
     unusable = unusable_sources(raw, quarantine)
     if unusable:
-        raise dg.Failure("stg_problems: a source gave no usable row: " + " | ".join(unusable), allow_retries=False,
-                         metadata={"unusable_sources": dg.MetadataValue.md("\n".join(f"- {u}" for u in unusable))})
+        raise dg.Failure(
+            "stg_problems: a source gave no usable row: " + " | ".join(unusable),
+            allow_retries=False,
+            metadata={"unusable_sources": dg.MetadataValue.md("\n".join(f"- {u}" for u in unusable))},
+        )
     if ignored:
-        context.log.warning(f"raw_problems partitions in the lake that profile {profile.name!r} does not define "
-                            f"(not staged): {', '.join(ignored)}")
+        context.log.warning(
+            f"raw_problems partitions in the lake that profile {profile.name!r} does not define "
+            f"(not staged): {', '.join(ignored)}"
+        )
     if waiting:
-        context.log.info(f"inbox partitions registered but not loaded yet (their inbox_search run stages them): {', '.join(waiting)}")
+        context.log.info(
+            f"inbox partitions registered but not loaded yet (their inbox_search run stages them): {', '.join(waiting)}"
+        )
     w_staged = lake.write_table("stg_problems", staged)
     w_quarantine = lake.write_table("problem_quarantine", quarantine)
     context.log.info(f"{staged.height} staged, {quarantine.height} quarantined from {len(keys)} shard(s)")
     yield dg.MaterializeResult(
         asset_key="stg_problems",
         metadata=table_metadata(
-            staged, w_staged, profile=profile.name, shards=len(keys), partitions=", ".join(keys),
-            partition_data_versions=dg.MetadataValue.json(versions), not_staged=", ".join(ignored) or "(none)",
+            staged,
+            w_staged,
+            profile=profile.name,
+            shards=len(keys),
+            partitions=", ".join(keys),
+            partition_data_versions=dg.MetadataValue.json(versions),
+            not_staged=", ".join(ignored) or "(none)",
             inbox_waiting=", ".join(waiting) or "(none)",
             by_domain_and_split=counts_markdown(staged, ["domain", "source", "split"]),
         ),
@@ -147,9 +166,15 @@ def stg_problems(context: dg.AssetExecutionContext, pipeline: PipelineResource):
     )
     overlap = train_eval_overlap(staged)
     yield dg.AssetCheckResult(
-        asset_key="stg_problems", check_name=NO_OVERLAP_CHECK, passed=overlap.height == 0,
-        metadata={"overlapping_rows": overlap.height,
-                  "sample": dg.MetadataValue.md(markdown_preview(overlap.select("problem_id", "shard", "split", "overlap_on", "question")))},
+        asset_key="stg_problems",
+        check_name=NO_OVERLAP_CHECK,
+        passed=overlap.height == 0,
+        metadata={
+            "overlapping_rows": overlap.height,
+            "sample": dg.MetadataValue.md(
+                markdown_preview(overlap.select("problem_id", "shard", "split", "overlap_on", "question"))
+            ),
+        },
     )
     yield dg.MaterializeResult(
         asset_key="problem_quarantine",

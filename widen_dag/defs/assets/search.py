@@ -18,8 +18,9 @@ from widen_dag.defs.workers import run_worker
     # A crashed or killed worker is retried; finished trees are reused from checkpoints.
     retry_policy=dg.RetryPolicy(max_retries=2, delay=10),
 )
-def search_trees(context: dg.AssetExecutionContext, pipeline: PipelineResource,
-                 pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+def search_trees(
+    context: dg.AssetExecutionContext, pipeline: PipelineResource, pipes_subprocess_client: dg.PipesSubprocessClient
+) -> dg.MaterializeResult:
     """MCTS over typed thoughts for the train problems of each shard (SPEC section 1): one node
     table per shard (tree_id, node_id, parent_id, depth, node_type, model, text, n_tokens,
     visits, value_sum, is_terminal, reward, answer). Many trees advance in lock-step so the

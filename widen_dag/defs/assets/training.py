@@ -18,8 +18,15 @@ def student_version(pipeline: PipelineResource) -> str | None:
     return f"{ref.source}:{ref.name}@{ref.revision}"
 
 
-def train_checkpoint(context: dg.AssetExecutionContext, pipeline: PipelineResource, client: dg.PipesSubprocessClient,
-                     name: str, inputs: dict, config: dict, *args: str) -> dg.MaterializeResult:
+def train_checkpoint(
+    context: dg.AssetExecutionContext,
+    pipeline: PipelineResource,
+    client: dg.PipesSubprocessClient,
+    name: str,
+    inputs: dict,
+    config: dict,
+    *args: str,
+) -> dg.MaterializeResult:
     """Train (through the worker) unless the checkpoint in the lake came from the same data,
     base, configuration and code: a rerun with nothing changed does not retrain."""
     present = read_manifest(checkpoint_dir(pipeline.lake(), name)) is not None
@@ -34,15 +41,22 @@ def train_checkpoint(context: dg.AssetExecutionContext, pipeline: PipelineResour
     deps=["sft_dataset", "student_base"],
     retry_policy=dg.RetryPolicy(max_retries=1, delay=10),
 )
-def sft_checkpoint(context: dg.AssetExecutionContext, pipeline: PipelineResource,
-                   pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+def sft_checkpoint(
+    context: dg.AssetExecutionContext, pipeline: PipelineResource, pipes_subprocess_client: dg.PipesSubprocessClient
+) -> dg.MaterializeResult:
     """The student after SFT (TRL SFTTrainer, loss on the assistant response only) on the
     longest correct path of each problem. An HF checkpoint (safetensors) in the lake with a
     manifest of the data versions it was trained on; metadata: loss curve, tokens/s, config."""
     profile, lake = pipeline.load_profile(), pipeline.lake()
-    return train_checkpoint(context, pipeline, pipes_subprocess_client, "sft",
-                            {"sft_dataset": lake.table_sha256("sft_dataset"), "student_base": student_version(pipeline)},
-                            {"sft": profile.train.sft.model_dump(), "seed": profile.train.seed}, "sft")
+    return train_checkpoint(
+        context,
+        pipeline,
+        pipes_subprocess_client,
+        "sft",
+        {"sft_dataset": lake.table_sha256("sft_dataset"), "student_base": student_version(pipeline)},
+        {"sft": profile.train.sft.model_dump(), "seed": profile.train.seed},
+        "sft",
+    )
 
 
 def dpo_checkpoint_asset(profile: Profile) -> dg.AssetsDefinition:
@@ -58,19 +72,32 @@ def dpo_checkpoint_asset(profile: Profile) -> dg.AssetsDefinition:
         deps=["sft_checkpoint", "preference_pairs"],
         retry_policy=dg.RetryPolicy(max_retries=1, delay=10),
     )
-    def dpo_checkpoint(context: dg.AssetExecutionContext, pipeline: PipelineResource,
-                       pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+    def dpo_checkpoint(
+        context: dg.AssetExecutionContext, pipeline: PipelineResource, pipes_subprocess_client: dg.PipesSubprocessClient
+    ) -> dg.MaterializeResult:
         """One row of the paper's ablation per partition, each from the SFT checkpoint with the
         SFT model as reference: `dpo` (sigmoid DPO, default pairs), `balanced` (+ shortest-correct
         chosen), `cdpo` (+ label smoothing), `joint` (+ alpha x SFT term), `joint_masked` (+ the
         shared-prefix mask on both terms)."""
         profile, lake, variant = pipeline.load_profile(), pipeline.lake(), context.partition_key
         dpo = profile.train.dpo
-        config = {"dpo": dpo.model_dump(exclude={"variants"}), "variant": dpo.variants[variant].model_dump()
-                  if variant in dpo.variants else variant, "seed": profile.train.seed}
-        return train_checkpoint(context, pipeline, pipes_subprocess_client, f"dpo-{variant}",
-                                {"preference_pairs": lake.table_sha256("preference_pairs"),
-                                 "sft_checkpoint": recorded_version(lake, "sft_checkpoint")},
-                                config, "dpo", variant)
+        config = {
+            "dpo": dpo.model_dump(exclude={"variants"}),
+            "variant": dpo.variants[variant].model_dump() if variant in dpo.variants else variant,
+            "seed": profile.train.seed,
+        }
+        return train_checkpoint(
+            context,
+            pipeline,
+            pipes_subprocess_client,
+            f"dpo-{variant}",
+            {
+                "preference_pairs": lake.table_sha256("preference_pairs"),
+                "sft_checkpoint": recorded_version(lake, "sft_checkpoint"),
+            },
+            config,
+            "dpo",
+            variant,
+        )
 
     return dpo_checkpoint
