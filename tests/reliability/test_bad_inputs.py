@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.reliability.bad_inputs import CASES, run_case
-from widen_dag.domains.math import VERIFY_DEADLINE_S
+from widen_dag.domains.math import _STARTUP_GRACE_S, VERIFY_DEADLINE_S
 
 
 def test_the_corpus_has_at_least_thirty_distinct_cases():
@@ -20,5 +20,7 @@ def test_bad_input_is_quarantined_rejected_or_handled(case, tmp_path):
     assert case.contains in outcome.message, outcome.message[:500]
     if outcome.kind == "rejected":
         assert "\n" not in outcome.message.strip() and len(outcome.message) < 600  # one clear line
-    # Verifier calls are bounded (+1 s for the verifier child's start-up on its first call).
-    assert outcome.seconds <= VERIFY_DEADLINE_S + 1.5
+    # Verifier calls are bounded by construction: the parent stops waiting at the deadline (plus
+    # the child's start-up grace on a first call) and kills the child, however busy the machine.
+    # A hung verifier would blow far past this; a loaded machine cannot.
+    assert outcome.seconds <= VERIFY_DEADLINE_S + _STARTUP_GRACE_S + 1.0
