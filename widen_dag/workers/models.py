@@ -87,32 +87,7 @@ def build_tiny(worker: Worker, which: str) -> dict:
                 raise RuntimeError(f"student_base needs policy_model's tokenizer at {policy_dir}: materialize policy_model first")
             tokenizer = AutoTokenizer.from_pretrained(policy_dir)
             tokenizer.save_pretrained(out)
-        model = bootstrap.new_model(
-            tokenizer, cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.num_heads, cfg.max_position_embeddings, seed
-        )
-        worker.log(f"{which}: {bootstrap.n_parameters(model):,} parameters, {steps} steps x {cfg.batch_size} on {device}")
-        stats = train_sft(
-            model,
-            tokenizer,
-            rows,
-            output_dir=scratch,
-            learning_rate=cfg.learning_rate,
-            batch_size=cfg.batch_size,
-            max_length=cfg.max_position_embeddings,
-            max_steps=steps,
-            scheduler="linear",
-            warmup_ratio=0.03,
-            device=device,
-            seed=seed,
-            log_every=max(1, steps // 10),
-            on_log=worker.log,
-        )
-        model.save_pretrained(out, safe_serialization=True)
-        tokenizer.save_pretrained(out)
-        (out / "widen_dag_model.json").write_text(
-            json.dumps({"role": which, "source": "bootstrap", "seed": seed, "steps": steps})
-        )
-        del model
+        stats = _train_and_save(worker, which, out, tokenizer, rows, steps, seed, scratch, device)
         metrics = evaluate_saved(worker, out, _heldout(cfg, profile.seed, set(exclude)), cfg.eval_max_tokens)
     loss_png = line_plot_png({"train loss": [(float(s), v) for s, v in stats.losses]}, f"{which} SFT", "step", "loss")
     return {
@@ -201,7 +176,6 @@ def _instruct_heldout(cfg, seed: int, exclude: set[str]) -> list[Problem]:
 def _train_instruct_model(
     worker: Worker, which: str, out: Path, tokenizer, pairs: list[tuple[str, str]], steps: int, seed: int, scratch: str
 ):
-    cfg = worker.profile.models.bootstrap
     rows = [
         {
             "prompt": tokenizer.apply_chat_template([{"role": "user", "content": u}], add_generation_prompt=True, tokenize=False),
@@ -209,10 +183,28 @@ def _train_instruct_model(
         }
         for u, a in pairs
     ]
+    device = resolve_device(worker.profile.train.device)
+    return _train_and_save(worker, which, out, tokenizer, rows, steps, seed, scratch, device, style="instruct")
+
+
+def _train_and_save(
+    worker: Worker,
+    which: str,
+    out: Path,
+    tokenizer,
+    rows: list[dict[str, str]],
+    steps: int,
+    seed: int,
+    scratch: str,
+    device: str,
+    style: str | None = None,
+):
+    """A new tiny Llama for ``tokenizer``, trained ``steps`` steps on prompt/completion ``rows``
+    and saved with its tokenizer and a small provenance file into the staged folder ``out``."""
+    cfg = worker.profile.models.bootstrap
     model = bootstrap.new_model(
         tokenizer, cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.num_heads, cfg.max_position_embeddings, seed
     )
-    device = resolve_device(worker.profile.train.device)
     worker.log(f"{which}: {bootstrap.n_parameters(model):,} parameters, {steps} steps x {cfg.batch_size} on {device}")
     stats = train_sft(
         model,
@@ -232,9 +224,8 @@ def _train_instruct_model(
     )
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    (out / "widen_dag_model.json").write_text(
-        json.dumps({"role": which, "source": "bootstrap", "style": "instruct", "seed": seed, "steps": steps})
-    )
+    provenance = {"role": which, "source": "bootstrap", **({"style": style} if style else {}), "seed": seed, "steps": steps}
+    (out / "widen_dag_model.json").write_text(json.dumps(provenance))
     return stats
 
 
