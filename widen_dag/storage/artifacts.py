@@ -217,7 +217,10 @@ def _map_strings(value: Any, fn) -> Any:
     return value
 
 
-def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> None:
+    """Write the manifest into a local checkpoint folder (a staged one before publishing), with
+    paths inside the lake stored lake-relative."""
+    folder = Path(folder)
     root = _lake_root_of(folder)
 
     def rel(s: str) -> str:
