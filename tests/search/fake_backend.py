@@ -11,7 +11,10 @@ import random
 import re
 import time
 
+from widen_dag.domains.base import Problem
 from widen_dag.llm.base import EngineStats, GenerationRequest, Sample
+from widen_dag.profiles import SearchConfig
+from widen_dag.search.mcts import SearchContext
 
 _LAST_OPEN = re.compile(r"<([a-z_-]+)>[^<]*$")
 
@@ -61,3 +64,22 @@ class FakeBackend:
 
     def close(self) -> None:
         pass
+
+
+def search_context(backend: FakeBackend, cfg: SearchConfig) -> SearchContext:
+    """The search context the search tests share: the fake backend's prompts and counts, fixed sampling."""
+    return SearchContext(
+        cfg=cfg,
+        chat_prompt=backend.chat_prompt,
+        count_tokens=backend.count_tokens,
+        temperature=0.7,
+        top_p=0.9,
+        max_tokens_per_node=64,
+        has_critic=False,
+        seed=5,
+    )
+
+
+def arithmetic_problems(n: int) -> list[Problem]:
+    """n one-line problems whose gold is 7 (the fake backend answers them right or wrong by seed)."""
+    return [Problem(f"p{i:03d}", "arithmetic", f"Ann has {i} apples. How many apples does Ann have?", "7") for i in range(n)]

@@ -3,8 +3,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from tests.search.fake_backend import FakeBackend
-from widen_dag.domains.base import Problem
+from tests.search.fake_backend import FakeBackend, arithmetic_problems, search_context
 from widen_dag.evaluate.table7 import DECODE_SCHEMA, markdown_table7, summarize_decode
 from widen_dag.profiles import SearchConfig
 from widen_dag.search.decode import decode_config, mcts_decode
@@ -14,26 +13,12 @@ from widen_dag.storage.lake import Lake
 
 
 def _ctx(backend: FakeBackend, rollouts: int) -> SearchContext:
-    cfg = decode_config(SearchConfig(max_depth=12, max_path_tokens=600), rollouts)
-    return SearchContext(
-        cfg=cfg,
-        chat_prompt=backend.chat_prompt,
-        count_tokens=backend.count_tokens,
-        temperature=0.7,
-        top_p=0.9,
-        max_tokens_per_node=64,
-        has_critic=False,
-        seed=5,
-    )
-
-
-def _problems(n: int) -> list[Problem]:
-    return [Problem(f"p{i:03d}", "arithmetic", f"Ann has {i} apples. How many apples does Ann have?", "7") for i in range(n)]
+    return search_context(backend, decode_config(SearchConfig(max_depth=12, max_path_tokens=600), rollouts))
 
 
 def test_decode_stops_at_the_first_correct_answer_or_after_n_rollouts(tmp_path):
     backend = FakeBackend(p_correct=0.3)
-    rows, reused = mcts_decode(backend, _ctx(backend, 6), _problems(20), TreeStore(Lake(str(tmp_path)), "dec", "k"))
+    rows, reused = mcts_decode(backend, _ctx(backend, 6), arithmetic_problems(20), TreeStore(Lake(str(tmp_path)), "dec", "k"))
     assert reused == 0 and len(rows) == 20
     solved = [r for r in rows if r.solved]
     assert solved and len(solved) < 20  # the coin makes some problems hard within 6 rollouts
@@ -48,9 +33,9 @@ def test_decode_stops_at_the_first_correct_answer_or_after_n_rollouts(tmp_path):
 def test_a_rerun_reuses_the_checkpointed_trees_and_gives_the_same_rows(tmp_path):
     lake = Lake(str(tmp_path))
     backend = FakeBackend(p_correct=0.3)
-    first, _ = mcts_decode(backend, _ctx(backend, 4), _problems(8), TreeStore(lake, "dec", "k"))
+    first, _ = mcts_decode(backend, _ctx(backend, 4), arithmetic_problems(8), TreeStore(lake, "dec", "k"))
     calls = backend.stats.calls
-    again, reused = mcts_decode(backend, _ctx(backend, 4), _problems(8), TreeStore(lake, "dec", "k"))
+    again, reused = mcts_decode(backend, _ctx(backend, 4), arithmetic_problems(8), TreeStore(lake, "dec", "k"))
     assert reused == 8 and backend.stats.calls == calls
     assert again == first
 

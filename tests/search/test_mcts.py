@@ -5,8 +5,7 @@ import math
 import polars as pl
 import pytest
 
-from tests.search.fake_backend import FakeBackend
-from widen_dag.domains.base import Problem
+from tests.search.fake_backend import FakeBackend, arithmetic_problems, search_context
 from widen_dag.profiles import SearchConfig
 from widen_dag.search.lockstep import LockstepSearch
 from widen_dag.search.mcts import SearchContext, rollout, stop_reason
@@ -15,26 +14,13 @@ from widen_dag.search.tree import Tree
 
 
 def _ctx(backend: FakeBackend, **cfg) -> SearchContext:
-    return SearchContext(
-        cfg=SearchConfig(**cfg),
-        chat_prompt=backend.chat_prompt,
-        count_tokens=backend.count_tokens,
-        temperature=0.7,
-        top_p=0.9,
-        max_tokens_per_node=64,
-        has_critic=False,
-        seed=5,
-    )
-
-
-def _problems(n: int) -> list[Problem]:
-    return [Problem(f"p{i:03d}", "arithmetic", f"Ann has {i} apples. How many apples does Ann have?", "7") for i in range(n)]
+    return search_context(backend, SearchConfig(**cfg))
 
 
 def _search(backend, n_problems=6, **cfg) -> tuple[pl.DataFrame, dict]:
     trees = {}
     LockstepSearch({"policy": backend}, _ctx(backend, **cfg)).run(
-        _problems(n_problems), lambda t: trees.__setitem__(t.tree_id, t)
+        arithmetic_problems(n_problems), lambda t: trees.__setitem__(t.tree_id, t)
     )
     frame = pl.concat([tree_frame(trees[k]) for k in sorted(trees)])
     return frame, trees
