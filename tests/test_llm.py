@@ -113,3 +113,21 @@ def test_pickle_only_checkpoints_are_refused(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04")
     with pytest.raises(GenerationConfigError, match="safetensors required"):
         resolve_model_path(str(tmp_path))
+
+
+def test_transformers_backend_continuing_in_passes_matches_one_pass(tiny_checkpoint):
+    # Rows still going after a pass continue, re-batched, from what they wrote: greedy text,
+    # token counts, finish reasons and log-probs must be those of one uninterrupted pass.
+    from widen_dag.llm.hf_backend import TransformersBackend
+
+    prompts = ["Ann has 3 apples.", "What is 2 + 3?", "x", "Bob has 12 pears and eats 5 of them. How many are left?"]
+
+    def run(min_pass_tokens: int) -> list[Sample]:
+        b = TransformersBackend(str(tiny_checkpoint), device="cpu", max_batch=3, min_pass_tokens=min_pass_tokens)
+        reqs = [GenerationRequest(prompt=b.chat_prompt(p), max_tokens=30, temperature=0.0) for p in prompts]
+        reqs.append(GenerationRequest(prompt=b.chat_prompt("x"), max_tokens=30, temperature=0.0, stop=("e",)))
+        return [o[0] for o in b.generate(reqs)]
+
+    in_passes, whole = run(4), run(1000)
+    assert [(s.text, s.n_tokens, s.finish_reason) for s in in_passes] == [(s.text, s.n_tokens, s.finish_reason) for s in whole]
+    assert [s.cumulative_logprob for s in in_passes] == pytest.approx([s.cumulative_logprob for s in whole], rel=1e-3, abs=1e-3)

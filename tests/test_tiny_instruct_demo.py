@@ -24,7 +24,12 @@ def test_tiny_instruct_demo_runs_end_to_end_with_a_math_and_a_blocksworld_column
     env.pop("WIDEN_DAG_PROFILE", None)
     cli = Path(sys.executable).parent / "widen-dag"
     res = subprocess.run(
-        [str(cli), "demo", "--profile", "tiny_instruct"], capture_output=True, text=True, cwd=REPO, env=env, timeout=1100
+        [str(cli), "demo", "--profile", str(REPO / "tests" / "profiles" / "tiny_instruct_ci.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=1100,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "demo: SUCCESS" in res.stdout and "| +mask |" in res.stdout

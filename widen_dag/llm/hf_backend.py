@@ -9,9 +9,22 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 
 from widen_dag.llm.base import ChatTokenizerMixin, EngineStats, GenerationRequest, Sample, cut_at_stop
 from widen_dag.llm.loading import load_tokenizer, resolve_model_path
+
+
+@dataclass
+class _Row:
+    """One sequence being generated: its request, prompt ids and what it has written so far."""
+
+    request: int
+    prompt: list[int]
+    generated: list[int] = field(default_factory=list)
+    logprob: float = 0.0
+    eos_hit: bool = False
+    done: bool = False
 
 
 class TransformersBackend(ChatTokenizerMixin):
@@ -27,6 +40,7 @@ class TransformersBackend(ChatTokenizerMixin):
         max_batch: int = 128,
         revision: str | None = None,
         trust_remote_code: bool = False,
+        min_pass_tokens: int = 32,
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM
@@ -45,6 +59,7 @@ class TransformersBackend(ChatTokenizerMixin):
         self.model.config.use_cache = True
         self.seed = seed
         self.max_batch = max_batch
+        self.min_pass_tokens = min_pass_tokens
         self.stats = EngineStats()
         self._torch = torch
 
@@ -54,59 +69,85 @@ class TransformersBackend(ChatTokenizerMixin):
         return self.tokenizer(req.prompt, add_special_tokens=False)["input_ids"]
 
     def generate(self, requests: list[GenerationRequest]) -> list[list[Sample]]:
-        torch = self._torch
         start = time.perf_counter()
         out: list[list[Sample]] = [[] for _ in requests]
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, r in enumerate(requests):
             groups[(r.temperature, r.top_p, r.max_tokens, r.stop, r.include_stop)].append(i)
         # One torch generator seeded per call keeps runs reproducible for the same inputs.
-        torch.manual_seed(self.seed + self.stats.calls)
+        self._torch.manual_seed(self.seed + self.stats.calls)
         for (temperature, top_p, max_tokens, stop, include_stop), idxs in groups.items():
-            flat = [(i, self._ids(requests[i])) for i in idxs for _ in range(requests[i].n)]
-            for b in range(0, len(flat), self.max_batch):
-                chunk = flat[b : b + self.max_batch]
-                width = max(len(ids) for _, ids in chunk)
-                pad = self.tokenizer.pad_token_id
-                input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for _, ids in chunk], device=self.device)
-                mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, ids in chunk], device=self.device)
-                kwargs = dict(
-                    do_sample=temperature > 0,
-                    max_new_tokens=max_tokens,
-                    pad_token_id=pad,
-                    eos_token_id=self.tokenizer.eos_token_id,
-                    return_dict_in_generate=True,
-                    output_scores=True,
-                )
-                if temperature > 0:
-                    kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
-                if stop:
-                    kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
-                with torch.no_grad():
-                    gen = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
-                new = gen.sequences[:, width:]
-                scores = self.model.compute_transition_scores(gen.sequences, gen.scores, normalize_logits=True)
-                for row, (i, ids) in enumerate(chunk):
-                    tokens = new[row].tolist()
-                    n_gen = len(tokens)
-                    eos_hit = False
-                    for k, t in enumerate(tokens):
-                        if t in (self.tokenizer.eos_token_id, pad):
-                            n_gen, eos_hit = k, t == self.tokenizer.eos_token_id
-                            break
-                    text = self.tokenizer.decode(tokens[:n_gen], skip_special_tokens=True)
-                    text, stopped = cut_at_stop(text, stop, include_stop)
-                    if stopped:  # count only the tokens up to the stop string
-                        n_gen = min(n_gen, len(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
-                    logprob = float(scores[row, :n_gen].float().clamp(min=-1e9).sum())
-                    reason = "stop" if (stopped or eos_hit) else "length"
-                    out[i].append(Sample(text, n_gen, logprob, reason))
-                    self.stats.prompt_tokens += len(ids)
-                    self.stats.generated_tokens += n_gen
+            rows = [_Row(i, self._ids(requests[i])) for i in idxs for _ in range(requests[i].n)]
+            self._decode(rows, temperature, top_p, max_tokens, stop)
+            for row in rows:
+                out[row.request].append(self._sample(row, stop, include_stop))
+                self.stats.prompt_tokens += len(row.prompt)
+                self.stats.generated_tokens += out[row.request][-1].n_tokens
         self.stats.requests += len(requests)
         self.stats.calls += 1
         self.stats.seconds += time.perf_counter() - start
         return out
+
+    def _decode(self, rows: list[_Row], temperature: float, top_p: float, max_tokens: int, stop) -> None:
+        """Generate in passes: a static batch runs until its longest row ends, so one rambling
+        answer would hold hundreds of finished rows for the whole budget. Each pass stops at half
+        the tokens left; only the rows still going continue, re-batched, from what they wrote."""
+        pending = rows
+        while pending:
+            left = max_tokens - len(pending[0].generated)
+            step = left if left <= self.min_pass_tokens else max(self.min_pass_tokens, left // 2)
+            for b in range(0, len(pending), self.max_batch):
+                self._generate_pass(pending[b : b + self.max_batch], temperature, top_p, step, stop)
+            pending = [r for r in pending if not r.done and len(r.generated) < max_tokens]
+
+    def _generate_pass(self, chunk: list[_Row], temperature: float, top_p: float, max_new: int, stop) -> None:
+        torch = self._torch
+        pad = self.tokenizer.pad_token_id
+        eos = self.tokenizer.eos_token_id
+        inputs = [r.prompt + r.generated for r in chunk]
+        width = max(len(ids) for ids in inputs)
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in inputs], device=self.device)
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in inputs], device=self.device)
+        kwargs = dict(
+            do_sample=temperature > 0,
+            max_new_tokens=max_new,
+            pad_token_id=pad,
+            eos_token_id=eos,
+            return_dict_in_generate=True,
+            output_scores=True,
+        )
+        if temperature > 0:
+            kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+        if stop:
+            kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
+        with torch.no_grad():
+            gen = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+        new = gen.sequences[:, width:]
+        scores = self.model.compute_transition_scores(gen.sequences, gen.scores, normalize_logits=True)
+        for k, row in enumerate(chunk):
+            tokens = new[k].tolist()
+            n_gen = len(tokens)
+            for j, t in enumerate(tokens):
+                if t in (eos, pad):
+                    n_gen, row.eos_hit, row.done = j, t == eos, True
+                    break
+            row.generated += tokens[:n_gen]
+            row.logprob += float(scores[k, :n_gen].float().clamp(min=-1e9).sum())
+            if not row.done and n_gen < max_new:  # the batch's stop-string criterion ended it
+                row.done = True
+            if not row.done and stop and cut_at_stop(self._text(row), stop, False)[1]:
+                row.done = True
+
+    def _text(self, row: _Row) -> str:
+        return self.tokenizer.decode(row.generated, skip_special_tokens=True)
+
+    def _sample(self, row: _Row, stop, include_stop: bool) -> Sample:
+        text, stopped = cut_at_stop(self._text(row), stop, include_stop)
+        n_gen = len(row.generated)
+        if stopped:  # count only the tokens up to the stop string
+            n_gen = min(n_gen, len(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
+        reason = "stop" if (stopped or row.eos_hit) else "length"
+        return Sample(text, n_gen, row.logprob, reason)
 
     def close(self) -> None:
         self.model = None
