@@ -8,7 +8,8 @@ carries s as the pipeline resource's run config (search, training, distillation 
 evaluation sampling seeds; problems, split and base models stay) and the tag widen_dag/seed,
 so the runs sit side by side in the UI of one $DAGSTER_HOME; each seed writes its own lake
 folder <lake-root>/seed-<s>. The tiny base models do not depend on the run seed: they are
-trained in the first seed and copied into the others (--retrain-base-models to retrain). A
+trained in the first seed and copied into the others (--retrain-base-models to retrain;
+--base-models-from LAKE copies an existing lake's, e.g. ./lake after `make demo`). A
 seed whose lake already holds an ablation_report is reused (--rerun to run it again), so an
 interrupted bench resumes. Prints JSON: per-seed figures,
 per cell mean and sd, per direction the share of seeds in which it held (point estimate)
@@ -62,6 +63,11 @@ def main() -> None:
         action="store_true",
         help="train the tiny policy and student in every seed (default: once, in the first seed's lake)",
     )
+    parser.add_argument(
+        "--base-models-from",
+        type=Path,
+        help="a lake whose models/ (the bootstrapped base models, e.g. ./lake after `make demo`) every seed copies",
+    )
     parser.add_argument("--markdown", action="store_true", help="also print the summary as Markdown (stderr)")
     parser.add_argument("--readme", type=Path, help="rewrite the summary between the ablation-seeds markers of this file")
     args = parser.parse_args()
@@ -75,6 +81,10 @@ def main() -> None:
         lake = Lake(str(lake_dir))
         first = root / f"seed-{seeds[0]}"
         models_from = None if args.retrain_base_models or seed == seeds[0] or not (first / "models").is_dir() else first
+        if args.base_models_from is not None:
+            if not (args.base_models_from / "models").is_dir():
+                raise SystemExit(f"--base-models-from: {args.base_models_from} has no models/ folder")
+            models_from = args.base_models_from.resolve()
         if args.rerun or not lake.has_table("ablation_report"):
             runs[seed] = run_seed(seed, lake_dir, args.profile, models_from)
             runs[seed]["base_models_from"] = str(models_from or lake_dir)
