@@ -154,7 +154,7 @@ def test_demo_command_runs_every_shard_into_a_persistent_dagster_home(tmp_path):
         "acc_diff_vs_sft_hi",
     }
     assert sorted(report["variant"]) == sorted(["base", "distill_baseline", "sft", *variants])
-    assert (report["n"] >= 400).all()  # enough held-out problems for intervals narrower than SFT's effect
+    assert (report["n"] >= 200).all()  # enough held-out problems for intervals narrower than SFT's effect
     assert ((report["accuracy_lo"] <= report["accuracy"]) & (report["accuracy"] <= report["accuracy_hi"])).all()
     # Only what the paired intervals support: SFT on the trees beats the student base. The DPO
     # rows' order is a claim for bench/ablation_seeds.py across seeds, not for one run.
