@@ -2,8 +2,9 @@
 
 import dagster as dg
 
+from widen_dag.defs.assets.evaluation import ablation_checkpoint_versions
 from widen_dag.defs.resources import PipelineResource
-from widen_dag.defs.workers import run_worker
+from widen_dag.defs.workers import run_or_reuse
 
 
 @dg.asset(
@@ -23,4 +24,28 @@ def mcts_decode(
     to N rollouts per problem, beside N samples per problem from the same checkpoint. One row
     per (checkpoint, problem, method: mcts | sampled) with attempts, correct count and the
     first successful attempt; metadata `table7` is the paper's Test@k layout."""
-    return run_worker(context, pipeline, pipes_subprocess_client, "decode")
+    # Decoded again only when a decoded checkpoint, the problems or the settings changed.
+    profile, lake = pipeline.load_profile(), pipeline.lake()
+    versions = ablation_checkpoint_versions(pipeline)
+    unknown = sorted(set(profile.eval.mcts_decode.variants) - set(versions))
+    if unknown:
+        raise dg.Failure(f"eval.mcts_decode.variants: no ablation row {unknown}; choose from {sorted(versions)}")
+    inputs = {
+        "stg_problems": lake.table_sha256("stg_problems"),
+        **dict(versions[v] for v in profile.eval.mcts_decode.variants),
+    }
+    config = {
+        "eval": profile.eval.model_dump(),
+        "generation": profile.generation.model_dump(),
+        "search": profile.search.model_dump(),
+        "seed": profile.seed,
+    }
+    return run_or_reuse(
+        context,
+        pipeline,
+        pipes_subprocess_client,
+        "decode",
+        inputs=inputs,
+        config=config,
+        artifact_present=lake.has_table("mcts_decode"),
+    )

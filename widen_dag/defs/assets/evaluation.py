@@ -65,6 +65,18 @@ def distill_checkpoint(
     )
 
 
+def ablation_checkpoint_versions(pipeline: PipelineResource) -> dict[str, tuple[str, str | None]]:
+    """Each ablation row's checkpoint as a stage input: variant -> (input name, recorded data
+    version). Evaluation and MCTS decoding are rerun only when a checkpoint they read changed."""
+    profile, lake = pipeline.load_profile(), pipeline.lake()
+    return {
+        "base": ("student_base", student_version(pipeline)),
+        "distill_baseline": ("distill_checkpoint", recorded_version(lake, "distill_checkpoint")),
+        "sft": ("sft_checkpoint", recorded_version(lake, "sft_checkpoint")),
+        **{v: (f"dpo_checkpoint[{v}]", recorded_version(lake, "dpo_checkpoint", v)) for v in profile.train.dpo.variants},
+    }
+
+
 @dg.asset(
     group_name="evaluation",
     kinds={"pytorch", "parquet"},
@@ -81,13 +93,7 @@ def eval_results(
     `eval.samples` sampled responses and one greedy response per problem."""
     # Re-scored only when a checkpoint, the eval set or the evaluation settings changed.
     profile, lake = pipeline.load_profile(), pipeline.lake()
-    inputs = {
-        "stg_problems": lake.table_sha256("stg_problems"),
-        "student_base": student_version(pipeline),
-        "distill_checkpoint": recorded_version(lake, "distill_checkpoint"),
-        "sft_checkpoint": recorded_version(lake, "sft_checkpoint"),
-        **{f"dpo_checkpoint[{v}]": recorded_version(lake, "dpo_checkpoint", v) for v in profile.train.dpo.variants},
-    }
+    inputs = {"stg_problems": lake.table_sha256("stg_problems"), **dict(ablation_checkpoint_versions(pipeline).values())}
     config = {"eval": profile.eval.model_dump(), "generation": profile.generation.model_dump(), "seed": profile.seed}
     return run_or_reuse(
         context,
