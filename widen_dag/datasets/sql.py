@@ -423,7 +423,10 @@ def _run_batched(
                 started = time.perf_counter()
                 where = _batch_filter(key, batch)
                 for name, qualified in sources.items():
-                    ddl(con, f'CREATE OR REPLACE TEMP VIEW "{name}" AS SELECT * FROM {qualified} WHERE {where}')
+                    # A table, not a view: tree_paths' recursive step reads its input once per
+                    # depth level, and a view would rescan the whole lake input (every batch's
+                    # rows) each time, so the run grew with (input size) x (number of batches).
+                    ddl(con, f'CREATE OR REPLACE TEMP TABLE "{name}" AS SELECT * FROM {qualified} WHERE {where}')
                 results = {}
                 for name in group:
                     t0 = time.perf_counter()
@@ -458,7 +461,7 @@ def _run_batched(
             for f in writing:
                 f.result()
         for name in sources:
-            ddl(con, f'DROP VIEW IF EXISTS temp.main."{name}"')
+            ddl(con, f'DROP TABLE IF EXISTS temp.main."{name}"')
         runs = []
         for name in group:
             con.unregister(f"_model_{name}")
