@@ -2,7 +2,9 @@
 
 Requests with the same sampling settings are batched together (each prompt repeated n
 times); stop strings are applied by ``generate`` itself (``stop_strings``) and the text is
-cut at the first one afterwards, so the result matches the vLLM backend's.
+cut at the first one afterwards, so the result matches the vLLM backend's. Rows are generated
+in passes (see ``_decode``) so that finished rows stop costing decode steps, the nearest a static
+``generate`` gets to vLLM's continuous batching.
 """
 
 from __future__ import annotations
