@@ -4,9 +4,6 @@ VENV ?= .venv
 PYTHON ?= python3
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 PYTEST_ARGS ?=
-# Two workers on the 2-core machine: the two whole-pipeline tests run side by side (a demo
-# leaves a core idle about a third of the time: process starts, Dagster runs, engine starts).
-XDIST ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 .PHONY: install browser-deps demo smoke test test-fast lint ui bench clean
 
@@ -37,11 +34,11 @@ smoke: install
 	$(VENV)/bin/widen-dag smoke
 
 test: install browser-deps
-	$(VENV)/bin/python -m pytest $(XDIST) $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # Day-to-day: everything but the tests marked slow (whole pipeline, vLLM, kill -9, browser).
 test-fast: install
-	$(VENV)/bin/python -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

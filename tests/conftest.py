@@ -40,9 +40,3 @@ def lake_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("WIDEN_DAG_LAKE", str(root))
     return root
 
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The whole-pipeline tests (marker `pipeline`) first: under `make test`'s two xdist workers
-    (--dist loadfile --no-loadscope-reorder) each worker starts with one of them and the other
-    files fill in around them, instead of both landing at the end of one worker's queue."""
-    items.sort(key=lambda item: item.get_closest_marker("pipeline") is None)

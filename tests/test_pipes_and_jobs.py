@@ -99,7 +99,6 @@ def test_problem_assets_write_the_lake_and_report_counts(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.pipeline
 @pytest.mark.timeout(1600)
 def test_demo_command_runs_every_shard_into_a_persistent_dagster_home(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "WIDEN_DAG_LAKE": str(tmp_path / "lake")}

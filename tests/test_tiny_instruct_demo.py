@@ -18,7 +18,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-@pytest.mark.pipeline
 @pytest.mark.timeout(1200)
 def test_tiny_instruct_demo_runs_end_to_end_with_a_math_and_a_blocksworld_column(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "WIDEN_DAG_LAKE": str(tmp_path / "lake")}
