@@ -39,4 +39,3 @@ def lake_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "lake"
     monkeypatch.setenv("WIDEN_DAG_LAKE", str(root))
     return root
-
