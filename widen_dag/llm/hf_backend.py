@@ -24,7 +24,7 @@ class _Row:
     request: int
     prompt: list[int]
     generated: list[int] = field(default_factory=list)
-    logprob: float = 0.0
+    token_logprobs: list[float] = field(default_factory=list)
     eos_hit: bool = False
     done: bool = False
 
@@ -134,7 +134,7 @@ class TransformersBackend(ChatTokenizerMixin):
                     n_gen, row.eos_hit, row.done = j, t == eos, True
                     break
             row.generated += tokens[:n_gen]
-            row.logprob += float(scores[k, :n_gen].float().clamp(min=-1e9).sum())
+            row.token_logprobs += scores[k, :n_gen].float().clamp(min=-1e9).tolist()
             if not row.done and n_gen < max_new:  # the batch's stop-string criterion ended it
                 row.done = True
             if not row.done and stop and cut_at_stop(self._text(row), stop, False)[1]:
@@ -149,7 +149,7 @@ class TransformersBackend(ChatTokenizerMixin):
         if stopped:  # count only the tokens up to the stop string
             n_gen = min(n_gen, len(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
         reason = "stop" if (stopped or row.eos_hit) else "length"
-        return Sample(text, n_gen, row.logprob, reason)
+        return Sample(text, n_gen, float(sum(row.token_logprobs[:n_gen])), reason)
 
     def close(self) -> None:
         self.model = None
