@@ -75,16 +75,17 @@ def main() -> None:
     if len(seeds) < 2:
         raise SystemExit("--seeds: need at least 2 seeds for a spread")
     root = Path(args.lake_root).resolve()
+    base_models = args.base_models_from.resolve() if args.base_models_from else None
+    if base_models is not None and not (base_models / "models").is_dir():
+        raise SystemExit(f"--base-models-from: {base_models} has no models/ folder")
     runs, reports = {}, {}
     for seed in seeds:
         lake_dir = root / f"seed-{seed}"
         lake = Lake(str(lake_dir))
         first = root / f"seed-{seeds[0]}"
-        models_from = None if args.retrain_base_models or seed == seeds[0] or not (first / "models").is_dir() else first
-        if args.base_models_from is not None:
-            if not (args.base_models_from / "models").is_dir():
-                raise SystemExit(f"--base-models-from: {args.base_models_from} has no models/ folder")
-            models_from = args.base_models_from.resolve()
+        models_from = base_models or (
+            None if args.retrain_base_models or seed == seeds[0] or not (first / "models").is_dir() else first
+        )
         if args.rerun or not lake.has_table("ablation_report"):
             runs[seed] = run_seed(seed, lake_dir, args.profile, models_from)
             runs[seed]["base_models_from"] = str(models_from or lake_dir)
