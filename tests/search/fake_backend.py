@@ -12,7 +12,7 @@ import re
 import time
 
 from widen_dag.domains.base import Problem
-from widen_dag.llm.base import EngineStats, GenerationRequest, Sample
+from widen_dag.llm.base import Backend, EngineStats, GenerationRequest, Sample
 from widen_dag.profiles import SearchConfig
 from widen_dag.search.mcts import SearchContext
 
@@ -66,18 +66,22 @@ class FakeBackend:
         pass
 
 
-def search_context(backend: FakeBackend, cfg: SearchConfig) -> SearchContext:
-    """The search context the search tests share: the fake backend's prompts and counts, fixed sampling."""
-    return SearchContext(
+def search_context(policy: Backend, cfg: SearchConfig, critic: Backend | None = None, **overrides) -> SearchContext:
+    """The search context the search tests share: the policy's (and critic's) prompts and token
+    counts, fixed sampling; ``overrides`` replace a field (e.g. the seed)."""
+    fields = dict(
         cfg=cfg,
-        chat_prompt=backend.chat_prompt,
-        count_tokens=backend.count_tokens,
+        chat_prompt=policy.chat_prompt,
+        count_tokens=policy.count_tokens,
         temperature=0.7,
         top_p=0.9,
         max_tokens_per_node=64,
-        has_critic=False,
+        has_critic=critic is not None,
         seed=5,
+        critic_chat_prompt=critic.chat_prompt if critic else None,
+        critic_count_tokens=critic.count_tokens if critic else None,
     )
+    return SearchContext(**{**fields, **overrides})
 
 
 def arithmetic_problems(n: int) -> list[Problem]:

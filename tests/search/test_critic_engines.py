@@ -8,11 +8,11 @@ import random
 import polars as pl
 import pytest
 
+from tests.search.fake_backend import search_context
 from widen_dag.domains.base import Problem
 from widen_dag.llm import create_backend
 from widen_dag.profiles import SearchConfig
 from widen_dag.search.lockstep import LockstepSearch
-from widen_dag.search.mcts import SearchContext
 from widen_dag.search.store import tree_frame
 
 
@@ -50,18 +50,7 @@ def test_critic_node_types_are_generated_by_the_critic_engine(tiny_checkpoint, l
                 max_path_tokens=400,
                 active_trees=4,
             )
-            ctx = SearchContext(
-                cfg=cfg,
-                chat_prompt=policy.chat_prompt,
-                count_tokens=policy.count_tokens,
-                temperature=0.7,
-                top_p=0.9,
-                max_tokens_per_node=12,
-                has_critic=True,
-                seed=1,
-                critic_chat_prompt=critic.chat_prompt,
-                critic_count_tokens=critic.count_tokens,
-            )
+            ctx = search_context(policy, cfg, critic, max_tokens_per_node=12, seed=1)
             trees = []
             problems = [
                 Problem(f"p{i}", "math", f"Tom has {i} pens and buys 2 more. How many pens?", str(i + 2)) for i in range(3)

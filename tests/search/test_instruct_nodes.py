@@ -4,17 +4,14 @@ template and token counts."""
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
+from tests.search.fake_backend import _LAST_OPEN, search_context
 from widen_dag.llm.base import EngineStats, GenerationRequest, Sample
 from widen_dag.profiles import SearchConfig
 from widen_dag.search.mcts import SearchContext, apply_expansion, node_ending, plan_expansion
 from widen_dag.search.thoughts import is_well_formed
 from widen_dag.search.tree import Tree
-
-_LAST_OPEN = re.compile(r"<([a-z_-]+)>[^<]*$")
 
 
 class ScriptedBackend:
@@ -55,18 +52,7 @@ class ScriptedBackend:
 
 
 def _ctx(policy, critic=None, **cfg) -> SearchContext:
-    return SearchContext(
-        cfg=SearchConfig(**cfg),
-        chat_prompt=policy.chat_prompt,
-        count_tokens=policy.count_tokens,
-        temperature=0.7,
-        top_p=0.9,
-        max_tokens_per_node=64,
-        has_critic=critic is not None,
-        seed=3,
-        critic_chat_prompt=critic.chat_prompt if critic else None,
-        critic_count_tokens=critic.count_tokens if critic else None,
-    )
+    return search_context(policy, SearchConfig(**cfg), critic, seed=3)
 
 
 def _expand(tree, node, ctx, backends):
