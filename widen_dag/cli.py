@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import socket
 import sys
 import time
 from importlib import resources
@@ -105,6 +106,55 @@ def failed_steps(instance, run_id: str) -> list[str]:
 
 
 SEED_TAG = "widen_dag/seed"
+# host:pid of the widen-dag process that executes a run in-process (no daemon watches those).
+LAUNCHER_TAG = "widen_dag/launcher"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def release_orphaned_runs(instance) -> list[str]:
+    """Fail the runs a killed widen-dag process left behind and free their pool slots.
+
+    A run executed in-process by `widen-dag demo` that is killed (kill -9, OOM, a closed
+    terminal) stays STARTED and keeps its `gpu` slot: with no daemon to notice, the next demo
+    would wait for that slot for ever. A run counts as orphaned only if this host launched it
+    and no process that wrote its events (launcher and step processes) is still alive; runs
+    launched elsewhere (the UI's daemon, another machine) are left to their own monitoring.
+    Finished runs still holding slots are freed too (the daemon does that after a delay).
+    Returns one line per run it released."""
+    import dagster as dg
+
+    host, released = socket.gethostname(), []
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return released
+    holding = storage.get_concurrency_run_ids()
+    unfinished = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.CANCELING]
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=unfinished)):
+        launcher = run.tags.get(LAUNCHER_TAG, "")
+        if launcher.rpartition(":")[0] != host:
+            continue
+        events = (entry.dagster_event for entry in instance.all_logs(run.run_id))
+        pids = {event.pid for event in events if event is not None and event.pid} | {int(launcher.rpartition(":")[2])}
+        if any(_pid_alive(pid) for pid in pids):
+            continue
+        instance.report_run_failed(run, f"widen-dag: the process running this run ({launcher}) is gone; marked failed")
+        released.append(f"run {run.run_id} ({run.job_name}): its process {launcher} is gone; marked failed")
+    for run_id in holding:
+        run = instance.get_run_by_id(run_id)
+        if run is None or run.is_finished:
+            freed = storage.free_concurrency_slots_for_run(run_id)
+            if freed:
+                released.append(f"run {run_id}: freed {freed} pool slot(s) it still held")
+    return released
 
 
 # The tiny bootstrapped models do not depend on the run seed (with_run_seed keeps them), so
@@ -117,6 +167,8 @@ def _execute(target, tags: dict[str, str], label: str, seed: int | None = None, 
 
     start = time.perf_counter()
     instance = dg.DagsterInstance.get()
+    for line in release_orphaned_runs(instance):
+        print(f"widen-dag: {line}")
     selection = None
     if skip:
         keys = target().asset_layer.executable_asset_keys
@@ -124,6 +176,7 @@ def _execute(target, tags: dict[str, str], label: str, seed: int | None = None, 
     # The seed is run configuration of the pipeline resource (and a run tag to filter by), so
     # each seed's runs show it in the UI and launch the same way from there.
     run_config = {"resources": {"pipeline": {"config": {"seed": seed}}}} if seed is not None else None
+    tags = {**tags, LAUNCHER_TAG: f"{socket.gethostname()}:{os.getpid()}"}
     tags = tags if seed is None else {**tags, SEED_TAG: str(seed)}
     with dg.execute_job(
         dg.reconstructable(target), instance=instance, tags=tags, run_config=run_config, asset_selection=selection

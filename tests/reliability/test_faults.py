@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import dagster as dg
 import pytest
 
 from tests.reliability import faults
@@ -37,3 +44,27 @@ def test_training_killed_mid_run_resumes_from_its_last_trainer_checkpoint(tmp_pa
     assert r["resumed_from_step"] == 4  # checkpoints every 2 steps: 4 is the newest before step 5
     assert r["steps_after_resume"][0] > 4
     assert r["weights_equal_uninterrupted"]
+
+
+def test_a_killed_launcher_does_not_keep_the_gpu_slot_from_the_next_run(tmp_path):
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home")}
+    marker = tmp_path / "holding"
+    child = [sys.executable, "-m", "tests.reliability.pool_child"]
+    holder = subprocess.Popen([*child, "hold", str(marker)], env=env, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and holder.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), "the holding run never took the gpu slot"
+    os.killpg(holder.pid, signal.SIGKILL)  # launcher and step process: nothing left to report the run
+    holder.wait()
+    with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
+        (orphan,) = instance.get_runs()
+        assert orphan.status == dg.DagsterRunStatus.STARTED
+        assert instance.event_log_storage.get_concurrency_run_ids() == {orphan.run_id}
+    # Without the release the next run would wait for the slot for ever (timeout = failure).
+    nxt = subprocess.run([*child, "quick", str(marker)], env=env, capture_output=True, text=True, timeout=180)
+    assert nxt.returncode == 0, nxt.stdout[-2000:] + nxt.stderr[-2000:]
+    assert f"run {orphan.run_id} (gpu_stage_job): its process" in nxt.stdout
+    with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
+        assert instance.get_run_by_id(orphan.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert instance.event_log_storage.get_concurrency_run_ids() == set()
