@@ -35,6 +35,10 @@ def test_tiny_is_the_default_and_env_var_selects(monkeypatch):
         ),
         ({"data": {"duckdb": {"memory_limit": "lots"}}}, "data.duckdb.memory_limit: String should match pattern"),
         ({"data": {"duckdb": {"batch_rows": 0}}}, "data.duckdb.batch_rows: Input should be greater than 0"),
+        (
+            {"train": {"dpo": {"variants": {"dpo": {}}}}, "eval": {"mcts_decode": {"variants": ["sft", "joint_masked"]}}},
+            "eval.mcts_decode.variants: joint_masked is not an ablation row; choose from base, distill_baseline, sft, dpo",
+        ),
     ],
 )
 def test_bad_profiles_fail_with_the_dotted_field(patch, message):

@@ -215,6 +215,12 @@ class BootstrapConfig(ArithmeticShape):
         description="instruct: generated Blocksworld instances (3-4 blocks) "
         "in the training texts, besides train_problems math word problems.",
     )
+    ifeval_problems: int = Field(
+        0,
+        ge=0,
+        description="instruct: generated instruction-following requests (a word problem under one or two IFEval "
+        "constraints: end phrase, quotes, no commas, lowercase, bullets, word limit) in the training texts.",
+    )
     critic_steps: int = Field(
         100, gt=0, description="instruct: training steps of the bootstrapped critic (models.critic: {source: bootstrap})."
     )
@@ -656,6 +662,22 @@ class Profile(_Strict):
                 "models.critic.gpu_memory_utilization (e.g. 0.3 and 0.6)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _decoded_rows_exist(self) -> Profile:
+        rows = self.ablation_rows()
+        unknown = [v for v in self.eval.mcts_decode.variants if v not in rows]
+        if unknown:
+            raise ValueError(
+                f"eval.mcts_decode.variants: {', '.join(unknown)} is not an ablation row; choose from {', '.join(rows)} "
+                "(the DPO rows are train.dpo.variants)"
+            )
+        return self
+
+    def ablation_rows(self) -> list[str]:
+        """The ablation table's rows in order: the student base, the distillation baseline, SFT on
+        the trees, then each DPO variant (`eval_results` variant names)."""
+        return ["base", "distill_baseline", "sft", *self.train.dpo.variants]
 
     def shard_keys(self) -> list[str]:
         """Partition keys of ``raw_problems``: ``<dataset>-<shard index>``."""
