@@ -87,7 +87,7 @@ def _staged(domain, question, gold, meta="{}"):
     )
 
 
-def test_the_synthetic_overthinking_teacher_writes_long_cot_for_every_domain():
+def test_the_synthetic_overthinking_teacher_writes_long_cot_for_every_reasoning_domain():
     from widen_dag.domains import math as math_domain
 
     arith = distill.synthetic_rows(_staged("arithmetic", "Ann has 3 apples.", "7", json.dumps({"steps": ["3 + 4 = 7"]})), 4, 0)
@@ -99,6 +99,22 @@ def test_the_synthetic_overthinking_teacher_writes_long_cot_for_every_domain():
     bw = distill.synthetic_rows(_staged("blocksworld", instance.statement(), "\n".join(map(str, plan))), 4, 0)
     text = bw[0]["messages"][1]["content"]
     assert blocksworld.verify(text, "", instance.statement()).correct and any(h in text for h in distill.HABITS)
+
+
+def test_the_synthetic_teacher_leaves_instruction_following_out_and_counts_it():
+    # As real long-CoT exports: the distilled student meets Multi-IF / IFEval only at evaluation.
+    gold = '{"instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}'
+    mixed = pl.concat(
+        [
+            _staged("math", "Tom has 3 pens. He buys 4 more. How many pens?", "7"),
+            _staged("instruction_following", "Write a haiku. Do not use any commas.", gold).with_columns(problem_id=pl.lit("p2")),
+        ]
+    )
+    rows = distill.synthetic_rows(mixed, 4, 0)
+    assert [r["problem_id"] for r in rows] == ["p1"]
+    assert distill.not_distilled(mixed) == {"instruction_following": 1}
+    with pytest.raises(ValueError, match="no train problem to write for.*instruction_following"):
+        distill.synthetic_rows(mixed.filter(pl.col("domain") == "instruction_following"), 4, 0)
 
 
 def test_a_missing_long_cot_file_is_one_error_saying_what_to_set(tmp_path):

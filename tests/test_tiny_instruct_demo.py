@@ -1,5 +1,6 @@
 """`widen-dag demo --profile tiny_instruct`: the real-model code path end to end on CPU, with
-instruct-shaped stand-ins, a critic engine of its own, and a math and a Blocksworld column."""
+instruct-shaped stand-ins, a critic engine of its own, and a math, a Blocksworld and an
+instruction-following column."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_tiny_instruct_demo_runs_end_to_end_with_a_math_and_a_blocksworld_column(tmp_path):
+def test_tiny_instruct_demo_runs_end_to_end_with_math_blocksworld_and_instruction_following_columns(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "WIDEN_DAG_LAKE": str(tmp_path / "lake")}
     env.pop("WIDEN_DAG_PROFILE", None)
     cli = Path(sys.executable).parent / "widen-dag"
@@ -33,12 +34,13 @@ def test_tiny_instruct_demo_runs_end_to_end_with_a_math_and_a_blocksworld_column
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "demo: SUCCESS" in res.stdout and "| +mask |" in res.stdout
-    # One section per eval set (the report lists each set with its own intervals): math and planning.
+    # One section per eval set (the report lists each set with its own intervals): math,
+    # planning and instruction following (IFEval's loose prompt-level accuracy).
     table = res.stdout[res.stdout.index("Ablation (the paper's Table 5 layout)") :]
-    assert "**gsm8k_test**" in table and "**blocksworld**" in table
+    assert "**gsm8k_test**" in table and "**blocksworld**" in table and "**ifeval_test**" in table
     lake = Lake(str(tmp_path / "lake"))
     report = lake.read_table("ablation_report")
-    assert set(report["eval_set"]) == {"gsm8k_test", "blocksworld"}
+    assert set(report["eval_set"]) == {"gsm8k_test", "blocksworld", "ifeval_test"}
     nodes = lake.read_all("search_trees")
     # The stand-ins were never trained on the node format: the search got thoughts out of them
     # by template, prefills and stop strings, the critic wrote its node types, no textual twins.
@@ -47,7 +49,8 @@ def test_tiny_instruct_demo_runs_end_to_end_with_a_math_and_a_blocksworld_column
     generated = nodes.filter(~pl.col("node_type").is_in(["root", "reflection"]))
     assert set(generated["ended_by"]) <= {"tag", "stop_string", "eos", "foreign_tag", "length"}
     assert generated.group_by("parent_id", "text").len()["len"].max() == 1
-    assert set(nodes.join(lake.read_table("stg_problems"), on="problem_id")["domain"]) == {"math", "blocksworld"}
+    searched = set(nodes.join(lake.read_table("stg_problems"), on="problem_id")["domain"])
+    assert searched == {"math", "blocksworld", "instruction_following"}
     with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
         search = instance.get_latest_materialization_event(dg.AssetKey("search_trees")).asset_materialization
         policy = instance.get_latest_materialization_event(dg.AssetKey("policy_model")).asset_materialization

@@ -319,3 +319,30 @@ def test_hub_source_keeps_only_the_rows_its_where_filter_names(monkeypatch):
     )
     recs = dataset_records(ds, seed=0)
     assert {r.source_id for r in recs} == {"en1:turn1", "en1:turn2", "en1:turn3"}
+
+
+def test_synthetic_requests_load_as_ifeval_rows_and_responses_written_to_them_pass(tmp_path):
+    import random
+
+    from widen_dag.domains import synthetic
+    from widen_dag.train import instruct
+
+    tasks = synthetic.if_tasks(300, seed=5)
+    assert {c.kind for t in tasks for c in t.constraints} == set(synthetic.IF_KINDS)
+    assert {len(t.constraints) for t in tasks} == {1, 2}
+    path = tmp_path / "ifeval.jsonl"
+    path.write_text("".join(json.dumps(t.row(i)) + "\n" for i, t in enumerate(tasks)))
+    recs = ifd.records_from_file(path)  # the loader users point at real IFEval files
+    assert [r.error for r in recs] == [None] * len(tasks)
+    rng = random.Random(0)
+    ignored_yet_passed = 0
+    for task, rec in zip(tasks, recs, strict=True):
+        followed = f"<answer>The answer is: {instruct.if_content(task, rng)}</answer>"
+        assert ifd.verify(followed, rec.gold, rec.question).correct, (task.prompt, followed)
+        for c in task.constraints:
+            ignored = f"<answer>The answer is: {instruct.if_content(task, rng, skip=c.kind)}</answer>"
+            ignored_yet_passed += ifd.verify(ignored, rec.gold, rec.question).correct
+    # Only IFEval's loose rule (last line dropped: a bulleted answer's comma line) forgives one.
+    assert ignored_yet_passed < 0.05 * sum(len(t.constraints) for t in tasks)
+    unclosed = instruct.if_response(tasks[0], random.Random(1), 0.0).replace("</answer>", "")
+    assert ifd.verify(unclosed, recs[0].gold, recs[0].question).no_answer

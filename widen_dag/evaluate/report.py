@@ -244,7 +244,9 @@ def markdown_table(summary: pl.DataFrame) -> str:
     return "\n".join(out) + (
         "\nCells: % with 95% intervals in brackets (bootstrap over problems); accuracy and "
         "no-answer are the mean over each problem's samples at the eval temperature; Δ is a "
-        "paired difference on the same problems (points)."
+        "paired difference on the same problems (points). On instruction-following eval sets a "
+        "response is correct when its answer block follows every constraint under IFEval's loose "
+        "rule (loose prompt-level accuracy); no answer block is a no-answer."
     )
 
 

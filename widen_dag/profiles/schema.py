@@ -358,11 +358,14 @@ class DistillConfig(_Strict):
     """The distillation bottleneck row: SFT on long CoT from a reasoning model.
 
     ``synthetic``: an over-thinking teacher that pads correct solutions with habitual
-    reflections and repetitions, for every domain (arithmetic, math, blocksworld). ``file``: a JSONL/Parquet of long-CoT
+    reflections and repetitions, for arithmetic, math and blocksworld (none for instruction following: real
+    long-CoT data holds none, and the distilled student meets it only at evaluation). ``file``: a JSONL/Parquet of long-CoT
     responses with question and response fields (e.g. an export of Sky-T1's data).
     """
 
-    source: Literal["synthetic", "file"] = Field("synthetic", description="synthetic (any domain) or file (a long-CoT export).")
+    source: Literal["synthetic", "file"] = Field(
+        "synthetic", description="synthetic (the reasoning domains) or file (a long-CoT export)."
+    )
     path: str | None = Field(None, description="The long-CoT file (source: file).")
     domain: DomainName = Field("math", description="Domain whose task prompt wraps the file's questions (source: file).")
     question_field: str = Field("question", description="Column holding the question.")

@@ -1,11 +1,12 @@
 """The distillation bottleneck the paper starts from: long chain-of-thought from a teacher.
 
 Without a reasoning model to distil from, a synthetic over-thinking teacher writes it, for
-every domain: correct solutions padded with habitual reflections ("Wait, ...",
+every reasoning domain: correct solutions padded with habitual reflections ("Wait, ...",
 "Alternatively, ...") and repeated steps (arithmetic: the reference equations; math: the
 problem's sentences re-read, then the gold answer; Blocksworld: a breadth-first optimal plan,
 each step second-guessed). SFT on these tells whether the student inherits the over-thinking
-(longer outputs, more runs cut off before an answer), as the paper reports. Real long CoT
+(longer outputs, more runs cut off before an answer), as the paper reports. It writes nothing
+for instruction following (``NOT_DISTILLED``), as real long-CoT data holds none. Real long CoT
 comes from a file (``data.distill.source: file``).
 """
 
@@ -67,9 +68,26 @@ def _teacher_text(row: dict[str, Any], rng: random.Random, reflections: int) -> 
     )
 
 
+# Domains the synthetic teacher writes nothing for: long-CoT exports of reasoning models
+# (Sky-T1's math and code) hold no instruction-following data either, so the distilled student
+# meets those problems only at evaluation, which is where the paper measures its Multi-IF drop.
+NOT_DISTILLED = ("instruction_following",)
+
+
+def not_distilled(staged: pl.DataFrame) -> dict[str, int]:
+    """Train-split problems per domain that the synthetic teacher leaves out (NOT_DISTILLED)."""
+    train = staged.filter((pl.col("split") == "train") & pl.col("domain").is_in(NOT_DISTILLED))
+    return dict(train.group_by("domain").len().sort("domain").iter_rows())
+
+
 def synthetic_rows(staged: pl.DataFrame, reflections: int, seed: int) -> list[dict[str, Any]]:
-    """Long-CoT SFT rows for the train-split problems of every domain."""
-    train = staged.filter(pl.col("split") == "train").sort("problem_id")
+    """Long-CoT SFT rows for the train-split problems of every domain but NOT_DISTILLED."""
+    train = staged.filter((pl.col("split") == "train") & ~pl.col("domain").is_in(NOT_DISTILLED)).sort("problem_id")
+    if train.is_empty():
+        raise ValueError(
+            "the synthetic over-thinking teacher has no train problem to write for: it writes none for "
+            f"{', '.join(NOT_DISTILLED)}; add a math, arithmetic or blocksworld dataset, or set data.distill.source: file"
+        )
     rows = []
     for r in train.iter_rows(named=True):
         rng = random.Random(f"{seed}:{r['problem_id']}")

@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from widen_dag.domains import blocksworld
+from widen_dag.domains import blocksworld, synthetic
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -126,10 +126,59 @@ def plan_response(instance: blocksworld.Instance, plan: list[blocksworld.Action]
     return "\n\n".join(lead + parts)
 
 
+def if_content(task: synthetic.IFTask, rng: random.Random, skip: str | None = None) -> str:
+    """The final response to an instruction-following task: the worked arithmetic in one of a
+    few phrasings, shaped by every constraint of the task except the kind ``skip``."""
+    kinds = {c.kind for c in task.constraints} - {skip}
+    steps, gold = math_steps(task.answer)
+    eqs = [f"{a} {op} {b} = {r}" for a, op, b, r in steps]
+    if "short" in kinds:
+        body = rng.choice([f"So, the result is {gold}.", f"Well, it is {gold}."])
+    elif "bullets" in kinds:
+        body = "\n".join(f"* {e}" for e in eqs) + f"\nSo, the result is {gold}."
+    else:
+        body = rng.choice(
+            [
+                ". ".join(f"{'First' if i == 0 else 'Then'}, {e}" for i, e in enumerate(eqs)) + f". The result is {gold}.",
+                "We get " + " and ".join(eqs) + f", so the result is {gold}.",
+            ]
+        )
+    # Every phrasing has a capital and a comma, so ignoring `lower` or `no_comma` breaks it.
+    if "no_comma" in kinds:
+        body = body.replace(",", "")
+    if "lower" in kinds:
+        body = body.lower()
+    for c in task.constraints:
+        if c.kind == "end" and "end" in kinds:
+            body = f"{body} {c.kwargs['end_phrase']}"
+    return f'"{body}"' if "quote" in kinds else body
+
+
+def if_response(task: synthetic.IFTask, rng: random.Random, error_rate: float) -> str:
+    """A free-form answer to an instruction-following task: perhaps some chatter and worked
+    steps, then the constrained response in an answer block (left open now and then, a
+    no-answer). With probability ``error_rate`` one constraint is ignored."""
+    skip = rng.choice(task.constraints).kind if rng.random() < error_rate else None
+    lead = [rng.choice(_CHATTER)] if rng.random() < 0.3 else []
+    steps, _ = math_steps(task.answer)
+    thinking = [f"<thinking>{rng.choice(['', 'We compute '])}{a} {op} {b} = {r}.</thinking>" for a, op, b, r in steps]
+    answer = f"<answer>The answer is: {if_content(task, rng, skip)}"
+    answer += "</answer>" if rng.random() < 0.9 else ""
+    return "\n\n".join(lead + (thinking if rng.random() < 0.5 else []) + [answer])
+
+
 def training_pairs(
-    math_rows: Iterable[dict], bw_rows: Iterable[dict], rng: random.Random, error_rate: float, math_prompt, bw_prompt
+    math_rows: Iterable[dict],
+    bw_rows: Iterable[dict],
+    rng: random.Random,
+    error_rate: float,
+    math_prompt,
+    bw_prompt,
+    if_rows: Iterable[synthetic.IFTask] = (),
+    if_prompt=None,
 ) -> list[tuple[str, str]]:
-    """(user turn, assistant turn) pairs from GSM8K-format rows and PlanBench-format rows."""
+    """(user turn, assistant turn) pairs from GSM8K-format rows, PlanBench-format rows and
+    instruction-following tasks."""
     out = []
     for r in math_rows:
         steps, gold = math_steps(r["answer"])
@@ -138,6 +187,8 @@ def training_pairs(
         instance = blocksworld.parse_statement(r["query"])
         plan = blocksworld.parse_plan(r["ground_truth_plan"])
         out.append((bw_prompt(_statement(r["query"])), plan_response(instance, plan, rng, error_rate)))
+    for task in if_rows:
+        out.append((if_prompt(task.prompt), if_response(task, rng, error_rate)))
     rng.shuffle(out)
     return out
 

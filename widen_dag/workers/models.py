@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from widen_dag import domains
-from widen_dag.domains import arithmetic, synthetic
+from widen_dag.domains import arithmetic, instruction_following, synthetic
 from widen_dag.domains.base import Problem
 from widen_dag.evaluate import sample_and_score, summarize
 from widen_dag.llm import backend_from_profile
@@ -138,8 +138,9 @@ def evaluate_saved(worker: Worker, path: Path, problems: list[Problem], max_toke
 
 
 # ---- instruct-shaped stand-ins (tiny_instruct) -------------------------------------------------
-def _instruct_problems(cfg, seed: int, exclude: set[str]) -> tuple[list[dict], list[dict]]:
-    """Fresh GSM8K-format and PlanBench-format rows for training, none of them a staged problem."""
+def _instruct_problems(cfg, seed: int, exclude: set[str]) -> tuple[list[dict], list[dict], list[synthetic.IFTask]]:
+    """Fresh GSM8K-format rows, PlanBench-format rows and instruction-following tasks for
+    training, none of them a staged problem (nor an IF task built on a staged word problem)."""
     math_rows = [
         r
         for r in synthetic.gsm8k_rows(cfg.train_problems + len(exclude), seed, cfg.steps, cfg.max_operand, cfg.ops)
@@ -149,15 +150,20 @@ def _instruct_problems(cfg, seed: int, exclude: set[str]) -> tuple[list[dict], l
     if cfg.blocksworld_problems:
         pool = synthetic.planbench_instances(cfg.blocksworld_problems * 2 + len(exclude), seed)
         bw_rows = [r for r in pool if instruct._statement(r["query"]) not in exclude][: cfg.blocksworld_problems]
-    return math_rows, bw_rows
+    if_rows = []
+    if cfg.ifeval_problems:
+        pool = synthetic.if_tasks(cfg.ifeval_problems * 2 + len(exclude), seed, cfg.steps, cfg.max_operand, cfg.ops)
+        if_rows = [t for t in pool if t.prompt not in exclude and t.question not in exclude][: cfg.ifeval_problems]
+    return math_rows, bw_rows, if_rows
 
 
 def _instruct_heldout(cfg, seed: int, exclude: set[str]) -> list[Problem]:
-    math_rows, bw_rows = _instruct_problems(
+    math_rows, bw_rows, if_rows = _instruct_problems(
         cfg.model_copy(
             update={
                 "train_problems": cfg.eval_problems,
                 "blocksworld_problems": cfg.eval_problems // 2 if cfg.blocksworld_problems else 0,
+                "ifeval_problems": cfg.eval_problems // 2 if cfg.ifeval_problems else 0,
             }
         ),
         seed + EVAL_SEED_OFFSET,
@@ -170,7 +176,13 @@ def _instruct_heldout(cfg, seed: int, exclude: set[str]) -> list[Problem]:
         Problem(f"heldout-b{i}", "blocksworld", instruct._statement(r["query"]), r["ground_truth_plan"])
         for i, r in enumerate(bw_rows)
     ]
+    out += [Problem(f"heldout-i{i}", "instruction_following", t.prompt, _if_gold(t)) for i, t in enumerate(if_rows)]
     return out
+
+
+def _if_gold(task: synthetic.IFTask) -> str:
+    row = task.row(0)
+    return instruction_following.constraints_from(row["instruction_id_list"], row["kwargs"]).to_gold()
 
 
 def _train_instruct_model(
@@ -229,6 +241,20 @@ def _train_and_save(
     return stats
 
 
+def _instruct_pairs(math_rows, bw_rows, if_rows, rng: random.Random, error_rate: float) -> list[tuple[str, str]]:
+    """(user turn, assistant turn) pairs, each prompted as its domain prompts the search."""
+    return instruct.training_pairs(
+        math_rows,
+        bw_rows,
+        rng,
+        error_rate,
+        domains.get_domain("math").task_prompt,
+        domains.get_domain("blocksworld").task_prompt,
+        if_rows,
+        domains.get_domain("instruction_following").task_prompt,
+    )
+
+
 def build_instruct(worker: Worker, which: str) -> dict:
     """tiny_instruct's models: a ChatML policy (and with ``models.critic: {source: bootstrap}`` a
     Llama-3-style critic of its own), or the ChatML student, trained on free-form text."""
@@ -239,16 +265,9 @@ def build_instruct(worker: Worker, which: str) -> dict:
     cfg = profile.models.bootstrap
     seed = profile.seed + (0 if which == "policy" else 1)
     exclude = set(_excluded_questions(worker))
-    math_rows, bw_rows = _instruct_problems(cfg, seed, exclude)
+    math_rows, bw_rows, if_rows = _instruct_problems(cfg, seed, exclude)
     rng = random.Random(seed)
-    pairs = instruct.training_pairs(
-        math_rows,
-        bw_rows,
-        rng,
-        cfg.error_rate if which == "policy" else cfg.error_rate / 2,
-        domains.get_domain("math").task_prompt,
-        domains.get_domain("blocksworld").task_prompt,
-    )
+    pairs = _instruct_pairs(math_rows, bw_rows, if_rows, rng, cfg.error_rate if which == "policy" else cfg.error_rate / 2)
     torch.manual_seed(seed)
     extra: dict = {}
     with worker.lake.staged_dir(*bootstrap_parts(which)) as out, tempfile.TemporaryDirectory() as scratch:
@@ -269,14 +288,7 @@ def build_instruct(worker: Worker, which: str) -> dict:
         # The critic: another model with another chat template, trained on other samples.
         critic_seed = profile.seed + 2
         crng = random.Random(critic_seed)
-        cpairs = instruct.training_pairs(
-            math_rows,
-            bw_rows,
-            crng,
-            cfg.error_rate / 2,
-            domains.get_domain("math").task_prompt,
-            domains.get_domain("blocksworld").task_prompt,
-        )
+        cpairs = _instruct_pairs(math_rows, bw_rows, if_rows, crng, cfg.error_rate / 2)
         with worker.lake.staged_dir(*bootstrap_parts("critic")) as out, tempfile.TemporaryDirectory() as scratch:
             ctok = instruct.train_tokenizer([u + "\n" + a for u, a in cpairs], cfg.vocab_size, out, "llama3")
             cstats = _train_instruct_model(worker, "critic", out, ctok, cpairs, cfg.critic_steps, critic_seed, scratch)

@@ -24,8 +24,15 @@ def distill_dataset(context: dg.AssetExecutionContext, pipeline: PipelineResourc
     "Alternatively, ..." and repeated steps); real profiles: the long-CoT file they name."""
     profile, lake = pipeline.load_profile(), pipeline.lake()
     cfg = profile.data.distill
+    extra = {}
     if cfg.source == "synthetic":
-        rows = distill.synthetic_rows(lake.read_table("stg_problems"), cfg.reflections, cfg.seed)
+        staged = lake.read_table("stg_problems")
+        try:
+            rows = distill.synthetic_rows(staged, cfg.reflections, cfg.seed)
+        except ValueError as err:
+            raise dg.Failure(str(err)) from None
+        # Left out on purpose (evaluated out of domain, as in the paper); said, not silent.
+        extra["not_distilled"] = distill.not_distilled(staged)
     else:
         try:
             rows = distill.file_rows(cfg.path, cfg.question_field, cfg.response_field, get_domain(cfg.domain).task_prompt)
@@ -35,7 +42,7 @@ def distill_dataset(context: dg.AssetExecutionContext, pipeline: PipelineResourc
     written = lake.write_table("distill_dataset", df)
     chars = df["messages"].list.get(1).struct.field("content").str.len_chars()
     return dg.MaterializeResult(
-        metadata=table_metadata(df, written, source=cfg.source, mean_response_chars=float(chars.mean())),
+        metadata=table_metadata(df, written, source=cfg.source, mean_response_chars=float(chars.mean()), **extra),
         data_version=dg.DataVersion(written.sha256),
     )
 
