@@ -34,6 +34,18 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_vllm(tiny_checkpoint):
+    """One vLLM engine on ``tiny_checkpoint`` for every test that needs one (test_llm's backend
+    tests, the critic-routing test's policy): an engine start costs ~25 s on 2 cores."""
+    from tests.engines import TINY_ENGINE
+    from widen_dag.llm import create_backend
+
+    engine = create_backend("vllm", str(tiny_checkpoint), **TINY_ENGINE)
+    yield engine
+    engine.close()
+
+
 @pytest.fixture()
 def lake_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "lake"

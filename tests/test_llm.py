@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from tests.engines import TINY_ENGINE
 from widen_dag.llm import GenerationConfigError, GenerationRequest, Sample, create_backend
 from widen_dag.llm.loading import resolve_model_path
 from widen_dag.search.thoughts import choose_prefill, open_tag
@@ -13,17 +14,10 @@ from widen_dag.search.thoughts import choose_prefill, open_tag
 
 @pytest.fixture(scope="module", params=["transformers", pytest.param("vllm", marks=pytest.mark.slow)])
 def backend(request, tiny_checkpoint):
-    b = create_backend(
-        request.param,
-        str(tiny_checkpoint),
-        device="cpu",
-        seed=0,
-        max_model_len=512,
-        max_num_seqs=64,
-        cpu_kvcache_gib=1,
-        enforce_eager=True,
-        block_size=32,
-    )
+    if request.param == "vllm":
+        yield request.getfixturevalue("tiny_vllm")  # the session's engine, shared with the critic test
+        return
+    b = create_backend(request.param, str(tiny_checkpoint), **TINY_ENGINE)
     yield b
     b.close()
 
