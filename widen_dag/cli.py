@@ -117,7 +117,13 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A killed step process whose parent died too waits as a zombie until init reaps it, which
+    # can take a while (seen here): it still answers signal 0, but it is not running.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 def release_orphaned_runs(instance) -> list[str]:

@@ -23,7 +23,7 @@ def gpu_stage() -> None:
 
 
 def gpu_job() -> dg.JobDefinition:
-    return dg.Definitions(assets=[gpu_stage], jobs=[dg.define_asset_job("gpu_stage_job", [gpu_stage])]).get_job_def(
+    return dg.Definitions(assets=[gpu_stage], jobs=[dg.define_asset_job("gpu_stage_job", [gpu_stage])]).resolve_job_def(
         "gpu_stage_job"
     )
 

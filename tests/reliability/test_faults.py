@@ -68,3 +68,16 @@ def test_a_killed_launcher_does_not_keep_the_gpu_slot_from_the_next_run(tmp_path
     with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
         assert instance.get_run_by_id(orphan.run_id).status == dg.DagsterRunStatus.FAILURE
         assert instance.event_log_storage.get_concurrency_run_ids() == set()
+
+
+def test_a_killed_but_unreaped_process_counts_as_gone():
+    from widen_dag.cli import _pid_alive
+
+    zombie = subprocess.Popen(["sleep", "60"])
+    os.kill(zombie.pid, signal.SIGKILL)
+    time.sleep(0.5)  # dead, not yet reaped: it still answers signal 0
+    try:
+        assert not _pid_alive(zombie.pid)
+        assert _pid_alive(os.getpid())
+    finally:
+        zombie.wait()
