@@ -146,10 +146,11 @@ def release_orphaned_runs(instance) -> list[str]:
     unfinished = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.CANCELING]
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=unfinished)):
         launcher = run.tags.get(LAUNCHER_TAG, "")
-        if launcher.rpartition(":")[0] != host:
+        launcher_host, _, launcher_pid = launcher.rpartition(":")
+        if launcher_host != host:
             continue
         events = (entry.dagster_event for entry in instance.all_logs(run.run_id))
-        pids = {event.pid for event in events if event is not None and event.pid} | {int(launcher.rpartition(":")[2])}
+        pids = {event.pid for event in events if event is not None and event.pid} | {int(launcher_pid)}
         if any(_pid_alive(pid) for pid in pids):
             continue
         instance.report_run_failed(run, f"widen-dag: the process running this run ({launcher}) is gone; marked failed")

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from widen_dag.domains import arithmetic, blocksworld
+from widen_dag.domains import arithmetic, blocksworld, instruction_following
 
 # The constraint kinds of the synthetic instruction-following rows: lm-eval's IFEval ids, with
 # the sentence the request states each in (IFEval's own phrasing where it has one).
@@ -49,6 +49,11 @@ class IFTask:
     @property
     def prompt(self) -> str:
         return " ".join([self.question, *(c.sentence for c in self.constraints)])
+
+    def gold(self) -> str:
+        """The instruction-following domain's gold: the constraints as validated JSON."""
+        ids, kwargs = [c.instruction_id for c in self.constraints], [c.kwargs for c in self.constraints]
+        return instruction_following.constraints_from(ids, kwargs).to_gold()
 
     def row(self, key: int) -> dict[str, object]:
         """The task as an IFEval JSONL row."""

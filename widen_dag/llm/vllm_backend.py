@@ -76,9 +76,9 @@ class VLLMBackend(ChatTokenizerMixin):
             # request's generator offset, which CPU generators lack): never split a prompt.
             kwargs["enable_chunked_prefill"] = False
             kwargs["max_num_batched_tokens"] = max(16_384, max_model_len)
+        self._on_cuda = on_cuda
         self.llm = LLM(**kwargs)
         self.stats = EngineStats()
-        self._on_cuda = on_cuda
 
     def generate(self, requests: list[GenerationRequest]) -> list[list[Sample]]:
         from vllm import SamplingParams
@@ -133,6 +133,6 @@ class VLLMBackend(ChatTokenizerMixin):
                 # On CPU the engine process has no device memory to release, and vLLM's default
                 # 5 s grace after SIGTERM is pure waiting (measured at every close here).
                 try:
-                    shutdown(**({} if getattr(self, "_on_cuda", True) else {"timeout": 1.0}))
+                    shutdown(**({} if self._on_cuda else {"timeout": 1.0}))
                 except TypeError:  # a vLLM whose shutdown takes no timeout
                     shutdown()

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from widen_dag import domains
-from widen_dag.domains import arithmetic, instruction_following, synthetic
+from widen_dag.domains import arithmetic, synthetic
 from widen_dag.domains.base import Problem
 from widen_dag.evaluate import sample_and_score, summarize
 from widen_dag.llm import backend_from_profile
@@ -176,13 +176,8 @@ def _instruct_heldout(cfg, seed: int, exclude: set[str]) -> list[Problem]:
         Problem(f"heldout-b{i}", "blocksworld", instruct._statement(r["query"]), r["ground_truth_plan"])
         for i, r in enumerate(bw_rows)
     ]
-    out += [Problem(f"heldout-i{i}", "instruction_following", t.prompt, _if_gold(t)) for i, t in enumerate(if_rows)]
+    out += [Problem(f"heldout-i{i}", "instruction_following", t.prompt, t.gold()) for i, t in enumerate(if_rows)]
     return out
-
-
-def _if_gold(task: synthetic.IFTask) -> str:
-    row = task.row(0)
-    return instruction_following.constraints_from(row["instruction_id_list"], row["kwargs"]).to_gold()
 
 
 def _train_instruct_model(
