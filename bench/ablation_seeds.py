@@ -11,7 +11,7 @@ folder <lake-root>/seed-<s>. The tiny base models do not depend on the run seed:
 trained in the first seed and copied into the others (--retrain-base-models to retrain;
 --base-models-from LAKE copies an existing lake's, e.g. ./lake after `make demo`). A
 seed whose lake already holds an ablation_report is reused (--rerun to run it again), so an
-interrupted bench resumes. Prints JSON: per-seed figures,
+interrupted bench resumes. Prints JSON: per-seed figures (keyed eval_set/variant),
 per cell mean and sd, per direction the share of seeds in which it held (point estimate)
 and in which it was supported (paired 95% interval excluding zero); with --readme, also
 writes that summary as Markdown between the ablation-seeds markers of the README.
@@ -95,7 +95,8 @@ def main() -> None:
         reports[seed] = lake.read_table("ablation_report")
     summary = report.seed_summary(reports)
     per_seed = {
-        seed: {r["variant"]: {k: r.get(k) for k in PER_SEED} for r in reports[seed].iter_rows(named=True)} for seed in seeds
+        seed: {f"{r['eval_set']}/{r['variant']}": {k: r.get(k) for k in PER_SEED} for r in reports[seed].iter_rows(named=True)}
+        for seed in seeds
     }
     out = {
         "profile": args.profile or os.environ.get("WIDEN_DAG_PROFILE") or "tiny",

@@ -91,7 +91,9 @@ def test_profile_shards_sensor_registers_the_profile_shards_once(tmp_path):
     )
     result = profile_shards(ctx)
     assert not result.run_requests
-    assert [list(r.partition_keys) for r in result.dynamic_partitions_requests] == [["arithmetic-000", "arithmetic-001"]]
+    assert [list(r.partition_keys) for r in result.dynamic_partitions_requests] == [
+        ["arithmetic-000", "arithmetic-001", "instructions-000"]
+    ]
     _apply(instance, result)
     again = profile_shards(
         dg.build_sensor_context(
@@ -110,9 +112,9 @@ def test_an_inbox_file_is_staged_as_its_own_train_shard_next_to_the_profile_shar
     rows.append({"question": "", "answer": "1"})  # quarantined, not fatal
     _write_jsonl(inbox / "new_batch.jsonl", rows)
     key = "inbox-new_batch.jsonl"
-    instance.add_dynamic_partitions(PROBLEM_SHARDS, ["arithmetic-000", "arithmetic-001", key])
+    instance.add_dynamic_partitions(PROBLEM_SHARDS, ["arithmetic-000", "arithmetic-001", "instructions-000", key])
     res = {"pipeline": PipelineResource(profile="tiny", lake_root=str(tmp_path / "lake"))}
-    for k in ("arithmetic-000", "arithmetic-001", key):
+    for k in ("arithmetic-000", "arithmetic-001", "instructions-000", key):
         assert dg.materialize([raw_problems], partition_key=k, resources=res, instance=instance).success
     assert dg.materialize(
         [raw_problems.to_source_asset(), stg_problems], selection=[stg_problems], resources=res, instance=instance

@@ -346,3 +346,32 @@ def test_synthetic_requests_load_as_ifeval_rows_and_responses_written_to_them_pa
     assert ignored_yet_passed < 0.05 * sum(len(t.constraints) for t in tasks)
     unclosed = instruct.if_response(tasks[0], random.Random(1), 0.0).replace("</answer>", "")
     assert ifd.verify(unclosed, recs[0].gold, recs[0].question).no_answer
+
+
+def test_the_tiny_profile_generates_its_instruction_following_set_and_tagged_responses_follow_it():
+    import random
+
+    from widen_dag.domains import synthetic
+    from widen_dag.domains.problems import load_shard
+    from widen_dag.profiles import load_profile
+    from widen_dag.search.thoughts import is_well_formed
+    from widen_dag.train import bootstrap
+
+    profile = load_profile("tiny")
+    (dataset,) = [d for d in profile.datasets if d.domain == "instruction_following"]
+    rows = load_shard(dataset, 0, profile.seed)
+    assert rows.height == dataset.source.n_problems and rows["load_error"].null_count() == rows.height
+    assert rows["question"].n_unique() == rows.height
+    again = load_shard(dataset, 0, profile.seed)
+    assert again["question"].to_list() == rows["question"].to_list()  # seeded: reruns stage the same requests
+    rng = random.Random(3)
+    tasks = synthetic.if_tasks(200, seed=9)
+    followed = [bootstrap.tagged_if_solution(t, rng, 0.0) for t in tasks]
+    assert all(is_well_formed(text) for text in followed)
+    assert all(ifd.verify(text, t.gold(), t.prompt).correct for t, text in zip(tasks, followed, strict=True))
+    ignoring = [bootstrap.tagged_if_solution(t, rng, 1.0) for t in tasks]
+    assert sum(ifd.verify(text, t.gold(), t.prompt).correct for t, text in zip(tasks, ignoring, strict=True)) < 0.05 * len(tasks)
+    # The plan names every constraint, so the answer is conditioned on it in context.
+    assert all(c.brief in text.split("</sub-task>")[0] for t, text in zip(tasks, followed, strict=True) for c in t.constraints)
+    plain = bootstrap.student_if_solution(tasks[0], rng, "plain")
+    assert ifd.verify(plain, tasks[0].gold(), tasks[0].prompt).no_answer

@@ -218,10 +218,10 @@ def test_a_source_whose_rows_are_all_quarantined_fails_staging(tmp_path, monkeyp
     monkeypatch.setenv("WIDEN_DAG_INBOX", str(inbox))
     instance = dg.DagsterInstance.ephemeral()
     key = "inbox-empty_q.jsonl"
-    register_profile_shards(instance, load_profile("tiny"))
+    shards = register_profile_shards(instance, load_profile("tiny"))
     instance.add_dynamic_partitions(PROBLEM_SHARDS, [key])
     res = {"pipeline": PipelineResource(profile="tiny", lake_root=str(tmp_path / "lake"))}
-    _load_all(instance, res, ["arithmetic-000", "arithmetic-001", key])
+    _load_all(instance, res, [*shards, key])
     result = _stage(instance, res, raise_on_error=False)
     assert not result.success and f"{key}: all 5 rows quarantined" in _failure(result)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import polars as pl
 
-from widen_dag.domains import arithmetic, blocksworld, get_domain, instruction_following
+from widen_dag.domains import arithmetic, blocksworld, get_domain, instruction_following, synthetic
 from widen_dag.domains import math as math_domain
 from widen_dag.domains.base import RawRecord, problem_id
 from widen_dag.profiles import INBOX_DATASET, DatasetConfig, FileSource, ProblemsConfig, Profile
@@ -251,9 +251,14 @@ def _hub_records(source: Any, domain: str) -> list[RawRecord]:
     return records[: source.limit] if source.limit else records
 
 
-def _instruction_records(dataset: DatasetConfig) -> list[RawRecord]:
-    """Multi-IF (CSV, one record per turn) or IFEval (JSONL) rows, from a file or the hub."""
+def _instruction_records(dataset: DatasetConfig, seed: int) -> list[RawRecord]:
+    """Multi-IF (CSV, one record per turn) or IFEval (JSONL) rows, from a file or the hub, or
+    generated (an ``arithmetic`` source)."""
     src = dataset.source
+    if src.kind == "arithmetic":
+        # Generated IFEval rows, seeded as an arithmetic dataset of the same name would be.
+        tasks = synthetic.if_tasks(src.n_problems, dataset_seed(seed, dataset.name), src.steps, src.max_operand, src.ops)
+        return instruction_following.records_from_rows([t.row(i) for i, t in enumerate(tasks)], dataset.answer_fallback)
     if src.kind == "file":
         try:
             rows = instruction_following.read_rows(src.path)
@@ -262,19 +267,23 @@ def _instruction_records(dataset: DatasetConfig) -> list[RawRecord]:
     elif src.kind == "hub":
         rows = _hub_rows(src)
     else:
-        raise ProblemSourceError(f"instruction_following reads file or hub sources, not {src.kind!r}")
+        raise ProblemSourceError(f"instruction_following reads file, hub or (generated) arithmetic sources, not {src.kind!r}")
     records = instruction_following.records_from_rows(rows, dataset.answer_fallback)
     return records[: src.limit] if src.limit else records
+
+
+def dataset_seed(seed: int, name: str) -> int:
+    """A generated dataset's seed: the profile seed and the dataset name, so each dataset draws
+    its own problems."""
+    return seed * 1_000_003 + stable_seed(name)
 
 
 def dataset_records(dataset: DatasetConfig, seed: int) -> list[RawRecord]:
     src = dataset.source
     if dataset.domain == "instruction_following":
-        return _instruction_records(dataset)
+        return _instruction_records(dataset, seed)
     if src.kind == "arithmetic":
-        # Seeded by profile seed and dataset name, so each dataset draws its own problems.
-        ds_seed = seed * 1_000_003 + stable_seed(dataset.name)
-        problems = arithmetic.generate(src.n_problems, src.steps, src.max_operand, ds_seed, src.ops)
+        problems = arithmetic.generate(src.n_problems, src.steps, src.max_operand, dataset_seed(seed, dataset.name), src.ops)
         return [RawRecord(i, p.question, p.gold, meta={"steps": [s.equation() for s in p.steps]}) for i, p in enumerate(problems)]
     if src.kind == "file":
         return _file_records(src)

@@ -36,6 +36,17 @@ class IFConstraint:
     kwargs: dict
     sentence: str
 
+    @property
+    def brief(self) -> str:
+        """The constraint in a few words: how a tagged solution plans its answer."""
+        if self.kind == "end":
+            return f'ending with "{self.kwargs["end_phrase"]}"'
+        if self.kind == "bullets":
+            return f"in {self.kwargs['num_bullets']} bullets"
+        if self.kind == "short":
+            return f"in under {self.kwargs['num_words']} words"
+        return {"quote": "in quotes", "no_comma": "with no commas", "lower": "in lowercase"}[self.kind]
+
 
 @dataclass(frozen=True)
 class IFTask:

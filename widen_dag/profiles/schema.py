@@ -54,7 +54,9 @@ class ArithmeticShape(_Strict):
 
 
 class ArithmeticSource(ArithmeticShape):
-    """The embedded synthetic arithmetic generator (the tiny profile; no files needed)."""
+    """The embedded synthetic arithmetic generator (the tiny profile; no files needed). For an
+    ``instruction_following`` dataset, the same word problems as requests under one or two
+    IFEval constraints (``widen_dag.domains.synthetic.if_tasks``)."""
 
     kind: Literal["arithmetic"] = Field("arithmetic", description="Source type tag.")
     n_problems: int = Field(600, gt=0, description="Problems generated (before dedupe and split).")
@@ -218,8 +220,9 @@ class BootstrapConfig(ArithmeticShape):
     ifeval_problems: int = Field(
         0,
         ge=0,
-        description="instruct: generated instruction-following requests (a word problem under one or two IFEval "
-        "constraints: end phrase, quotes, no commas, lowercase, bullets, word limit) in the training texts.",
+        description="Generated instruction-following requests (a word problem under one or two IFEval "
+        "constraints: end phrase, quotes, no commas, lowercase, bullets, word limit) in the training texts, "
+        "besides train_problems math word problems (tagged and instruct).",
     )
     critic_steps: int = Field(
         100, gt=0, description="instruct: training steps of the bootstrapped critic (models.critic: {source: bootstrap})."

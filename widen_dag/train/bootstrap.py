@@ -5,8 +5,10 @@
 * a small Llama-architecture model (about 1M parameters);
 * training texts: tagged solutions of the arithmetic domain in exactly the node format of
   the search (widen_dag.search.thoughts), including wrong steps that a double-check catches
-  and a reflection repairs, so the policy imitates the format and makes real mistakes; and
-  plain untagged solutions for the student base.
+  and a reflection repairs, so the policy imitates the format and makes real mistakes; with
+  ``ifeval_problems``, instruction-following requests (word problems under IFEval
+  constraints) in the same format, some responses ignoring a constraint; and plain or
+  check-free solutions for the student base.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from pathlib import Path
 
 from widen_dag.domains import arithmetic
 from widen_dag.domains.arithmetic import ArithmeticProblem
+from widen_dag.domains.synthetic import IFTask
 from widen_dag.search.thoughts import REFLECTION_TEXT, all_tag_strings, choose_prefill, wrap
+from widen_dag.train import instruct
 
 USER, ASSISTANT, END = "<|user|>", "<|assistant|>", "<|end|>"
 PAD, BOS, UNK = "<pad>", "<s>", "<unk>"
@@ -84,6 +88,37 @@ def student_solution(p: ArithmeticProblem, rng: random.Random, style: str) -> st
         return plain_solution(p)
     if style == "direct":
         return direct_solution(p, rng)
+    raise ValueError(f"models.bootstrap.student_style must be 'plain' or 'direct', got {style!r}")
+
+
+def if_plan(task: IFTask) -> str:
+    return "Work out the number, then answer " + " and ".join(c.brief for c in task.constraints) + "."
+
+
+def tagged_if_solution(task: IFTask, rng: random.Random, error_rate: float, checks: bool = True) -> str:
+    """An instruction-following task in the node format: a plan naming the constraints, the
+    worked steps, (with ``checks``) a double-check, then the constrained response as the
+    answer; with probability ``error_rate`` the response ignores one constraint."""
+    skip = rng.choice(task.constraints).kind if rng.random() < error_rate else None
+    steps, _ = instruct.math_steps(task.answer)
+    eqs = [f"{a} {op} {b} = {r}" for a, op, b, r in steps]
+    parts = [_thought("sub_task", if_plan(task), rng)]
+    parts += [_thought("thinking", e, rng) for e in eqs]
+    if checks:
+        parts.append(_thought("double_check", eqs[-1], rng))
+    parts.append(_thought("answer", instruct.if_content(task, rng, skip), rng))
+    return "".join(parts)
+
+
+def student_if_solution(task: IFTask, rng: random.Random, style: str) -> str:
+    """The student base's response to an instruction-following task: check-free tagged thoughts
+    (``direct``), or the worked steps and the response with no answer block (``plain``: a
+    model that does not know the format, so a no-answer)."""
+    if style == "direct":
+        return tagged_if_solution(task, rng, 0.0, checks=False)
+    if style == "plain":
+        steps, _ = instruct.math_steps(task.answer)
+        return " ".join(f"{a} {op} {b} = {r}." for a, op, b, r in steps) + " " + instruct.if_content(task, rng)
     raise ValueError(f"models.bootstrap.student_style must be 'plain' or 'direct', got {style!r}")
 
 

@@ -41,20 +41,30 @@ def _excluded_questions(worker: Worker) -> list[str]:
     return []
 
 
+def _if_tasks(cfg, n: int, seed: int, exclude: set[str]) -> list[synthetic.IFTask]:
+    """``n`` instruction-following tasks, none a staged problem nor built on a staged word problem."""
+    if not n:
+        return []
+    pool = synthetic.if_tasks(n * 2 + len(exclude), seed, cfg.steps, cfg.max_operand, cfg.ops)
+    return [t for t in pool if t.prompt not in exclude and t.question not in exclude][:n]
+
+
+def _if_heldout(cfg, seed: int, exclude: set[str], n: int) -> list[Problem]:
+    tasks = _if_tasks(cfg, n if cfg.ifeval_problems else 0, seed + EVAL_SEED_OFFSET, exclude)
+    return [Problem(f"heldout-i{i}", "instruction_following", t.prompt, t.gold()) for i, t in enumerate(tasks)]
+
+
 def _heldout(cfg, seed: int, exclude: set[str]) -> list[Problem]:
     pool = arithmetic.generate(cfg.eval_problems * 2 + len(exclude), cfg.steps, cfg.max_operand, seed + EVAL_SEED_OFFSET, cfg.ops)
     picked = [p for p in pool if p.question not in exclude][: cfg.eval_problems]
-    return [Problem(f"heldout-{i}", "arithmetic", p.question, p.gold) for i, p in enumerate(picked)]
+    out = [Problem(f"heldout-{i}", "arithmetic", p.question, p.gold) for i, p in enumerate(picked)]
+    return out + _if_heldout(cfg, seed, exclude, cfg.eval_problems // 2)
 
 
-def _rows(problems, text_fn) -> list[dict[str, str]]:
-    return [
-        {
-            "prompt": bootstrap.USER + arithmetic.task_prompt(p.question) + bootstrap.END + bootstrap.ASSISTANT,
-            "completion": text_fn(p),
-        }
-        for p in problems
-    ]
+def _tiny_row(domain: str, question: str, completion: str) -> dict[str, str]:
+    """A prompt/completion row in the tiny chat format, prompted as the search prompts ``domain``."""
+    prompt = domains.get_domain(domain).task_prompt(question)
+    return {"prompt": bootstrap.USER + prompt + bootstrap.END + bootstrap.ASSISTANT, "completion": completion}
 
 
 def build_tiny(worker: Worker, which: str) -> dict:
@@ -67,17 +77,24 @@ def build_tiny(worker: Worker, which: str) -> dict:
     device = resolve_device(profile.train.device)
     exclude = _excluded_questions(worker)
     problems = bootstrap.synthetic_problems(cfg.train_problems, cfg.steps, cfg.max_operand, seed, exclude, cfg.ops)
+    if_tasks = _if_tasks(cfg, cfg.ifeval_problems, seed, set(exclude))
     rng = random.Random(seed)
     if which == "policy":
-        rows = _rows(problems, lambda p: bootstrap.tagged_solution(p, rng, cfg.error_rate))
+        rows = [_tiny_row("arithmetic", p.question, bootstrap.tagged_solution(p, rng, cfg.error_rate)) for p in problems]
+        rows += [
+            _tiny_row("instruction_following", t.prompt, bootstrap.tagged_if_solution(t, rng, cfg.error_rate)) for t in if_tasks
+        ]
         steps = cfg.policy_steps
     else:
-        rows = _rows(problems, lambda p: bootstrap.student_solution(p, rng, cfg.student_style))
+        style = cfg.student_style
+        rows = [_tiny_row("arithmetic", p.question, bootstrap.student_solution(p, rng, style)) for p in problems]
+        rows += [_tiny_row("instruction_following", t.prompt, bootstrap.student_if_solution(t, rng, style)) for t in if_tasks]
         steps = cfg.student_steps
     torch.manual_seed(seed)
     with worker.lake.staged_dir(*bootstrap_parts(which)) as out, tempfile.TemporaryDirectory() as scratch:
         if which == "policy":
-            corpus = [r["prompt"] + r["completion"] for r in rows[:4000]]
+            # (The training run shuffles rows; the corpus takes each domain's first ones.)
+            corpus = [r["prompt"] + r["completion"] for r in rows[:4000] + rows[len(problems) :][:600]]
             # The student shares the tokenizer, so its plain texts shape the vocabulary too.
             corpus += [bootstrap.plain_solution(p) for p in problems[:2000]]
             tokenizer = bootstrap.train_tokenizer(corpus, cfg.vocab_size, out)
@@ -124,6 +141,15 @@ def evaluate_saved(worker: Worker, path: Path, problems: list[Problem], max_toke
     worker.log(
         f"held-out accuracy {summary['accuracy']:.3f}, well-formed {summary['well_formed_rate']:.3f} on {summary['n']} problems"
     )
+    # One figure per domain where the held-out set mixes them (e.g. arithmetic and IF requests).
+    domain_of = {p.problem_id: p.domain for p in problems}
+    per_domain = {}
+    if len(set(domain_of.values())) > 1:
+        for domain in sorted(set(domain_of.values())):
+            part = summarize([r for r in rows if domain_of[r["problem_id"]] == domain])
+            per_domain[f"heldout_accuracy_{domain}"] = round(part["accuracy"], 4)
+            per_domain[f"heldout_no_answer_rate_{domain}"] = round(part["no_answer_rate"], 4)
+            worker.log(f"  {domain}: accuracy {part['accuracy']:.3f}, no-answer {part['no_answer_rate']:.3f} on {part['n']}")
     return {
         "heldout_problems": summary["n"],
         "heldout_accuracy": round(summary["accuracy"], 4),
@@ -133,6 +159,7 @@ def evaluate_saved(worker: Worker, path: Path, problems: list[Problem], max_toke
         "eval_backend": worker.profile.eval.backend,
         "eval_seconds": round(time.perf_counter() - start, 1),
         "eval_generated_tokens_per_s": stats["generated_tokens_per_s"],
+        **per_domain,
         "samples": md(examples),
     }
 
@@ -150,20 +177,16 @@ def _instruct_problems(cfg, seed: int, exclude: set[str]) -> tuple[list[dict], l
     if cfg.blocksworld_problems:
         pool = synthetic.planbench_instances(cfg.blocksworld_problems * 2 + len(exclude), seed)
         bw_rows = [r for r in pool if instruct._statement(r["query"]) not in exclude][: cfg.blocksworld_problems]
-    if_rows = []
-    if cfg.ifeval_problems:
-        pool = synthetic.if_tasks(cfg.ifeval_problems * 2 + len(exclude), seed, cfg.steps, cfg.max_operand, cfg.ops)
-        if_rows = [t for t in pool if t.prompt not in exclude and t.question not in exclude][: cfg.ifeval_problems]
-    return math_rows, bw_rows, if_rows
+    return math_rows, bw_rows, _if_tasks(cfg, cfg.ifeval_problems, seed, exclude)
 
 
 def _instruct_heldout(cfg, seed: int, exclude: set[str]) -> list[Problem]:
-    math_rows, bw_rows, if_rows = _instruct_problems(
+    math_rows, bw_rows, _ = _instruct_problems(
         cfg.model_copy(
             update={
                 "train_problems": cfg.eval_problems,
                 "blocksworld_problems": cfg.eval_problems // 2 if cfg.blocksworld_problems else 0,
-                "ifeval_problems": cfg.eval_problems // 2 if cfg.ifeval_problems else 0,
+                "ifeval_problems": 0,
             }
         ),
         seed + EVAL_SEED_OFFSET,
@@ -176,8 +199,7 @@ def _instruct_heldout(cfg, seed: int, exclude: set[str]) -> list[Problem]:
         Problem(f"heldout-b{i}", "blocksworld", instruct._statement(r["query"]), r["ground_truth_plan"])
         for i, r in enumerate(bw_rows)
     ]
-    out += [Problem(f"heldout-i{i}", "instruction_following", t.prompt, t.gold()) for i, t in enumerate(if_rows)]
-    return out
+    return out + _if_heldout(cfg, seed, exclude, cfg.eval_problems // 2)
 
 
 def _train_instruct_model(
@@ -205,6 +227,7 @@ def _train_and_save(
     scratch: str,
     device: str,
     style: str | None = None,
+    group_by_length: bool = False,
 ):
     """A new tiny Llama for ``tokenizer``, trained ``steps`` steps on prompt/completion ``rows``
     and saved with its tokenizer and a small provenance file into the staged folder ``out``."""
@@ -228,6 +251,7 @@ def _train_and_save(
         seed=seed,
         log_every=max(1, steps // 10),
         on_log=worker.log,
+        group_by_length=group_by_length,
     )
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
