@@ -44,14 +44,11 @@ def train_sft(
     grad_accum: int = 1,
     gradient_checkpointing: bool | None = None,
     lora: dict[str, Any] | None = None,
-    group_by_length: bool = False,
 ) -> TrainStats:
     """Train ``model`` on prompt/completion rows; returns loss curve, throughput and the model to
     save (``stats.export``). ``batch_size`` is per device; the optimizer steps come from the
     global batch (x processes x ``grad_accum``). ``lora`` (the profile's ``train.lora``) trains
-    adapters through TRL's ``peft_config`` and merges them into the exported model.
-    ``group_by_length`` batches rows of similar length (less padding when a few long rows
-    would otherwise pad every batch)."""
+    adapters through TRL's ``peft_config`` and merges them into the exported model."""
     import datasets
     from trl import SFTConfig, SFTTrainer
 
@@ -72,7 +69,6 @@ def train_sft(
         lr_scheduler_type=scheduler,
         weight_decay=0.0,
         packing=False,
-        train_sampling_strategy="group_by_length" if group_by_length else "random",
         **trainer_defaults(
             device, seed, log_every, checkpoint_every, gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum
         ),

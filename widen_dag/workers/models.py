@@ -227,7 +227,6 @@ def _train_and_save(
     scratch: str,
     device: str,
     style: str | None = None,
-    group_by_length: bool = False,
 ):
     """A new tiny Llama for ``tokenizer``, trained ``steps`` steps on prompt/completion ``rows``
     and saved with its tokenizer and a small provenance file into the staged folder ``out``."""
@@ -251,7 +250,6 @@ def _train_and_save(
         seed=seed,
         log_every=max(1, steps // 10),
         on_log=worker.log,
-        group_by_length=group_by_length,
     )
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
