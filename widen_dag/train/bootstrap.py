@@ -100,8 +100,7 @@ def tagged_if_solution(task: IFTask, rng: random.Random, error_rate: float, chec
     worked steps, (with ``checks``) a double-check, then the constrained response as the
     answer; with probability ``error_rate`` the response ignores one constraint."""
     skip = rng.choice(task.constraints).kind if rng.random() < error_rate else None
-    steps, _ = instruct.math_steps(task.answer)
-    eqs = [f"{a} {op} {b} = {r}" for a, op, b, r in steps]
+    eqs, _ = instruct.if_worked(task)
     parts = [_thought("sub_task", if_plan(task), rng)]
     parts += [_thought("thinking", e, rng) for e in eqs]
     if checks:
@@ -117,8 +116,7 @@ def student_if_solution(task: IFTask, rng: random.Random, style: str) -> str:
     if style == "direct":
         return tagged_if_solution(task, rng, 0.0, checks=False)
     if style == "plain":
-        steps, _ = instruct.math_steps(task.answer)
-        return " ".join(f"{a} {op} {b} = {r}." for a, op, b, r in steps) + " " + instruct.if_content(task, rng)
+        return " ".join(f"{e}." for e in instruct.if_worked(task)[0]) + " " + instruct.if_content(task, rng)
     raise ValueError(f"models.bootstrap.student_style must be 'plain' or 'direct', got {style!r}")
 
 

@@ -126,12 +126,18 @@ def plan_response(instance: blocksworld.Instance, plan: list[blocksworld.Action]
     return "\n\n".join(lead + parts)
 
 
+def if_worked(task: synthetic.IFTask) -> tuple[list[str], str]:
+    """An instruction-following task's worked arithmetic: its equations ("a op b = r") and the
+    final number, as every response to it writes them."""
+    steps, gold = math_steps(task.answer)
+    return [f"{a} {op} {b} = {r}" for a, op, b, r in steps], gold
+
+
 def if_content(task: synthetic.IFTask, rng: random.Random, skip: str | None = None) -> str:
     """The final response to an instruction-following task: the worked arithmetic in one of a
     few phrasings, shaped by every constraint of the task except the kind ``skip``."""
     kinds = {c.kind for c in task.constraints} - {skip}
-    steps, gold = math_steps(task.answer)
-    eqs = [f"{a} {op} {b} = {r}" for a, op, b, r in steps]
+    eqs, gold = if_worked(task)
     if "short" in kinds:
         body = rng.choice([f"So, the result is {gold}.", f"Well, it is {gold}."])
     elif "bullets" in kinds:
@@ -160,8 +166,7 @@ def if_response(task: synthetic.IFTask, rng: random.Random, error_rate: float) -
     no-answer). With probability ``error_rate`` one constraint is ignored."""
     skip = rng.choice(task.constraints).kind if rng.random() < error_rate else None
     lead = [rng.choice(_CHATTER)] if rng.random() < 0.3 else []
-    steps, _ = math_steps(task.answer)
-    thinking = [f"<thinking>{rng.choice(['', 'We compute '])}{a} {op} {b} = {r}.</thinking>" for a, op, b, r in steps]
+    thinking = [f"<thinking>{rng.choice(['', 'We compute '])}{e}.</thinking>" for e in if_worked(task)[0]]
     answer = f"<answer>The answer is: {if_content(task, rng, skip)}"
     answer += "</answer>" if rng.random() < 0.9 else ""
     return "\n\n".join(lead + (thinking if rng.random() < 0.5 else []) + [answer])

@@ -34,11 +34,11 @@ from widen_dag.workers.common import Worker, open_worker
 EVAL_SEED_OFFSET = 424_242  # held-out problems drawn apart from the training problems
 
 
-def _excluded_questions(worker: Worker) -> list[str]:
+def _excluded_questions(worker: Worker) -> set[str]:
     """Staged problems (train and eval) never appear in the tiny models' training sets."""
     if worker.lake.has_table("stg_problems"):
-        return worker.lake.read_table("stg_problems")["question"].to_list()
-    return []
+        return set(worker.lake.read_table("stg_problems")["question"].to_list())
+    return set()
 
 
 def _if_tasks(cfg, n: int, seed: int, exclude: set[str]) -> list[synthetic.IFTask]:
@@ -77,24 +77,25 @@ def build_tiny(worker: Worker, which: str) -> dict:
     device = resolve_device(profile.train.device)
     exclude = _excluded_questions(worker)
     problems = bootstrap.synthetic_problems(cfg.train_problems, cfg.steps, cfg.max_operand, seed, exclude, cfg.ops)
-    if_tasks = _if_tasks(cfg, cfg.ifeval_problems, seed, set(exclude))
+    if_tasks = _if_tasks(cfg, cfg.ifeval_problems, seed, exclude)
     rng = random.Random(seed)
     if which == "policy":
-        rows = [_tiny_row("arithmetic", p.question, bootstrap.tagged_solution(p, rng, cfg.error_rate)) for p in problems]
-        rows += [
+        arith_rows = [_tiny_row("arithmetic", p.question, bootstrap.tagged_solution(p, rng, cfg.error_rate)) for p in problems]
+        if_rows = [
             _tiny_row("instruction_following", t.prompt, bootstrap.tagged_if_solution(t, rng, cfg.error_rate)) for t in if_tasks
         ]
         steps = cfg.policy_steps
     else:
         style = cfg.student_style
-        rows = [_tiny_row("arithmetic", p.question, bootstrap.student_solution(p, rng, style)) for p in problems]
-        rows += [_tiny_row("instruction_following", t.prompt, bootstrap.student_if_solution(t, rng, style)) for t in if_tasks]
+        arith_rows = [_tiny_row("arithmetic", p.question, bootstrap.student_solution(p, rng, style)) for p in problems]
+        if_rows = [_tiny_row("instruction_following", t.prompt, bootstrap.student_if_solution(t, rng, style)) for t in if_tasks]
         steps = cfg.student_steps
+    rows = arith_rows + if_rows
     torch.manual_seed(seed)
     with worker.lake.staged_dir(*bootstrap_parts(which)) as out, tempfile.TemporaryDirectory() as scratch:
         if which == "policy":
             # (The training run shuffles rows; the corpus takes each domain's first ones.)
-            corpus = [r["prompt"] + r["completion"] for r in rows[:4000] + rows[len(problems) :][:600]]
+            corpus = [r["prompt"] + r["completion"] for r in arith_rows[:4000] + if_rows[:600]]
             # The student shares the tokenizer, so its plain texts shape the vocabulary too.
             corpus += [bootstrap.plain_solution(p) for p in problems[:2000]]
             tokenizer = bootstrap.train_tokenizer(corpus, cfg.vocab_size, out)
@@ -105,7 +106,7 @@ def build_tiny(worker: Worker, which: str) -> dict:
             tokenizer = AutoTokenizer.from_pretrained(policy_dir)
             tokenizer.save_pretrained(out)
         stats = _train_and_save(worker, which, out, tokenizer, rows, steps, seed, scratch, device)
-        metrics = evaluate_saved(worker, out, _heldout(cfg, profile.seed, set(exclude)), cfg.eval_max_tokens)
+        metrics = evaluate_saved(worker, out, _heldout(cfg, profile.seed, exclude), cfg.eval_max_tokens)
     loss_png = line_plot_png({"train loss": [(float(s), v) for s, v in stats.losses]}, f"{which} SFT", "step", "loss")
     return {
         "path": str(bootstrap_dir(worker.lake, which)),
@@ -281,7 +282,7 @@ def build_instruct(worker: Worker, which: str) -> dict:
     profile = worker.profile
     cfg = profile.models.bootstrap
     seed = profile.seed + (0 if which == "policy" else 1)
-    exclude = set(_excluded_questions(worker))
+    exclude = _excluded_questions(worker)
     math_rows, bw_rows, if_rows = _instruct_problems(cfg, seed, exclude)
     rng = random.Random(seed)
     pairs = _instruct_pairs(math_rows, bw_rows, if_rows, rng, cfg.error_rate if which == "policy" else cfg.error_rate / 2)
