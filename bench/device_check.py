@@ -5,7 +5,11 @@
 Builds a tiny Llama and tokenizer here (no downloads, no dataset files), then runs HF
 generation (widen_dag.llm's transformers backend), SFT and DPO through widen_dag.train, each
 as a full fine-tune and with LoRA (merged, then reloaded and generated from), and vLLM when it
-is installed. Prints one JSON object: versions, the device, and per check tokens/s or s/step
+is installed: one engine, and two engines on one GPU with a profile's per-model shares
+(``--shares-profile``, its models.policy / models.critic gpu_memory_utilization). With 2+ GPUs
+visible it also runs SFT under ``accelerate launch`` with 2 processes, the way a training
+worker starts (``python -m widen_dag.launch.accelerate_launch --config_file <train.distributed>``).
+Checks a CPU cannot run are recorded as skipped, with the reason. Prints one JSON object: versions, the device, and per check tokens/s or s/step
 and peak GPU memory; a check that fails records its error and the exit code is 1. Imports
 only what it needs (torch, transformers, accelerate, peft, tokenizers; TRL and datasets for
 training): no Dagster, no polars, no math-verify. ``--device cpu`` runs the same on CPU, to
@@ -18,8 +22,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import platform
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -286,6 +292,126 @@ def check_vllm(model_dir: Path, device: str) -> dict:
         backend.close()
 
 
+def vllm_shares(profile_name: str) -> dict[str, float]:
+    """The per-engine GPU shares a profile gives its policy and critic vLLM engines."""
+    from widen_dag.profiles import load_profile
+
+    profile = load_profile(profile_name)
+    default = profile.generation.gpu_memory_utilization
+    critic = profile.models.critic or profile.models.policy
+    return {
+        "policy": profile.models.policy.gpu_memory_utilization or default,
+        "critic": critic.gpu_memory_utilization or default,
+    }
+
+
+def check_vllm_two_engines(model_dir: Path, device: str, shares: dict[str, float]) -> dict:
+    """Two vLLM engines in one process on one GPU, each with its own share (as a search worker
+    runs its policy and critic): both start, both generate, memory per the shares."""
+    import torch
+
+    from widen_dag.llm import GenerationRequest, create_backend
+
+    engines, free_before = {}, {}
+    try:
+        for role, share in shares.items():
+            free_before[role] = round(torch.cuda.mem_get_info()[0] / 2**30, 2)
+            engines[role] = create_backend(
+                "vllm",
+                str(model_dir),
+                device=device,
+                seed=0,
+                max_model_len=512,
+                max_num_seqs=64,
+                gpu_memory_utilization=share,
+                enforce_eager=True,
+                block_size=32,
+            )
+        out = {}
+        for role, backend in engines.items():
+            requests = [
+                GenerationRequest(prompt=backend.chat_prompt(q), n=1, temperature=0.7, top_p=0.9, max_tokens=32, seed=i)
+                for i, (q, _) in enumerate(_problems(16, seed=5))
+            ]
+            samples = backend.generate(requests)
+            out[role] = {
+                "gpu_memory_utilization": shares[role],
+                "free_gib_before_start": free_before[role],
+                "generated_tokens": sum(s.n_tokens for group in samples for s in group),
+            }
+        out["free_gib_with_both"] = round(torch.cuda.mem_get_info()[0] / 2**30, 2)
+        out["total_gib"] = round(torch.cuda.mem_get_info()[1] / 2**30, 2)
+        return out
+    finally:
+        for backend in engines.values():
+            backend.close()
+
+
+def check_accelerate_two_processes(model_dir: Path, steps: int, distributed: str, work: Path) -> dict:
+    """SFT under ``accelerate launch`` with 2 processes (one per GPU) and a shipped config by name,
+    through the launcher a training pod runs; rank 0 reports what the ranks did."""
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), repo) if p)}
+    work.mkdir(parents=True, exist_ok=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "widen_dag.launch.accelerate_launch",
+        "--config_file",
+        distributed,
+        "--num_processes",
+        "2",
+        str(Path(__file__).resolve()),
+        "--rank-sft",
+        str(model_dir),
+        str(work),
+        "--steps",
+        str(steps),
+    ]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=540)
+    if proc.returncode != 0:
+        raise RuntimeError(f"accelerate launch exited {proc.returncode}: {proc.stderr[-1500:]}")
+    return {"distributed": distributed, **json.loads((work / "rank0.json").read_text())}
+
+
+def rank_sft(model_dir: Path, work: Path, steps: int) -> None:
+    """One rank of check_accelerate_two_processes (run by accelerate, not by hand)."""
+    import torch.distributed as dist
+
+    from widen_dag.train.sft import train_sft
+
+    model, tok = _load(model_dir)
+    rows = [
+        {"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}]}
+        for q, a in _problems(256, seed=2)
+    ]
+    stats = train_sft(
+        model,
+        tok,
+        rows,
+        output_dir=str(work / "state"),
+        learning_rate=1e-3,
+        batch_size=8,
+        max_length=128,
+        max_steps=steps,
+        device="cuda",
+        seed=0,
+        log_every=max(1, steps // 4),
+    )
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if int(os.environ.get("RANK", "0")) == 0:
+        (work / "rank0.json").write_text(
+            json.dumps(
+                {
+                    "world_size": world,
+                    "steps": stats.steps,
+                    "s_per_step": round(stats.seconds / max(stats.steps, 1), 4),
+                    "final_loss": stats.final_loss,
+                }
+            )
+        )
+
+
 def versions() -> dict:
     import torch
 
@@ -304,7 +430,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps per training check")
     parser.add_argument("--out", help="also write the JSON here")
     parser.add_argument("--skip-vllm", action="store_true")
+    parser.add_argument(
+        "--shares-profile", default="qwen2_5_1_5b_math", help="profile whose policy/critic vLLM shares the two engines take"
+    )
+    parser.add_argument("--distributed", default="fsdp", help="accelerate config (train.distributed) of the 2-process check")
+    parser.add_argument("--rank-sft", nargs=2, metavar=("MODEL_DIR", "WORK"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+
+    if args.rank_sft:  # one rank of the accelerate check
+        rank_sft(Path(args.rank_sft[0]), Path(args.rank_sft[1]), args.steps)
+        return 0
 
     import torch
 
@@ -343,6 +478,22 @@ def main(argv: list[str] | None = None) -> int:
             checks.append(("vllm", lambda: check_vllm(model_dir, args.device)))
         else:
             report["checks"]["vllm"] = {"skipped": "vllm not installed" if not args.skip_vllm else "--skip-vllm"}
+        shares = vllm_shares(args.shares_profile)
+        report["vllm_shares"] = {"profile": args.shares_profile, **shares}
+        if args.device == "cuda" and importlib.util.find_spec("vllm") and not args.skip_vllm:
+            checks.append(("vllm_two_engines_one_gpu", lambda: check_vllm_two_engines(model_dir, args.device, shares)))
+        else:
+            reason = "GPU shares need a GPU" if args.device != "cuda" else "vllm not installed or --skip-vllm"
+            report["checks"]["vllm_two_engines_one_gpu"] = {"skipped": reason}
+        if report["gpus_visible"] >= 2:
+            checks.append(
+                (
+                    "accelerate_two_processes",
+                    lambda: check_accelerate_two_processes(model_dir, args.steps, args.distributed, work / "accelerate"),
+                )
+            )
+        else:
+            report["checks"]["accelerate_two_processes"] = {"skipped": f"{report['gpus_visible']} GPU(s) visible, needs 2"}
         for name, fn in checks:
             t0 = time.perf_counter()
             try:

@@ -9,6 +9,8 @@
 # The GPU machines have Python 3.12, CUDA torch, transformers, accelerate, peft and tokenizers;
 # TRL, datasets and datasets' own dependencies are what is packed (pinned to the versions the
 # project runs with). Extra arguments after `run` go to device_check.py (e.g. --steps 10).
+# On 2+ GPUs it also runs SFT under `accelerate launch` with 2 processes (--distributed fsdp) and, with
+# vLLM installed, two engines on one GPU at a profile's per-model shares (--shares-profile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,10 +1,12 @@
-"""Small hand-built lakes shared by the SQL-model and trace tests."""
+"""Small hand-built lakes shared by the SQL-model, trace and worker tests."""
 
 from __future__ import annotations
 
 import polars as pl
 
 from widen_dag.datasets import sql as sqlmodels
+from widen_dag.domains import arithmetic
+from widen_dag.domains.problems import STAGED_SCHEMA
 from widen_dag.search.store import NODE_SCHEMA
 from widen_dag.storage.lake import Lake
 
@@ -84,3 +86,26 @@ def build_small_lake(tmp_path) -> Lake:
 def run_sql_models(lake, selection="longest"):
     models = sqlmodels.load_models()
     return {run.name: run.df for run in sqlmodels.run_models(lake, models, list(models), {"sft_selection": selection})}
+
+
+def eval_problems(n: int) -> pl.DataFrame:
+    """``n`` held-out arithmetic problems as the stg_problems table."""
+    problems = arithmetic.generate(n, 2, 9, seed=3)
+    return pl.DataFrame(
+        [
+            {
+                "problem_id": f"p{i}",
+                "domain": "arithmetic",
+                "source": "arith",
+                "shard": "arith-000",
+                "source_id": None,
+                "split": "eval",
+                "question": p.question,
+                "prompt": arithmetic.task_prompt(p.question),
+                "gold": p.gold,
+                "meta": "{}",
+            }
+            for i, p in enumerate(problems)
+        ],
+        schema=STAGED_SCHEMA,
+    )

@@ -24,14 +24,14 @@ def test_each_distributed_mode_has_a_config_file_accelerate_reads(distributed, k
 def test_the_8b_profile_launches_fsdp_training_with_its_config_file():
     profile = load_profile("llama3_1_8b_planning")
     flags = scaleout.accelerate_args(profile, "train")
-    assert flags == ["--config_file", str(scaleout.accelerate_config_file("fsdp"))]
+    assert flags == ["--config_file", "fsdp"]  # by name: resolved where the worker runs (a pod has no host paths)
     argv = scaleout.worker_argv(
         "train", "sft", num_processes=profile.train.num_processes, python="python", accelerate_flags=flags
     )
     assert argv == [
         "python",
         "-m",
-        "accelerate.commands.launch",
+        "widen_dag.launch.accelerate_launch",
         *flags,
         "--num_processes",
         "4",

@@ -6,8 +6,7 @@ import shutil
 import polars as pl
 import pytest
 
-from widen_dag.domains import arithmetic
-from widen_dag.domains.problems import STAGED_SCHEMA
+from tests.lakes import eval_problems
 from widen_dag.profiles import parse_profile
 from widen_dag.storage.artifacts import bootstrap_dir, checkpoint_dir, write_manifest
 from widen_dag.storage.lake import Lake
@@ -42,26 +41,7 @@ def test_decode_worker_writes_mcts_and_sampled_rows_per_problem_for_each_named_c
     for name in ("distill", "sft", "dpo-joint_masked"):
         shutil.copytree(tiny_checkpoint, checkpoint_dir(lake, name))
         write_manifest(checkpoint_dir(lake, name), {"name": name})
-    problems = arithmetic.generate(4, 2, 9, seed=3)
-    staged = pl.DataFrame(
-        [
-            {
-                "problem_id": f"p{i}",
-                "domain": "arithmetic",
-                "source": "arith",
-                "shard": "arith-000",
-                "source_id": None,
-                "split": "eval",
-                "question": p.question,
-                "prompt": arithmetic.task_prompt(p.question),
-                "gold": p.gold,
-                "meta": "{}",
-            }
-            for i, p in enumerate(problems)
-        ],
-        schema=STAGED_SCHEMA,
-    )
-    lake.write_table("stg_problems", staged)
+    lake.write_table("stg_problems", eval_problems(4))
     worker = Worker(_Pipes(), profile, lake)  # type: ignore[arg-type]
 
     out = decode_all(worker)

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from widen_dag.evaluate import REFLECTION_RE, summarize
-from widen_dag.evaluate.report import TABLE_ROWS, markdown_table, summarize_results
+from widen_dag.evaluate.report import TABLE_ROWS, direction_table, markdown_table, summarize_results
 from widen_dag.train import distill
 
 
@@ -49,6 +49,20 @@ def test_markdown_table_has_the_paper_rows_in_order_with_intervals():
     assert labels == [label for label, _ in TABLE_ROWS]
     assert "| base | 50.0 [50.0, 50.0] | 25.0 [0.0, 50.0] |" in table
     assert "+0.0 [+0.0, +0.0] vs base" in table  # SFT's row: the paired difference to the row it builds on
+
+
+def test_a_row_is_compared_with_the_nearest_evaluated_row_above_it_when_a_variant_is_left_out():
+    variants = ["base", "sft", "dpo", "joint_masked"]  # no +balance, +cDPO or +joint
+    rows = pl.DataFrame(sum((_rows(v, [True, False], [False, True], 30) for v in variants), []))
+    summary = {r["variant"]: r for r in summarize_results(rows).iter_rows(named=True)}
+    assert summary["joint_masked"]["prev_variant"] == "dpo"
+    assert summary["joint_masked"]["acc_diff_vs_prev"] is not None
+    table = markdown_table(summary_frame := summarize_results(rows))
+    mask_row = next(line for line in table.splitlines() if line.startswith("| +mask "))
+    assert mask_row.rstrip(" |").endswith("vs +DPO")
+    # The paper's "+mask over +joint" claims are not made against another row.
+    claims = [(d["variant"], d["reference"]) for d in direction_table(summary_frame)]
+    assert ("joint_masked", "joint") not in claims and ("joint_masked", "dpo") in claims
 
 
 def test_summarize_counts_no_answer_apart_from_wrong():
@@ -172,3 +186,40 @@ def test_eval_worker_writes_sampled_and_greedy_responses_for_every_checkpoint(tm
     row = summary.row(0, named=True)
     assert row["greedy_accuracy"] == pytest.approx(1 / 3) and row["accuracy"] == pytest.approx(1 / 3)
     assert out["metadata"]["samples_per_problem"] == n and out["metadata"]["eval_seed"] == profile.seed + 5
+
+
+class _Replay:
+    """A backend that answers every request with one fixed sample (text, finish reason)."""
+
+    name = model_name = "replay"
+
+    def __init__(self, samples):
+        from widen_dag.llm.base import EngineStats
+
+        self.samples, self.stats = samples, EngineStats()
+
+    def chat_prompt(self, user, assistant_prefix=""):
+        return user + assistant_prefix
+
+    def generate(self, requests):
+        from widen_dag.llm.base import Sample
+
+        return [[Sample(t, 10, 0.0, f)] for (t, f), _ in zip(self.samples, requests, strict=True)]
+
+
+def test_a_response_cut_off_at_the_token_limit_is_a_no_answer_unless_its_answer_block_closed():
+    from widen_dag.domains.base import Problem
+    from widen_dag.evaluate import sample_and_score
+
+    looping = "Dee has 7 + 4 = 11 books.\nThe answer is 11.\n" + "Dee has 11 books.\n" * 40
+    samples = [
+        (looping, "length"),  # states the answer, then loops until the limit: cut off, no answer
+        (looping, "stop"),  # the same text ended by the model: answered
+        ("<thinking>7 + 4 = 11</thinking><answer>\\boxed{11}</answer><thinking>again", "length"),  # block closed
+        ("<thinking>7 + 4 = 11</thinking><answer>The answer is 11, because", "length"),  # block left open
+    ]
+    problems = [Problem(f"p{i}", "arithmetic", "Dee has 7 books. Dee gets 4 more.", "11") for i in range(len(samples))]
+    rows = sample_and_score(_Replay(samples), problems, n=1, temperature=0.0, top_p=1.0, max_tokens=10)
+    got = [(r["cut_off"], r["no_answer"], r["correct"]) for r in rows]
+    assert got == [(True, True, False), (False, False, True), (True, False, True), (True, True, False)]
+    assert summarize(rows)["cut_off_rate"] == 0.75

@@ -1,4 +1,5 @@
-"""`widen-dag plan`: GPU memory per stage from the model's config alone, and the refusal."""
+"""`widen-dag plan`: GPU memory per stage from the model's config alone, each vLLM engine in its
+own share, host RAM per rank against a pod's memory, a CPU profile's RAM and time, the refusal."""
 
 from __future__ import annotations
 
@@ -61,13 +62,60 @@ def test_lora_trains_the_adapter_only_and_dpo_holds_no_reference_copy():
     assert any("LoRA r=16" in n for n in lora.notes)
 
 
-def test_two_vllm_engines_in_one_process_may_not_each_take_most_of_the_gpu():
-    qwen = load_profile("qwen2_5_1_5b_math")  # policy and critic engines during search
-    assert memplan.stage_plan(qwen, "search").fits
-    greedy = _with("qwen2_5_1_5b_math", generation={"gpu_memory_utilization": 0.85})
-    plan = memplan.stage_plan(greedy, "search")
-    assert not plan.fits and "2 vLLM engines" in plan.verdict()
+def test_each_vllm_engine_is_checked_against_its_own_share_of_the_gpu(capsys):
+    qwen = load_profile("qwen2_5_1_5b_math")  # policy 0.3 and critic 0.6 of the GPU, generation's 0.45 unused
+    assert memplan.stage_plan(qwen, "search").fits  # 80 GiB: the 7B critic gets 48 GiB
+    small = memplan.stage_plan(qwen, "search", gpu_memory_gib=24)
+    assert not small.fits
+    assert "critic engine" in small.verdict() and "14.4 GiB, for 14.2 GiB of weights" in small.verdict()
+    assert cli.main(["plan", "--profile", "qwen2_5_1_5b_math", "--gpu-memory-gib", "24"]) == 1
+    assert "models.critic.gpu_memory_utilization=0.6" in capsys.readouterr().err
 
 
-def test_cpu_stages_are_not_checked():
-    assert all(p is None for _, p in memplan.plan(load_profile("tiny")))
+def test_an_engine_with_its_own_kv_cache_is_sized_with_it():
+    qwen = _with("qwen2_5_1_5b_math")
+    data = qwen.model_dump()
+    data["models"]["policy"]["kv_cache_gib"] = 6.0  # 2.9 GiB of weights + 6 + 2 > 0.3 x 24 GiB
+    plan = memplan.stage_plan(parse_profile(data), "search", gpu_memory_gib=40)
+    assert not plan.fits and "policy engine" in plan.verdict() and "6.0 GiB of KV cache" in plan.verdict()
+
+
+def test_plan_prints_host_ram_per_rank_and_whether_training_fits_the_host(capsys):
+    assert cli.main(["plan", "--profile", LLAMA, "--host-memory-gib", "128"]) == 0
+    out = capsys.readouterr().out
+    assert "Host RAM, GiB per rank" in out and "| sft | 4 |" in out
+    assert "training (sft, dpo) host RAM fits in 128 GiB" in out
+    assert cli.main(["plan", "--profile", LLAMA, "--host-memory-gib", "24"]) == 1
+    captured = capsys.readouterr()
+    assert "training (sft, dpo) host RAM does NOT fit in 24 GiB" in captured.out
+    assert "does not fit: sft: host RAM" in captured.err and "24.0 GiB of host memory" in captured.err
+
+
+def test_fsdp_ranks_above_0_hold_no_weights_on_the_host_while_ddp_ranks_each_load_a_copy():
+    fsdp = memplan.stage_plan(load_profile(LLAMA), "dpo", host_memory_gib=128).host
+    assert fsdp.other_rank == memplan.HOST_PROCESS_BYTES  # meta device until rank 0's weights are broadcast
+    assert fsdp.rank0 < 40 * memplan.GIB and fsdp.fits  # fp32 upcast / gather of 8B on rank 0 only
+    ddp = memplan.stage_plan(_with(LLAMA, train={"distributed": "ddp"}), "dpo", host_memory_gib=128).host
+    assert ddp.other_rank is None and ddp.ranks == 4  # 4 x (fp32 policy + bf16 reference)
+    assert ddp.total > 4 * 6 * 8e9 and not ddp.fits
+
+
+def test_the_pod_memory_limit_is_the_default_host_budget(capsys):
+    k8s = load_profile("llama3_1_8b_planning_k8s")
+    assert memplan.pod_memory_gib(k8s) == 128  # runtime.k8s.memory: 128Gi
+    assert cli.main(["plan", "--profile", "llama3_1_8b_planning_k8s"]) == 0
+    assert "(128 GiB host; estimates)" in capsys.readouterr().out
+    data = k8s.model_dump()
+    data["runtime"]["k8s"]["memory"] = "lots"
+    with pytest.raises(memplan.PlanError, match="runtime.k8s.memory"):
+        memplan.pod_memory_gib(parse_profile(data))
+
+
+def test_a_cpu_profile_gets_host_ram_and_a_time_estimate_per_stage(capsys):
+    rows = memplan.plan(load_profile("tiny"))
+    for stage, p in rows:
+        assert p.gpus == 0 and p.host.rank0 > memplan.HOST_PROCESS_BYTES, stage
+        assert p.seconds > 0 and p.time_unit, stage
+    assert cli.main(["plan", "--profile", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "not checked" not in out and "CPU time, an estimate" in out and "- sft: ~" in out

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from widen_dag.storage.artifacts import (
     checkpoint_dir,
     checkpoint_location,
     checkpoint_parts,
+    download_log,
     local_model,
     read_manifest,
     write_manifest,
@@ -55,10 +57,10 @@ def s3_lake(s3_endpoint, monkeypatch, tmp_path) -> Lake:
     return Lake(f"s3://{bucket}/widen")
 
 
-def _profile(student: str):
+def _profile(student: str, **train):
     data = load_profile("tiny").model_dump()
     data["models"]["student"] = {"source": "path", "name": student}
-    data["train"].update({"device": "cpu", "checkpoint_every": 2})
+    data["train"].update({"device": "cpu", "checkpoint_every": 2, **train})
     data["train"]["sft"].update({"batch_size": 2, "epochs": 1.0, "max_length": 128, "learning_rate": 1e-3})
     data["train"]["dpo"].update({"batch_size": 2, "epochs": 1.0, "max_length": 160})
     return parse_profile(data)
@@ -183,19 +185,166 @@ def test_trainer_state_round_trips_through_s3_and_the_run_resumes_exactly(s3_lak
         assert torch.allclose(a, b, atol=1e-6), name
 
 
+def _downloads() -> list[dict]:
+    log = download_log()
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+
+
+# Put on a worker's PYTHONPATH: every process waits in local_model until all N have entered it,
+# so they ask for the checkpoint at one moment (uncoordinated downloads then collide every time,
+# not only when start-up times happen to line up).
+ASK_TOGETHER = """
+import os, time
+from pathlib import Path
+from widen_dag.storage import artifacts
+
+ask = artifacts.local_model
+def ask_together(location, lake):
+    folder, n = Path(os.environ["ASK_TOGETHER_DIR"]), int(os.environ["ASK_TOGETHER_PROCESSES"])
+    (folder / str(os.getpid())).touch()
+    deadline = time.monotonic() + 120
+    while len(list(folder.iterdir())) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return ask(location, lake)
+artifacts.local_model = ask_together
+"""
+
+
+def _ask_together(env: dict, tmp_path, processes: int) -> dict:
+    hook = tmp_path / "ask_together"
+    (hook / "arrived").mkdir(parents=True)
+    (hook / "sitecustomize.py").write_text(textwrap.dedent(ASK_TOGETHER))
+    return {
+        **env,
+        "PYTHONPATH": f"{hook}:{env['PYTHONPATH']}",
+        "ASK_TOGETHER_DIR": str(hook / "arrived"),
+        "ASK_TOGETHER_PROCESSES": str(processes),
+    }
+
+
 @pytest.mark.slow
-def test_sft_and_dpo_workers_read_and_write_an_s3_lake(s3_lake, tiny_checkpoint, tmp_path):
+def test_the_sft_worker_and_a_two_rank_dpo_read_and_write_an_s3_lake_downloading_the_sft_checkpoint_once(
+    s3_lake, tiny_checkpoint, tmp_path
+):
     from tests.test_distributed_training import write_training_data
     from widen_dag.launch import scaleout
 
     write_training_data(s3_lake)
-    profile = _profile(str(tiny_checkpoint))
-    for asset, args, partition in (("sft_checkpoint", ("sft",), None), ("dpo_checkpoint", ("dpo", "dpo"), "dpo")):
-        env, messages = pipes_env(tmp_path / asset, profile, s3_lake.root, asset, partition)
-        env["WIDEN_DAG_CACHE"] = str(tmp_path / f"cache-{asset}")  # each worker as on its own pod
-        proc = subprocess.run(scaleout.worker_argv("train", *args), env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        (meta,) = reports(messages)
-        assert meta["path"].startswith("s3://")
-    assert read_manifest(checkpoint_dir(s3_lake, "dpo-dpo"))["base"] == checkpoint_dir(s3_lake, "sft")
+    sft_profile = _profile(str(tiny_checkpoint))
+    env, messages = pipes_env(tmp_path / "sft", sft_profile, s3_lake.root, "sft_checkpoint")
+    env["WIDEN_DAG_CACHE"] = str(tmp_path / "cache-sft-pod")  # the SFT checkpoint then exists only in the bucket
+    proc = subprocess.run(scaleout.worker_argv("train", "sft"), env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert reports(messages)[0]["path"].startswith("s3://")
     assert s3_lake.children("trainer_state", "sft") == []  # removed once the checkpoint was published
+
+    # Both ranks of one host share its cache (WIDEN_DAG_CACHE of the s3_lake fixture).
+    dpo_profile = _profile(str(tiny_checkpoint), num_processes=2)
+    env, messages = pipes_env(tmp_path / "dpo", dpo_profile, s3_lake.root, "dpo_checkpoint", "dpo")
+    env = _ask_together(env, tmp_path, processes=2)  # both ranks ask for the SFT checkpoint at once
+    argv = scaleout.worker_argv(
+        "train", "dpo", "dpo", num_processes=2, accelerate_flags=scaleout.accelerate_args(dpo_profile, "train")
+    )
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (meta,) = reports(messages)  # rank 0's
+    assert meta["processes"] == 2 and meta["path"] == checkpoint_dir(s3_lake, "dpo-dpo")
+    downloads = _downloads()
+    assert [d["checkpoint"] for d in downloads] == [checkpoint_dir(s3_lake, "sft")], downloads  # one rank downloaded
+    assert read_manifest(checkpoint_dir(s3_lake, "dpo-dpo"))["base"] == checkpoint_dir(s3_lake, "sft")
+
+
+LOAD_CHECKPOINT = """
+import hashlib, json, sys
+from pathlib import Path
+from widen_dag.storage import artifacts
+from widen_dag.storage.lake import Lake
+
+lake = Lake(sys.argv[1])
+published = artifacts.ModelLocation(artifacts.checkpoint_dir(lake, "sft"), source="checkpoint")
+folder = Path(artifacts.local_model(published, lake).name_or_path)
+print(json.dumps({f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in folder.iterdir()}))
+"""
+
+
+@pytest.mark.slow
+def test_concurrent_processes_on_one_host_download_a_checkpoint_once_and_all_read_it_complete(s3_lake, tiny_checkpoint, tmp_path):
+    import hashlib
+    import os
+
+    _publish(s3_lake, tiny_checkpoint, {"kind": "sft", "version": 1})
+    script = tmp_path / "load.py"
+    script.write_text(textwrap.dedent(LOAD_CHECKPOINT))
+    env = _ask_together({**os.environ, "PYTHONPATH": str(REPO)}, tmp_path, processes=3)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), s3_lake.root],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outputs]
+    published = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in tiny_checkpoint.iterdir()}
+    for out, _ in outputs:
+        seen = json.loads(out)
+        assert {k: v for k, v in seen.items() if k != MANIFEST} == published  # every file, whole
+    assert len(_downloads()) == 1, _downloads()
+
+
+@pytest.mark.slow
+def test_evaluation_and_mcts_decode_run_on_checkpoints_that_exist_only_in_the_bucket(s3_lake, tiny_checkpoint):
+    """Both workers load each checkpoint through the one download helper: one download per
+    checkpoint on this host, whichever worker came first."""
+    import logging
+    from types import SimpleNamespace
+
+    import polars as pl
+
+    from tests.lakes import eval_problems
+    from widen_dag.workers.common import Worker
+    from widen_dag.workers.decode import decode_all
+    from widen_dag.workers.evaluate import evaluate_all
+
+    profile = parse_profile(
+        {
+            "name": "t",
+            "datasets": [{"name": "arith", "domain": "arithmetic", "source": {"kind": "arithmetic"}}],
+            "models": {"student": {"source": "path", "name": str(tiny_checkpoint)}},
+            "generation": {"backend": "transformers", "device": "cpu", "max_tokens_per_node": 12},
+            "search": {"max_depth": 4, "max_path_tokens": 60},
+            "train": {"dpo": {"variants": {"dpo": {}}}},
+            "eval": {
+                "backend": "transformers",
+                "max_new_tokens": 16,
+                "max_problems": 2,
+                "test_at_n": 1,
+                "greedy": False,
+                "mcts_decode": {"variants": ["sft"], "rollouts": 1, "test_at": [1], "max_problems": 2},
+            },
+        },
+        "t.yaml",
+    )
+    for name in ("distill", "sft", "dpo-dpo"):
+        with s3_lake.staged_dir(*checkpoint_parts(name), marker=MANIFEST) as out:
+            for f in tiny_checkpoint.iterdir():
+                shutil.copy(f, out / f.name)
+            write_manifest(out, {"kind": name})
+    s3_lake.write_table("stg_problems", eval_problems(2))
+    worker = Worker(SimpleNamespace(log=logging.getLogger("test")), profile, s3_lake)  # type: ignore[arg-type]
+
+    evaluate_all(worker)
+    decode_all(worker)
+    evaluated = s3_lake.read_table("eval_results")
+    assert set(evaluated["variant"]) == {"base", "distill_baseline", "sft", "dpo"}
+    assert set(evaluated.filter(pl.col("variant") == "sft")["checkpoint"]) == {checkpoint_dir(s3_lake, "sft")}
+    decoded = s3_lake.read_table("mcts_decode")
+    assert set(decoded["method"]) == {"mcts", "sampled"} and decoded.height == 2 * 2
+    assert set(decoded["checkpoint"]) == {checkpoint_dir(s3_lake, "sft")}  # the lake's name, not this host's cache
+    assert sorted(d["checkpoint"] for d in _downloads()) == sorted(
+        checkpoint_dir(s3_lake, n) for n in ("distill", "sft", "dpo-dpo")
+    )

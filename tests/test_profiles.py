@@ -90,3 +90,48 @@ def test_the_resolved_profile_round_trips_through_json_unchanged():
     for name in available_profiles():
         profile = load_profile(name)
         assert profile_from_json(profile_to_json(profile)) == profile
+
+
+def test_a_child_profile_naming_another_model_does_not_inherit_the_parents_model_settings(tmp_path):
+    child = tmp_path / "mine.yaml"
+    child.write_text(
+        "extends: qwen2_5_1_5b_math\nname: mine\n"
+        "models:\n"
+        "  policy: {source: path, name: /models/my-model, gpu_memory_utilization: 0.25}\n"
+        "  student: {source: hub, name: Qwen/Qwen2.5-1.5B-Instruct, revision: abc123}\n"
+    )
+    profile = load_profile(str(child))
+    parent = load_profile("qwen2_5_1_5b_math")
+    # Another model: the parent's config_file and GPU share (the 1.5B's) would size the wrong model.
+    assert parent.models.policy.config_file and parent.models.policy.gpu_memory_utilization == 0.3
+    assert profile.models.policy.config_file is None and profile.models.policy.gpu_memory_utilization == 0.25
+    # The same model named again: the parent's settings for it still apply.
+    assert profile.models.student.config_file == parent.models.student.config_file
+    assert profile.models.student.revision == "abc123"
+    assert profile.models.critic == parent.models.critic
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ({"source": "gguf"}, "a gguf model needs 'name': the .gguf file"),
+        ({"source": "gguf", "name": "model.bin"}, "a gguf model needs 'name': the .gguf file"),
+        ({"source": "path", "name": "/m", "package": "x"}, "'package' is for source: gguf only"),
+    ],
+)
+def test_gguf_model_settings_are_checked_at_load(ref, message):
+    with pytest.raises(ProfileError, match=message):
+        parse_profile({**BASE, "models": {"policy": ref}}, "test.yaml")
+
+
+def test_a_child_profiles_dpo_variants_are_the_rows_it_lists(tmp_path):
+    parent = tmp_path / "parent.yaml"
+    parent.write_text(
+        "name: parent\ndatasets:\n  - {name: a, domain: arithmetic, source: {kind: arithmetic}}\n"
+        "train:\n  dpo:\n    variants: {dpo: {}, cdpo: {balanced: true, label_smoothing: 0.1}}\n"
+        "eval: {mcts_decode: {variants: [sft]}}\n"
+    )
+    child = tmp_path / "child.yaml"
+    child.write_text(f"extends: {parent}\nname: child\ntrain:\n  dpo:\n    beta: 0.2\n    variants: {{dpo: {{}}}}\n")
+    profile = load_profile(str(child))
+    assert list(profile.train.dpo.variants) == ["dpo"] and profile.train.dpo.beta == 0.2

@@ -21,7 +21,7 @@ def test_multi_gpu_training_workers_run_under_accelerate_launch():
     assert cmd == [
         "python",
         "-m",
-        "accelerate.commands.launch",
+        "widen_dag.launch.accelerate_launch",
         "--num_processes",
         "4",
         "-m",
@@ -63,6 +63,9 @@ def test_secrets_reach_pods_only_as_secret_key_refs():
         "WIDEN_DAG_PROFILE": K8S,
         "WIDEN_DAG_LAKE": "s3://example-bucket/widen-dag/lake",
         "TOKENIZERS_PARALLELISM": "false",
+        "HOME": "/home/widen",
+        "HF_HOME": "/cache/huggingface",
+        "WIDEN_DAG_CACHE": "/cache/widen_dag",
     }
 
 
@@ -76,7 +79,7 @@ def test_dagster_k8s_builds_a_valid_pod_from_the_spec_and_command():
     )
     container = pod.spec.containers[0]
     assert container.image == "ghcr.io/example/widen-dag:latest"
-    assert container.command[:5] == ["python", "-m", "accelerate.commands.launch", "--num_processes", "4"]
+    assert container.command[:5] == ["python", "-m", "widen_dag.launch.accelerate_launch", "--num_processes", "4"]
     assert container.resources.limits["nvidia.com/gpu"] == "4"
     assert pod.spec.node_selector == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert pod.spec.volumes[0].empty_dir.medium == "Memory"
@@ -95,10 +98,8 @@ def test_a_k8s_profile_launches_workers_through_pipes_k8s_client(tmp_path, monke
             raise RuntimeError("no cluster in tests")
 
     monkeypatch.setattr(dagster_k8s, "PipesK8sClient", RecordingK8sClient)
-    res = {
-        "pipeline": PipelineResource(profile=K8S, lake_root=str(tmp_path)),
-        "pipes_subprocess_client": dg.PipesSubprocessClient(),
-    }
+    monkeypatch.delenv("WIDEN_DAG_LAKE", raising=False)  # Dagster's lake is then the pods' lake
+    res = {"pipeline": PipelineResource(profile=K8S), "pipes_subprocess_client": dg.PipesSubprocessClient()}
     result = dg.materialize([compute_environment], resources=res, raise_on_error=False)
     assert not result.success and len(calls) == 2  # the asset's retry policy ran it twice
     call = calls[0]
@@ -106,7 +107,75 @@ def test_a_k8s_profile_launches_workers_through_pipes_k8s_client(tmp_path, monke
     assert call["base_pod_spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     # the pod gets the resolved profile itself: a YAML file on this machine would not exist there
     assert profile_from_json(call["extras"]["profile_json"]) == load_profile(K8S)
-    assert call["extras"]["lake_root"] == "s3://example-bucket/widen-dag/lake"
+    assert call["extras"]["lake_root"] == "s3://example-bucket/widen-dag/lake" == res["pipeline"].lake().root
+
+
+def test_a_pod_lake_that_dagster_does_not_read_is_refused_before_any_stage(tmp_path, monkeypatch):
+    """Before: the pods got runtime.k8s.lake_root while Dagster read $WIDEN_DAG_LAKE (search
+    pods then could not find stg_problems). Now one lake, or one clear error naming the field."""
+    import dagster_k8s
+
+    launched = []
+    monkeypatch.setattr(dagster_k8s, "PipesK8sClient", lambda: launched.append(1))
+    monkeypatch.setenv("WIDEN_DAG_LAKE", str(tmp_path / "lake"))
+    pipeline = PipelineResource(profile=K8S)
+    with pytest.raises(ProfileError, match=r"runtime.k8s.lake_root: the pods would use s3://example-bucket.*\$WIDEN_DAG_LAKE"):
+        pipeline.load_profile()
+    res = {"pipeline": pipeline, "pipes_subprocess_client": dg.PipesSubprocessClient()}
+    result = dg.materialize([compute_environment], resources=res, raise_on_error=False)
+    assert not result.success and launched == []
+    # the same URI (a trailing slash aside) is one lake
+    monkeypatch.setenv("WIDEN_DAG_LAKE", "s3://example-bucket/widen-dag/lake/")
+    assert pipeline.worker_extras(pipeline.load_profile())["lake_root"] == "s3://example-bucket/widen-dag/lake"
+
+
+def test_pods_run_as_the_images_non_root_user_with_cache_volumes():
+    profile = load_profile(K8S)
+    spec = scaleout.pod_spec(profile, "train")
+    assert spec["securityContext"] == {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000}
+    mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    env = scaleout.pod_env(profile)
+    assert volumes[mounts[env["HF_HOME"]]] == {"name": "model-cache", "emptyDir": {}}
+    assert volumes[mounts[env["WIDEN_DAG_CACHE"]]] == {"name": "checkpoint-cache", "emptyDir": {}}
+    assert volumes[mounts[env["WIDEN_DAG_CACHE"] + "/trainer_state"]]["name"] == "trainer-state"
+    claimed = parse_profile(
+        {
+            **profile.model_dump(),
+            "runtime": {
+                **profile.runtime.model_dump(),
+                "k8s": {**profile.runtime.k8s.model_dump(), "volume_claims": {"model_cache": "hf-models"}},
+            },
+        }
+    )
+    claimed_volumes = {v["name"]: v for v in scaleout.pod_spec(claimed, "search")["volumes"]}
+    assert claimed_volumes["model-cache"] == {"name": "model-cache", "persistentVolumeClaim": {"claimName": "hf-models"}}
+    assert claimed_volumes["trainer-state"] == {"name": "trainer-state", "emptyDir": {}}
+    with pytest.raises(ProfileError, match="volume_claims"):
+        parse_profile(
+            {
+                **profile.model_dump(),
+                "runtime": {
+                    **profile.runtime.model_dump(),
+                    "k8s": {**profile.runtime.k8s.model_dump(), "volume_claims": {"x": "y"}},
+                },
+            }
+        )
+
+
+def test_a_training_pods_command_names_its_accelerate_config_not_a_path_of_this_machine():
+    """Before: --config_file was the absolute path of the config in the Dagster host's install."""
+    profile = load_profile(K8S)
+    command = scaleout.worker_argv(
+        "train", "sft", num_processes=4, python="python", accelerate_flags=scaleout.accelerate_args(profile, "train")
+    )
+    assert command[command.index("--config_file") + 1] == "fsdp"
+    assert not any("/" in arg for arg in command)
+    from widen_dag.launch.accelerate_launch import resolve_config_file
+
+    resolved = resolve_config_file(command[3:])
+    assert resolved[resolved.index("--config_file") + 1] == str(scaleout.accelerate_config_file("fsdp"))
+    assert resolved[resolved.index("-m") :] == ["-m", "widen_dag.workers.train", "sft"]  # the worker's own args untouched
 
 
 def _with_runtime(runtime: dict) -> dict:

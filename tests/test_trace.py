@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.lakes import build_small_lake, run_sql_models
-from widen_dag.lineage.trace import TraceError, render, trace_checkpoint, trace_pair
+from widen_dag.lineage.trace import TraceError, pair_picture, render, trace_checkpoint, trace_pair
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,3 +77,16 @@ def test_trace_console_script(traced_lake):
     assert json.loads(res.stdout)["problem_ids"] == ["P1", "P2", "P5"]
     bad = subprocess.run([str(cli), "trace", "nope", "--lake", traced_lake.root], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("widen-dag trace: no checkpoint manifest")
+
+
+def test_a_pair_is_drawn_over_its_tree_and_the_trace_command_writes_the_png(traced_lake, tmp_path, capsys):
+    from widen_dag.cli import main
+
+    picture = pair_picture(traced_lake, trace_pair(traced_lake, "dpo-joint_masked", "P5"))
+    assert picture.nodes == 4 and picture.leaves == {"correct": 1, "wrong": 1}
+    assert picture.paths == {"chosen": 2, "rejected": 2}
+    out = tmp_path / "pair.png"
+    assert main(["trace", "dpo-joint_masked", "--pair", "P5", "--png", str(out), "--lake", traced_lake.root]) == 0
+    assert out.read_bytes().startswith(b"\x89PNG") and "chosen:" in capsys.readouterr().out
+    assert main(["trace", "sft", "--png", str(out), "--lake", traced_lake.root]) == 2
+    assert "--png draws a pair" in capsys.readouterr().err

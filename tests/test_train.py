@@ -190,3 +190,97 @@ def test_sft_then_joint_masked_dpo_train_save_and_reload_to_generate(tiny, tmp_p
     )
     out = again.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
     assert out.shape[1] > ids["input_ids"].shape[1]
+
+
+def _sft_rows(n: int) -> list[dict]:
+    # Answers of different lengths: batches are padded, and padding is not training.
+    return [
+        {
+            "prompt": [{"role": "user", "content": f"What is {i} + 2?"}],
+            "completion": [{"role": "assistant", "content": "<answer>" + " ".join([str(i + 2)] * (i + 1)) + "</answer>"}],
+        }
+        for i in range(n)
+    ]
+
+
+def test_a_run_shorter_than_log_every_still_reports_its_final_loss(tiny, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    path, tok = tiny
+    model = AutoModelForCausalLM.from_pretrained(path)
+    stats = train_sft(model, tok, _sft_rows(4), output_dir=str(tmp_path), learning_rate=1e-3, batch_size=2, max_length=64, log_every=20)
+    assert stats.steps == 2
+    assert stats.final_loss is not None and stats.losses[-1][0] == 2  # the last step, logged though 2 < log_every
+
+
+def test_sft_tokens_are_the_non_padding_tokens_of_the_rows_trained(tiny, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from widen_dag.train.preference import chat_length
+
+    path, tok = tiny
+    rows = _sft_rows(3)  # batch 2: one full batch and one of a single row, not 2 x 2 rows
+    model = AutoModelForCausalLM.from_pretrained(path)
+    stats = train_sft(model, tok, rows, output_dir=str(tmp_path), learning_rate=1e-3, batch_size=2, max_length=64)
+    assert stats.steps == 2
+    assert stats.tokens == sum(chat_length(tok, r["prompt"] + r["completion"]) for r in rows)
+
+
+class _ZeRO3Engine(torch.nn.Module):
+    """What accelerate's get_state_dict calls under ZeRO-3, which DeepSpeed's engine has and the
+    bare model it wraps does not."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def zero_gather_16bit_weights_on_model_save(self) -> bool:
+        return True
+
+    def _zero3_consolidated_16bit_state_dict(self) -> dict:
+        return {k: v.to(torch.bfloat16) for k, v in self.module.state_dict().items()}
+
+
+def test_zero3_export_gathers_through_the_deepspeed_engine_and_saves_bf16(tiny, tmp_path):
+    import functools
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+    from transformers import AutoModelForCausalLM
+
+    from widen_dag.train.trainer import export_model, save_export
+
+    path, _ = tiny
+    model = AutoModelForCausalLM.from_pretrained(path)
+    # accelerate's own get_state_dict, on an accelerator in DeepSpeed ZeRO-3 mode (no deepspeed here)
+    acc = SimpleNamespace(
+        distributed_type=DistributedType.DEEPSPEED,
+        deepspeed_config={"zero_optimization": {"stage": 3}},
+        unwrap_model=lambda m: m,
+    )
+    acc.get_state_dict = functools.partial(Accelerator.get_state_dict, acc)
+    trainer = SimpleNamespace(accelerator=acc, model=model, model_wrapped=_ZeRO3Engine(model), args=SimpleNamespace(bf16=True))
+    exported, state = export_model(trainer)
+    assert exported is model and state.keys() == model.state_dict().keys()
+    save_export((exported, state), tmp_path / "out")
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype="auto")
+    assert saved.dtype == torch.bfloat16 and saved.config.dtype == torch.bfloat16
+    for name, tensor in saved.state_dict().items():
+        assert torch.equal(tensor, model.state_dict()[name].to(torch.bfloat16)), name
+
+
+def test_a_bf16_run_saves_bf16_weights(tiny, tmp_path):
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM
+
+    from widen_dag.train.trainer import export_model, save_export
+
+    path, _ = tiny
+    model = AutoModelForCausalLM.from_pretrained(path)  # fp32 master weights, as a DDP full fine-tune holds them
+    trainer = SimpleNamespace(accelerator=Accelerator(cpu=True), model=model, model_wrapped=model, args=SimpleNamespace(bf16=True))
+    save_export(export_model(trainer), tmp_path / "out")
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype="auto")
+    assert {p.dtype for p in saved.parameters()} == {torch.bfloat16}

@@ -1,18 +1,22 @@
 """`widen-dag`: run the preset jobs into a persistent Dagster home, and set that home up.
 
-widen-dag demo [--profile tiny] [--seed S]   the whole pipeline, every shard, one run
-widen-dag smoke                    problems + the worker round trip
-widen-dag init-home                write $DAGSTER_HOME/dagster.yaml (pool gpu = 1, run monitoring)
-widen-dag trace dpo-cdpo [--pair P] a checkpoint's data versions, pairs, tree nodes, problems
-widen-dag plan [--profile P] [--gpus N] [--gpu-memory-gib G]
+widen-dag demo [--profile tiny] [--seed S] [--verbose]
+                                   the whole pipeline, every shard; a live stage view (the
+                                   event log goes to $DAGSTER_HOME/logs/), then the table
+widen-dag smoke [--verbose]        problems + the worker round trip
+widen-dag init-home                write $DAGSTER_HOME/dagster.yaml (pool gpu = the workers this node's GPUs
+                                   hold side by side, 1 without GPUs; run monitoring)
+widen-dag trace dpo-cdpo [--pair P [--png F]]
+                                   a checkpoint's data versions, pairs, tree nodes, problems
+widen-dag plan [--profile P] [--gpus N] [--gpu-memory-gib G] [--host-memory-gib H]
                                    GPU memory per stage vs the GPUs; exits 1 naming a stage that does not fit
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import shutil
 import socket
 import sys
 import time
@@ -34,9 +38,17 @@ def init_home() -> Path:
     home.mkdir(parents=True, exist_ok=True)
     target = home / "dagster.yaml"
     if not target.exists():
-        with resources.as_file(resources.files("widen_dag") / "templates" / "dagster.yaml") as src:
-            shutil.copyfile(src, target)
+        template = (resources.files("widen_dag") / "templates" / "dagster.yaml").read_text()
+        target.write_text(template.replace("default_limit: 1", f"default_limit: {_gpu_pool_limit()}", 1))
     return home
+
+
+def _gpu_pool_limit() -> int:
+    """Slots of pool `gpu` for this node and the profile in $WIDEN_DAG_PROFILE (1 without GPUs)."""
+    from widen_dag.launch.scaleout import gpu_pool_limit
+    from widen_dag.profiles import load_profile
+
+    return gpu_pool_limit(load_profile(None))
 
 
 def _job(name: str):
@@ -61,16 +73,28 @@ def _evaluation_job():
     return _job("evaluation")
 
 
-def print_ablation_table() -> None:
+def print_ablation_table(reports: Path | None = None) -> None:
+    """The ablation table (and Table 7) as the demo's last word, and where each form of it is:
+    the Parquet in the lake; with ``reports``, the Markdown and the bar chart written there."""
     from widen_dag.evaluate import report
-    from widen_dag.storage.lake import Lake, default_lake_root
+    from widen_dag.launch.scaleout import deployment_lake_root
+    from widen_dag.profiles import load_profile
+    from widen_dag.storage.lake import Lake
 
-    lake = Lake(default_lake_root())
+    lake = Lake(deployment_lake_root(load_profile(None), os.environ.get("WIDEN_DAG_LAKE")))  # the lake Dagster reads
+    table = None
     if lake.has_table("ablation_report"):
         summary = lake.read_table("ablation_report")
-        print("\nAblation (the paper's Table 5 layout):\n" + report.markdown_table(summary))
-        print("\n".join(f"- {n}" for n in report.direction_notes(summary)))
+        table = report.markdown_table(summary)
+        notes = "\n".join(f"- {n}" for n in report.direction_notes(summary))
+        print("\nAblation (the paper's Table 5 layout):\n" + table)
+        print(notes)
         print(f"\nParquet: {lake.table_uri('ablation_report')}")
+        if reports is not None:
+            reports.mkdir(parents=True, exist_ok=True)
+            (reports / "ablation_report.md").write_text(table + "\n\n" + notes + "\n")
+            (reports / "ablation_report.png").write_bytes(report.bar_chart_png(summary))
+            print(f"Markdown: {reports / 'ablation_report.md'}\nChart: {reports / 'ablation_report.png'}")
     if lake.has_table("mcts_decode"):
         from widen_dag.evaluate import table7
         from widen_dag.profiles import load_profile
@@ -169,13 +193,26 @@ def release_orphaned_runs(instance) -> list[str]:
 BASE_MODEL_ASSETS = ("policy_model", "student_base")
 
 
-def _execute(target, tags: dict[str, str], label: str, seed: int | None = None, skip: tuple[str, ...] = ()) -> tuple[bool, str]:
+def _execute(
+    target,
+    tags: dict[str, str],
+    label: str,
+    seed: int | None = None,
+    skip: tuple[str, ...] = (),
+    view=None,
+    stage=lambda step: step,
+) -> tuple[bool, str]:
+    """One run of ``target``, executed in this process; ``view`` (a StageView) follows its
+    steps, ``stage`` names a step there."""
     import dagster as dg
 
+    from widen_dag.defs.console import following
+
+    say = view.note if view is not None else print
     start = time.perf_counter()
     instance = dg.DagsterInstance.get()
     for line in release_orphaned_runs(instance):
-        print(f"widen-dag: {line}")
+        say(f"widen-dag: {line}")
     selection = None
     if skip:
         keys = target().asset_layer.executable_asset_keys
@@ -183,53 +220,101 @@ def _execute(target, tags: dict[str, str], label: str, seed: int | None = None, 
     # The seed is run configuration of the pipeline resource (and a run tag to filter by), so
     # each seed's runs show it in the UI and launch the same way from there.
     run_config = {"resources": {"pipeline": {"config": {"seed": seed}}}} if seed is not None else None
-    tags = {**tags, LAUNCHER_TAG: f"{socket.gethostname()}:{os.getpid()}"}
+    launcher = (LAUNCHER_TAG, f"{socket.gethostname()}:{os.getpid()}")
+    tags = {**tags, launcher[0]: launcher[1]}
     tags = tags if seed is None else {**tags, SEED_TAG: str(seed)}
-    with dg.execute_job(
-        dg.reconstructable(target), instance=instance, tags=tags, run_config=run_config, asset_selection=selection
-    ) as result:
+    follow = following(view, launcher, _FOLLOWED_RUNS, stage) if view is not None else contextlib.nullcontext()
+    with (
+        follow,
+        dg.execute_job(
+            dg.reconstructable(target), instance=instance, tags=tags, run_config=run_config, asset_selection=selection
+        ) as result,
+    ):
         ok, run_id = result.success, result.run_id
-    print(f"\n{label}: {'SUCCESS' if ok else 'FAILURE'} in {time.perf_counter() - start:.0f}s (run {run_id})")
+    RUN_IDS.append(run_id)
+    say(f"{label}: {'SUCCESS' if ok else 'FAILURE'} in {time.perf_counter() - start:.0f}s (run {run_id})")
     if not ok:
         FAILED_STEPS.extend(f"[{label}] {line}" for line in failed_steps(instance, run_id))
     return ok, run_id
 
 
-def run_job(name: str, seed: int | None = None, reuse_base_models: bool = False) -> bool:
-    """`smoke`: one run. `demo`: the shard-partitioned pipeline in one run, then one run per
-    DPO variant partition (a job may hold only one partitioning). ``seed``: the run seed of
-    every run (PipelineResource.seed). ``reuse_base_models``: the demo run leaves out
-    policy_model and student_base, which must already be in the lake."""
+RUN_IDS: list[str] = []  # this command's runs, for the UI links printed last
+_FOLLOWED_RUNS: set[str] = set()
+
+
+def _planned_runs(name: str, profile, reuse_base_models: bool) -> list[tuple]:
+    """(job, tags, label, skip, stage name of a step) for each run of a command: `smoke` is one
+    run; `demo` is the shard-partitioned pipeline in one run, then one run per DPO variant
+    partition (a job may hold only one partitioning), then the evaluation."""
+    from widen_dag.defs.jobs import all_shards_tags
+
+    if name == "smoke":
+        return [(_smoke_job, all_shards_tags(profile.shard_keys()), name, (), lambda step: step)]
+    skip = BASE_MODEL_ASSETS if reuse_base_models else ()
+    return [
+        (_demo_job, all_shards_tags(profile.shard_keys()), name, skip, lambda step: step),
+        *[
+            (_dpo_variants_job, {"dagster/partition": v}, f"dpo_variants[{v}]", (), lambda step, v=v: f"{step}[{v}]")
+            for v in profile.train.dpo.variants
+        ],
+        (_evaluation_job, {}, "evaluation", (), lambda step: step),
+    ]
+
+
+def _run_planned(name: str, seed: int | None, reuse_base_models: bool, console, live: bool | None) -> bool:
     import dagster as dg
 
-    from widen_dag.defs.jobs import all_shards_tags
+    from widen_dag.defs.console import step_names
     from widen_dag.defs.partitions import register_profile_shards
     from widen_dag.profiles import load_profile
+    from widen_dag.progress import StageView
+
+    profile = load_profile()
+    register_profile_shards(dg.DagsterInstance.get(), profile)
+    runs = _planned_runs(name, profile, reuse_base_models)
+    view = StageView(console, live=live)
+    for job, _, _, skip, stage in runs:
+        for step in step_names(job()):
+            if step not in skip:
+                view.add(stage(step))
+    ok = True
+    with view:
+        for i, (job, tags, label, skip, stage) in enumerate(runs):
+            ok, _ = _execute(job, tags, label, seed, skip, view=view, stage=stage)
+            if not ok:
+                view.abandon([s(step) for job_, *_, s in runs[i:] for step in step_names(job_())])
+                break
+    return ok
+
+
+def run_job(name: str, seed: int | None = None, reuse_base_models: bool = False, verbose: bool = False) -> bool:
+    """Run a command's runs (`_planned_runs`) with a stage view on the console; Dagster's event
+    log, warnings and the workers' output go to a log file in the Dagster home (and the UI).
+    ``seed``: the run seed of every run (PipelineResource.seed). ``reuse_base_models``: the
+    demo run leaves out policy_model and student_base, which must already be in the lake.
+    ``verbose``: the event log on the console too, and plain stage lines among it."""
+    from widen_dag.progress import captured_output
 
     home = init_home()
     start = time.perf_counter()
-    profile = load_profile()
-    register_profile_shards(dg.DagsterInstance.get(), profile)
-    skip = BASE_MODEL_ASSETS if reuse_base_models and name == "demo" else ()
-    ok, run_id = _execute(_smoke_job if name == "smoke" else _demo_job, all_shards_tags(profile.shard_keys()), name, seed, skip)
+    log_file = home / "logs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    print(f"widen-dag {name}: the event log goes to {log_file}" + ("" if verbose else " (--verbose: on the console too)"))
+    with captured_output(log_file, echo=verbose) as console:
+        ok = _run_planned(name, seed, reuse_base_models, console, live=False if verbose else None)
     if ok and name == "demo":
-        for variant in profile.train.dpo.variants:
-            ok, _ = _execute(_dpo_variants_job, {"dagster/partition": variant}, f"dpo_variants[{variant}]", seed)
-            if not ok:
-                break
-        if ok:
-            ok, _ = _execute(_evaluation_job, {}, "evaluation", seed)
-        if ok:
-            print_ablation_table()
+        print_ablation_table(home / "reports")
     print(f"\n{name}: {'SUCCESS' if ok else 'FAILURE'} in {time.perf_counter() - start:.0f}s")
+    print(f"Event log: {log_file}")
     print(
-        f"Runs are stored in {home}. Open the UI with:\n"
+        f"Runs are stored in {home}. Open the UI on them with:\n"
         f"  DAGSTER_HOME={home} .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000\n"
-        f"then http://127.0.0.1:3000/runs (runs) and http://127.0.0.1:3000/assets/ablation_report (the table)"
+        f"then http://127.0.0.1:3000/runs (runs"
+        + (f"; this one: http://127.0.0.1:3000/runs/{RUN_IDS[0]}" if len(RUN_IDS) == 1 else "")
+        + ") and http://127.0.0.1:3000/assets/ablation_report (the table)"
     )
     if FAILED_STEPS:
         # The cause belongs at the end, not hundreds of log lines above the FAILURE line.
-        print(f"\n{name}: FAILURE; {len(FAILED_STEPS)} step(s) failed:", file=sys.stderr)
+        print(f"\n{name}: FAILURE; {len(FAILED_STEPS)} step(s) failed (details in {log_file}):", file=sys.stderr)
         for line in FAILED_STEPS:
             print(f"  {line}", file=sys.stderr)
     return ok
@@ -238,13 +323,21 @@ def run_job(name: str, seed: int | None = None, reuse_base_models: bool = False)
 def trace_command(args: argparse.Namespace) -> int:
     import json
 
-    from widen_dag.lineage.trace import TraceError, render, trace_checkpoint, trace_pair
-    from widen_dag.storage.lake import Lake, LakeError, default_lake_root
+    from widen_dag.launch.scaleout import deployment_lake_root
+    from widen_dag.lineage.trace import TraceError, pair_picture, render, trace_checkpoint, trace_pair
+    from widen_dag.profiles import load_profile
+    from widen_dag.storage.lake import Lake, LakeError
 
-    lake = Lake(args.lake or default_lake_root())
+    if args.png and not args.pair:
+        print("widen-dag trace: --png draws a pair over its tree: give --pair PROBLEM_ID too", file=sys.stderr)
+        return 2
+    configured = args.lake or os.environ.get("WIDEN_DAG_LAKE")
+    lake = Lake(deployment_lake_root(load_profile(None), configured, "--lake" if args.lake else "$WIDEN_DAG_LAKE"))
     try:
         report = trace_pair(lake, args.target, args.pair) if args.pair else trace_checkpoint(lake, args.target)
-    except (TraceError, LakeError) as err:
+        if args.png:
+            Path(args.png).write_bytes(pair_picture(lake, report).png)
+    except (TraceError, LakeError, OSError) as err:
         print(f"widen-dag trace: {err}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=2, default=str) if args.json else render(report))
@@ -279,18 +372,23 @@ def profile_command(args: argparse.Namespace) -> int:
 
 
 def plan_command(args: argparse.Namespace) -> int:
-    from widen_dag.launch.memplan import PlanError, plan, render
+    from widen_dag.launch.memplan import PlanError, plan, pod_memory_gib, render
     from widen_dag.profiles import ProfileError, load_profile
 
     try:
         profile = load_profile(args.profile)
-        rows = plan(profile, gpus=args.gpus, gpu_memory_gib=args.gpu_memory_gib)
+        host_gib = args.host_memory_gib if args.host_memory_gib is not None else pod_memory_gib(profile)
+        rows = plan(profile, gpus=args.gpus, gpu_memory_gib=args.gpu_memory_gib, host_memory_gib=host_gib)
     except (ProfileError, PlanError) as err:
         print(f"widen-dag plan: {err}", file=sys.stderr)
         return 2
     print(f"profile {profile.name}")
-    print(render(rows, args.gpu_memory_gib or profile.runtime.gpu_memory_gib))
-    failing = [p for _, p in rows if p is not None and not p.fits]
+    print(render(rows, args.gpu_memory_gib or profile.runtime.gpu_memory_gib, host_gib))
+    if host_gib is not None:
+        training = [p for s, p in rows if s in ("sft", "dpo")]
+        verdict = "fits" if all(p.host is None or p.host.fits for p in training) else "does NOT fit"
+        print(f"\ntraining (sft, dpo) host RAM {verdict} in {host_gib:g} GiB")
+    failing = [p for _, p in rows if not p.fits]
     for p in failing:
         print(f"widen-dag plan: does not fit: {p.verdict()}", file=sys.stderr)
     return 1 if failing else 0
@@ -308,20 +406,27 @@ def main(argv: list[str] | None = None) -> int:
             action="store_true",
             help="do not retrain policy_model and student_base: they are already in the lake",
         )
+        p.add_argument("--verbose", action="store_true", help="Dagster's event log on the console too (it always goes to a file)")
     sub.add_parser("init-home", help="write $DAGSTER_HOME/dagster.yaml")
     tr = sub.add_parser("trace", help="a checkpoint's data, pairs, tree nodes and problems")
     tr.add_argument("target", help="checkpoint name (sft, dpo-cdpo), asset (dpo_checkpoint:cdpo) or folder")
     tr.add_argument("--pair", metavar="PROBLEM_ID", help="show one preference pair node by node")
     tr.add_argument("--lake", help="lake root (default: $WIDEN_DAG_LAKE or ./lake)")
     tr.add_argument("--json", action="store_true", help="print JSON instead of text")
+    tr.add_argument("--png", metavar="FILE", help="with --pair: draw the pair's search tree and both paths to FILE")
     pr = sub.add_parser("profile", help="show the resolved profile, explain every setting, or print the JSON schema")
     pr.add_argument("--profile", help="profile name or YAML path (default: $WIDEN_DAG_PROFILE or tiny)")
     pr.add_argument("--explain", action="store_true", help="every setting: dotted name, default and what it does")
     pr.add_argument("--schema", action="store_true", help="the profile's JSON schema")
-    pl = sub.add_parser("plan", help="GPU memory per stage against the GPUs (exits 1 when a stage does not fit)")
+    pl = sub.add_parser(
+        "plan", help="GPU memory and host RAM per stage (on CPU: RAM and a time estimate); exits 1 when a stage does not fit"
+    )
     pl.add_argument("--profile", help="profile name or YAML path (default: $WIDEN_DAG_PROFILE or tiny)")
     pl.add_argument("--gpus", type=int, help="GPUs per stage (default: what the profile asks for)")
     pl.add_argument("--gpu-memory-gib", type=float, help="memory of one GPU (default: runtime.gpu_memory_gib)")
+    pl.add_argument(
+        "--host-memory-gib", type=float, help="host (pod) memory for all ranks of a stage (default: runtime.k8s.memory, if set)"
+    )
     args = parser.parse_args(argv)
     if args.command == "profile":
         return profile_command(args)
@@ -341,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     except ProfileError as err:
         print(f"widen-dag: {err}", file=sys.stderr)
         return 2
-    return 0 if run_job(args.command, args.seed, args.reuse_base_models) else 1
+    return 0 if run_job(args.command, args.seed, args.reuse_base_models, args.verbose) else 1
 
 
 if __name__ == "__main__":

@@ -150,3 +150,22 @@ def test_a_plan_with_an_illegal_step_is_wrong_and_names_the_step():
     assert "step 2" in verdict.detail and "(pick-up blue)" in verdict.detail and "(handempty)" in verdict.detail
     garbled = bw.verify("Plan:\nunstack the red block from on top of the blue block\nstack the red block sideways\n", "", SWAP)
     assert not garbled.correct and not garbled.no_answer and "step 2" in garbled.detail
+
+
+def test_a_draft_plan_followed_by_a_corrected_one_is_graded_on_the_corrected_one():
+    from widen_dag.domains.blocksworld import plan_actions
+
+    numbered = (
+        "Here is my plan:\n1. unstack the red block from on top of the blue block\n2. put down the red block\n"
+        "Corrected plan:\n1. pick up the blue block\n2. stack the blue block on top of the red block\n"
+    )
+    assert [str(a) for a in plan_actions(numbered)] == ["(pick-up blue)", "(stack blue red)"]
+    unnumbered = (
+        "unstack the red block from on top of the blue block\nput down the red block\n"
+        "Wait, that leaves the blue block where it was. Let me redo it.\n"
+        "pick up the blue block\nstack the blue block on top of the red block"
+    )
+    assert [str(a) for a in plan_actions(unnumbered)] == ["(pick-up blue)", "(stack blue red)"]
+    # A remark between the steps of one plan does not split it.
+    remark = "1. unstack the red block from on top of the blue block\n   This frees the blue block.\n2. put down the red block"
+    assert [str(a) for a in plan_actions(remark)] == ["(unstack red blue)", "(put-down red)"]

@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
 from widen_dag.domains import math as m
+from widen_dag.domains.base import cut_off_verdict
 
 
 def test_gsm8k_test_gold_extracted_for_every_row_as_a_number(datasets_dir):
@@ -118,3 +120,35 @@ def test_answers_as_real_models_write_them_extract_18(text):
 def test_no_extractable_answer_is_a_no_answer(text):
     verdict = m.verify(text, "18")
     assert verdict.no_answer and not verdict.correct
+
+
+_SMOLLM2 = json.loads((Path(__file__).parent / "fixtures" / "smollm2_responses.json").read_text())["responses"]
+
+
+@pytest.mark.parametrize("row", _SMOLLM2, ids=[r["problem_id"] for r in _SMOLLM2])
+def test_a_real_instruct_models_own_responses_are_read_as_a_user_would(row):
+    """SmolLM2-135M-Instruct's answers to the project's prompts: the last answer statement wins
+    ("The answer is 1 + 3 = 4." is 4; an echoed "\\boxed{...}" after "The answer is 7." is no
+    answer), and a response that ran into the token limit is cut off: a no-answer whatever it
+    stated on the way, as its answer block never closed."""
+    assert m.extract_answer(row["response"]) == row["expected_answer"]
+    verdict, cut_off = cut_off_verdict(row["response"], row["finish_reason"], m.verify(row["response"], "0"))
+    assert cut_off == row["expected_cut_off"]
+    assert verdict.no_answer == (cut_off or row["expected_answer"] is None)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected", "gold"),
+    [
+        ("So, the answer is 20 * 4 = 80.", "80", "80"),
+        ("The answer is: Janet makes 18 dollars every day", "18", "18"),
+        ("The answer is 960 dollars.", "960 dollars", "960"),
+        ("The answer is $160,000.", "160,000", "160000"),
+        ("The answer is 5. Wait, no: \\boxed{6}", "6", "6"),
+        ("<answer>\\boxed{17} is what I first thought. The answer is: 18</answer>", "18", "18"),
+        ("The answer is \\frac{1}{2}.", "\\frac{1}{2}", "0.5"),
+    ],
+)
+def test_free_form_answer_phrases_give_the_number_a_user_would_read(text, expected, gold):
+    assert m.extract_answer(text) == expected
+    assert m.verify(text, gold).correct

@@ -13,7 +13,7 @@ import dagster as dg
 from dagster._core.errors import DagsterPipesExecutionError  # not re-exported at top level in 1.13
 
 from widen_dag.defs.resources import PipelineResource
-from widen_dag.launch import scaleout
+from widen_dag.launch import gpus, scaleout
 from widen_dag.launch.failures import FAILURE_FILE_EXTRA, read_failure
 from widen_dag.profiles import Profile
 from widen_dag.storage.reuse import ReuseRecord, config_hash, read_record, reuse_key, why_rebuild, write_record
@@ -27,22 +27,33 @@ def run_worker(
     if profile.runtime.kind == "k8s":
         return run_worker_pod(context, pipeline, profile, module, *args, num_processes=processes)
     timeout = profile.runtime.worker_timeout_s
-    started = time.monotonic()
     fd, failure_file = tempfile.mkstemp(prefix="widen-dag-failure-", suffix=".json")
     os.close(fd)
     os.unlink(failure_file)  # the worker creates it only for an unrecoverable failure
+    # The GPUs this worker owns while it runs (pool `gpu` lets several run side by side on one node).
+    lease = gpus.gpu_lease(
+        scaleout.gpus_for(profile, module),
+        gpus.node_gpu_ids(profile.runtime.gpus_per_node),
+        on_wait=lambda message: context.log.info(f"{module}: {message}"),
+    )
+    started = time.monotonic()
     try:
-        return client.run(
-            command=scaleout.worker_argv(
-                module,
-                *args,
-                num_processes=processes,
-                timeout_s=timeout,
-                accelerate_flags=scaleout.accelerate_args(profile, module),
-            ),
-            context=context,
-            extras={**pipeline.worker_extras(profile), FAILURE_FILE_EXTRA: failure_file},
-        ).get_materialize_result()
+        with lease as owned:
+            started = time.monotonic()  # waiting for GPUs is not running
+            return client.run(
+                command=scaleout.worker_argv(
+                    module,
+                    *args,
+                    num_processes=processes,
+                    timeout_s=timeout,
+                    accelerate_flags=scaleout.accelerate_args(profile, module),
+                ),
+                context=context,
+                extras={**pipeline.worker_extras(profile), FAILURE_FILE_EXTRA: failure_file},
+                env={"CUDA_VISIBLE_DEVICES": ",".join(owned)} if owned else None,
+            ).get_materialize_result()
+    except gpus.GpuLeaseError as err:
+        raise unrecoverable_failure(module, str(err), "set runtime.gpus_per_node, or ask for fewer GPUs per worker") from None
     except DagsterPipesExecutionError as err:
         found = read_failure(failure_file)
         if found:
@@ -91,7 +102,7 @@ def run_worker_pod(
             ),
             base_pod_spec=scaleout.pod_spec(profile, module),
             env=scaleout.pod_env(profile),
-            extras=pipeline.worker_extras(profile, cfg.lake_root),
+            extras=pipeline.worker_extras(profile),
         )
         .get_materialize_result()
     )

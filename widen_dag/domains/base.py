@@ -71,6 +71,23 @@ FORMAT_INSTRUCTION = (
 )
 
 
+def answer_block_closed(text: str) -> bool:
+    """Whether the response's last ``<answer>`` block is closed by ``</answer>``."""
+    start = text.rfind("<answer>")
+    return start != -1 and text.find("</answer>", start) != -1
+
+
+def cut_off_verdict(text: str, finish_reason: str, verdict: Verdict) -> tuple[Verdict, bool]:
+    """(the verdict to count, whether the response was cut off): a response that ran into the
+    token limit is a no-answer unless its answer block closed, whatever it said on the way (a
+    model that loops until the limit often states an intermediate result first; a cut-off
+    response is not an answer a user would accept)."""
+    cut_off = finish_reason == "length"
+    if cut_off and not answer_block_closed(text):
+        return Verdict(False, True, None, "cut off at the token limit before its answer block closed"), True
+    return verdict, cut_off
+
+
 def problem_id(domain: str, question: str, gold: str) -> str:
     """A stable id from the content, so the same problem gets the same id in every run."""
     digest = hashlib.sha256(json.dumps([domain, question.strip(), gold.strip()]).encode()).hexdigest()

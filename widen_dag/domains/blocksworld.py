@@ -201,26 +201,42 @@ _ACTION_START_RE = re.compile(r"^\(?\s*(?:unstack|stack|pick[- ]up|put[- ]down)\
 _CONNECTIVE_RE = re.compile(r"^(?:first(?:ly)?|then|next|after that|finally|now|and)\b\s*,?\s*", re.IGNORECASE)
 
 
+_RESTART_CUE_RE = re.compile(
+    r"\b(wait|actually|mistake|wrong|again|instead|correct(?:ed|ion)?|revised|fix|redo|start over)\b|:\s*$", re.IGNORECASE
+)
+_STEP_ONE_RE = re.compile(r"^\s*(?:step\s*)?1\s*[.):]", re.IGNORECASE)
+
+
 def plan_actions(text: str) -> list[Action]:
-    """The actions of a plan written among prose, as models write it: a line that starts with
-    an action verb (after numbering, bullets, bold and 'then,') is a step; any other line is
-    chatter and skipped ("Here is the plan:"). A step line that does not parse is an error
-    naming the step; [PLAN END] ends the plan."""
-    actions: list[Action] = []
+    """The actions of the LAST complete plan written among prose, as models write it: a line
+    that starts with an action verb (after numbering, bullets, bold and 'then,') is a step;
+    any other line is chatter and skipped ("Here is the plan:"). A model that drafts a plan and
+    then writes a corrected one is graded on the corrected one: a new plan starts where the
+    numbering restarts at 1, or after a prose line that announces one ("Wait, that's wrong:",
+    "Corrected plan:"); a remark between steps of one plan does not split it. A step line that
+    does not parse is an error naming the step; [PLAN END] ends the plan."""
+    plans: list[list[Action]] = [[]]
+    cue = False
     for raw in text.splitlines():
         line = raw.replace("**", "").replace("`", "").strip()
         end = "[PLAN END]" in line.upper()
         if end:
             line = line[: line.upper().index("[PLAN END]")].strip()
+        numbered_one = bool(_STEP_ONE_RE.match(line))
         line = _CONNECTIVE_RE.sub("", _NUMBERING_RE.sub("", line).strip()).strip()
         if line and _ACTION_START_RE.match(line):
+            if plans[-1] and (cue or numbered_one):
+                plans.append([])
+            cue = False
             try:
-                actions.append(parse_action(line))
+                plans[-1].append(parse_action(line))
             except BlocksworldError as err:
-                raise BlocksworldError(f"step {len(actions) + 1}: {err}") from None
+                raise BlocksworldError(f"step {len(plans[-1]) + 1}: {err}") from None
+        elif line and plans[-1] and _RESTART_CUE_RE.search(line):
+            cue = True
         if end:
             break
-    return actions
+    return next((p for p in reversed(plans) if p), [])
 
 
 def parse_plan(text: str) -> list[Action]:

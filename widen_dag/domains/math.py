@@ -80,29 +80,82 @@ def _clean(candidate: str) -> str:
 
 
 def extract_answer(text: str) -> str | None:
-    """The predicted answer: last \\boxed{} in the <answer> block, else in the text, else
-    GSM8K's '#### N', else 'The answer is ...'. Tags and trailing punctuation never count as
-    part of it. None means no answer (distinct from a wrong one)."""
+    """The predicted answer, read as a user would: in the last <answer> block if the response
+    has one (else in the whole text), the LAST of its answer statements wins, whichever form it
+    takes: ``\\boxed{}``, GSM8K's '#### N' or 'The answer is ...' ("The answer is 5. No,
+    \\boxed{6}" is 6; a later "The answer is: 18" beats an earlier \\boxed{17}). A phrase is
+    read by ``answer_phrase``. Tags and trailing punctuation never count as part of it. None
+    means no answer (distinct from a wrong one)."""
     if not isinstance(text, str) or not text.strip():
         return None
     blocks = _ANSWER_BLOCK_RE.findall(text)
-    for block in reversed(blocks):
-        boxed = last_boxed(block)
-        if boxed:
-            return boxed
-    boxed = last_boxed(text)
-    if boxed:
-        return boxed
-    for candidate in reversed(_HASHES_RE.findall(text)):
-        cleaned = _clean(candidate)
-        if cleaned:
-            return cleaned
-    matches = _ANSWER_IS_RE.findall(text)
-    for candidate in reversed(matches):
-        cleaned = _clean(candidate)
-        if cleaned and "\\boxed" not in cleaned:  # an unclosed \\boxed{ is no answer
-            return cleaned
+    if blocks:
+        found = _last_statement(blocks[-1])
+        if found:
+            return found
+    return _last_statement(text)
+
+
+def _last_statement(text: str) -> str | None:
+    candidates: list[tuple[int, str | None]] = []
+    for m in _BOXED_RE.finditer(text):
+        candidates.append((m.start(), _first_boxed(text[m.start() :])))
+    for m in _HASHES_RE.finditer(text):
+        candidates.append((m.start(), answer_phrase(m.group(1))))
+    for m in _ANSWER_IS_RE.finditer(text):
+        if not _BOXED_RE.search(m.group(1)):  # 'The answer is \\boxed{18}': the boxed candidate reads it
+            candidates.append((m.start(), answer_phrase(m.group(1))))
+    for _, answer in sorted(candidates, key=lambda c: c[0], reverse=True):
+        if answer:
+            return answer
     return None
+
+
+def _first_boxed(text: str) -> str | None:
+    """Content of the ``\\boxed{...}`` that ``text`` starts with (None if it never closes)."""
+    m = _BOXED_RE.match(text)
+    if not m:
+        return None
+    depth = 1
+    for i in range(m.end(), len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                content = text[m.end() : i].strip()
+                # 'Write the final answer as \\boxed{...}': the instruction echoed, not an answer
+                return None if _PLACEHOLDER_RE.match(content) else content
+    return None
+
+
+_PLACEHOLDER_RE = re.compile(r"^(?:\.{2,}|…|number|answer|your answer|final answer)?$", re.IGNORECASE)
+
+
+_NUMBER_IN_PROSE_RE = re.compile(r"[-+]?\$?\d[\d,]*(?:\.\d+)?")
+_SYMBOLIC_RE = re.compile(r"[\\^{}_]|\bsqrt\b|\bpi\b")
+
+
+def answer_phrase(candidate: str) -> str | None:
+    """The answer in a free-form answer phrase, as real instruct models write it:
+    '18' -> 18; '20 * 4 = 80.' -> 80 (the result of a worked equation); '$160,000' and
+    '960 dollars' stay for the number comparison (which reads 160000 and 960); 'Janet makes 18
+    dollars every day' -> 18 (the first number of a prose sentence); symbolic answers
+    ('\\frac{1}{2}', 'x^2 + 1') are kept whole; '(C)' stays as written."""
+    text = _clean(candidate)
+    if not text:
+        return None
+    if "=" in text:
+        result = _clean(text.rsplit("=", 1)[1])
+        if result:
+            text = result
+    if as_number(text) is not None or _SYMBOLIC_RE.search(text):
+        return text
+    words = re.findall(r"[A-Za-z]{2,}", text)
+    numbers = _NUMBER_IN_PROSE_RE.findall(text)
+    if words and numbers:
+        return numbers[0].strip("$").rstrip(",")
+    return text
 
 
 def extract_gold(solution_or_answer: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math as _math
+import os
 import re
 import unicodedata
 from pathlib import Path
@@ -193,8 +194,25 @@ def _check_columns(path: Path, rows: list[Any], source: Any) -> None:
     )
 
 
+_ENV_VAR_RE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+
+
+def source_path(path: str) -> str:
+    """A source path with ``$VAR`` / ``${VAR}`` read from the environment (a profile can name a
+    data folder each machine sets, e.g. ``${WIDEN_DAG_DATASETS}/gsm8k/test.jsonl``); an unset
+    variable is an error naming it."""
+
+    def value(m: re.Match) -> str:
+        name = m.group(1) or m.group(2)
+        if name not in os.environ:
+            raise ProblemSourceError(f"problem file {path}: environment variable {name} is not set (set it, or edit the path)")
+        return os.environ[name]
+
+    return str(Path(_ENV_VAR_RE.sub(value, path)).expanduser())
+
+
 def _file_records(source: Any) -> list[RawRecord]:
-    path = Path(source.path)
+    path = Path(source_path(source.path))
     if not path.is_file():
         raise ProblemSourceError(f"problem file {path} does not exist (relative paths are read from {Path.cwd()})")
     suffix = path.suffix.lower()
@@ -261,7 +279,7 @@ def _instruction_records(dataset: DatasetConfig, seed: int) -> list[RawRecord]:
         return instruction_following.records_from_rows([t.row(i) for i, t in enumerate(tasks)], dataset.answer_fallback)
     if src.kind == "file":
         try:
-            rows = instruction_following.read_rows(src.path)
+            rows = instruction_following.read_rows(source_path(src.path))
         except (OSError, ValueError) as err:
             raise ProblemSourceError(str(err)) from None
     elif src.kind == "hub":
@@ -289,7 +307,7 @@ def dataset_records(dataset: DatasetConfig, seed: int) -> list[RawRecord]:
         return _file_records(src)
     if src.kind == "planbench":
         try:
-            recs = blocksworld.records_from_planbench(src.path)
+            recs = blocksworld.records_from_planbench(source_path(src.path))
         except (OSError, ValueError, KeyError, TypeError) as err:  # name the file: the parser's errors do not
             raise ProblemSourceError(f"PlanBench file {src.path}: {type(err).__name__}: {err}") from err
         return recs[: src.limit] if src.limit else recs

@@ -12,7 +12,7 @@ from typing import Any
 import polars as pl
 
 from widen_dag.domains import get_domain
-from widen_dag.domains.base import Problem
+from widen_dag.domains.base import Problem, cut_off_verdict
 from widen_dag.llm.base import Backend, GenerationRequest
 from widen_dag.search.thoughts import is_well_formed
 from widen_dag.seeding import stable_seed
@@ -23,10 +23,31 @@ REFLECTION_RE = re.compile(
 )
 
 
+# One row of `eval_results`: a scored response of one checkpoint on one eval set.
+EVAL_SCHEMA = {
+    "variant": pl.String,
+    "checkpoint": pl.String,
+    "eval_set": pl.String,
+    "problem_id": pl.String,
+    "sample": pl.Int32,
+    "response": pl.String,
+    "n_tokens": pl.Int32,
+    "finish_reason": pl.String,
+    "cut_off": pl.Boolean,
+    "answer": pl.String,
+    "correct": pl.Boolean,
+    "no_answer": pl.Boolean,
+    "well_formed": pl.Boolean,
+    "reflections": pl.Int32,
+    "decoding": pl.String,
+}
+
+
 def sample_and_score(
     backend: Backend, problems: list[Problem], *, n: int, temperature: float, top_p: float, max_tokens: int, seed: int = 0
 ) -> list[dict[str, Any]]:
-    """n samples per problem; one row per sample with its verdict and lengths.
+    """n samples per problem; one row per sample with its verdict and lengths. A sample that hit
+    the token limit is flagged ``cut_off`` and is a no-answer unless its answer block closed.
 
     Each problem's request carries its own seed, so scores do not depend on batching.
     """
@@ -45,7 +66,7 @@ def sample_and_score(
     for p, samples in zip(problems, backend.generate(requests), strict=True):
         domain = get_domain(p.domain)
         for k, s in enumerate(samples):
-            v = domain.verify(s.text, p.gold, p.question)
+            v, cut_off = cut_off_verdict(s.text, s.finish_reason, domain.verify(s.text, p.gold, p.question))
             rows.append(
                 {
                     "problem_id": p.problem_id,
@@ -53,6 +74,7 @@ def sample_and_score(
                     "response": s.text,
                     "n_tokens": s.n_tokens,
                     "finish_reason": s.finish_reason,
+                    "cut_off": cut_off,
                     "answer": v.answer,
                     "correct": v.correct,
                     "no_answer": v.no_answer,
@@ -76,6 +98,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
         "n": len(first),
         "accuracy": sum(r["correct"] for r in first) / len(first),
         "no_answer_rate": sum(r["no_answer"] for r in first) / len(first),
+        "cut_off_rate": sum(r.get("cut_off", False) for r in first) / len(first),
         "well_formed_rate": sum(r["well_formed"] for r in first) / len(first),
         "mean_tokens": statistics.fmean(tokens),
         "median_tokens": float(statistics.median(tokens)),

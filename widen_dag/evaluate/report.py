@@ -156,6 +156,15 @@ def _paired(a: pl.DataFrame, b: pl.DataFrame, ref: str) -> dict:
     return out
 
 
+def _present_previous(variant: str, eval_set: str, groups: dict) -> str | None:
+    """The row this row is compared with: the nearest row above it in the paper's chain that
+    was evaluated (a profile without +joint compares +mask with +cDPO)."""
+    previous = PREVIOUS.get(variant)
+    while previous is not None and (previous, eval_set) not in groups:
+        previous = PREVIOUS.get(previous)
+    return previous
+
+
 def summarize_results(results: pl.DataFrame) -> pl.DataFrame:
     """One row per (variant, eval set) in the table's order: every figure of the cell with its
     95% interval, and the paired differences against the previous row, SFT and +DPO."""
@@ -172,10 +181,11 @@ def summarize_results(results: pl.DataFrame) -> pl.DataFrame:
     responses = {key: g for key, g in results.group_by("variant", "eval_set")}
     rows = []
     for variant, eval_set in cells:
-        row = {"variant": variant, "eval_set": eval_set, "prev_variant": PREVIOUS.get(variant)}
+        previous = _present_previous(variant, eval_set, groups)
+        row = {"variant": variant, "eval_set": eval_set, "prev_variant": previous}
         row |= _cell(groups[(variant, eval_set)], responses[(variant, eval_set)], ks)
         for ref in REFERENCES:
-            other = PREVIOUS.get(variant) if ref == "prev" else ref
+            other = previous if ref == "prev" else ref
             if other and other != variant and (other, eval_set) in groups:
                 row |= _paired(groups[(variant, eval_set)], groups[(other, eval_set)], ref)
         rows.append(row)
@@ -261,6 +271,8 @@ def direction_table(summary: pl.DataFrame) -> list[dict]:
             col = f"{d.metric}_diff_vs_{d.ref}"
             if r is None or r.get(col) is None:
                 continue
+            if d.ref == "prev" and r.get("prev_variant") != d.reference():
+                continue  # the row above is another one than the claim's (a variant left out)
             diff, lo, hi = r[col], r[col + "_lo"], r[col + "_hi"]
             out.append(
                 {

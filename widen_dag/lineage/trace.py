@@ -4,6 +4,8 @@
     widen-dag trace dpo-joint_masked --pair <problem_id>
                                              one preference pair: its chosen and rejected
                                              nodes in the search tree, and the problem
+    widen-dag trace dpo-cdpo --pair <problem_id> --png tree.png
+                                             the same pair drawn over its search tree
     widen-dag trace <checkpoint folder>      any checkpoint with a widen_dag_checkpoint.json
 
 Reads the checkpoint's manifest (written by the training worker) and the lake; no Dagster.
@@ -16,6 +18,7 @@ from typing import Any
 
 import polars as pl
 
+from widen_dag.reporting.tree_plot import TreePicture, tree_png
 from widen_dag.storage.artifacts import MANIFEST, checkpoint_dir, read_manifest
 from widen_dag.storage.lake import Lake, LakeError
 
@@ -54,6 +57,7 @@ def trace_checkpoint(lake: Lake, target: str) -> dict[str, Any]:
         "kind": manifest.get("kind"),
         "variant": manifest.get("variant"),
         "base": manifest.get("base"),
+        "base_provenance": manifest.get("base_provenance"),
         "rows": manifest.get("rows"),
         "inputs": inputs,
         "config": manifest.get("config"),
@@ -133,6 +137,29 @@ def trace_pair(lake: Lake, target: str, problem_id: str) -> dict[str, Any]:
     }
 
 
+def _provenance_lines(provenance: dict[str, Any] | None) -> list[str]:
+    """Where the base model came from: the GGUF file (and its sha256) or the bootstrap."""
+    if not provenance:
+        return []
+    if provenance.get("source") == "gguf":
+        where = f"{provenance['package']}:" if provenance.get("package") else ""
+        return [
+            f"  base model from GGUF {where}{provenance.get('gguf_file')}",
+            f"    sha256 {provenance.get('gguf_sha256')}, {provenance.get('dtype')}, "
+            f"converter {', '.join(f'{k} {v}' for k, v in (provenance.get('converter') or {}).items())}",
+        ]
+    return [f"  base model: {', '.join(f'{k}={v}' for k, v in provenance.items())}"]
+
+
+def pair_picture(lake: Lake, report: dict[str, Any]) -> TreePicture:
+    """The tree of a traced pair (``trace_pair``'s report) drawn with its chosen and rejected
+    paths, as in search_trees' metadata."""
+    nodes = lake.read_all("search_trees").filter(pl.col("tree_id") == report["tree_id"])
+    p = report["problem"] or {}
+    title = f"tree {report['tree_id']} (problem {p.get('problem_id')}): chosen vs rejected"
+    return tree_png(nodes.to_dicts(), title, [n["node_id"] for n in report["chosen"]], [n["node_id"] for n in report["rejected"]])
+
+
 def render(report: dict[str, Any]) -> str:
     """Readable text for the terminal."""
     lines = []
@@ -154,6 +181,7 @@ def render(report: dict[str, Any]) -> str:
     lines += [
         f"checkpoint {report['checkpoint']} ({report['kind']}{', ' + report['variant'] if report['variant'] else ''})",
         f"  base: {report['base']}",
+        *_provenance_lines(report.get("base_provenance")),
         f"  rows: {report['rows']}",
         "  trained on:",
     ]

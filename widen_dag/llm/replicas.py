@@ -8,6 +8,12 @@ split into N contiguous slices answered in parallel and put back in order. vLLM 
 request's own seed, so its samples do not depend on which replica answered (the transformers
 backend seeds per call: its greedy outputs match, its sampled ones depend on the batch).
 Tensor parallelism stays vLLM's, inside each replica.
+
+Replicas are not daemonic: vLLM starts its engine core as a child process, which a daemonic
+process may not do. Each replica leads its own process group (its engine's children join it),
+so one ``killpg`` stops a replica with everything it started; a replica whose parent dies (the
+spawn sentinel closes, e.g. on SIGKILL) kills its group, and a parent that exits without
+``close()`` closes its replicas at exit instead of waiting on them for ever.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import signal
+import threading
+from multiprocessing.util import Finalize
 from typing import Any
 
 from widen_dag.llm.base import ChatTokenizerMixin, EngineStats, GenerationConfigError, GenerationRequest, Sample
@@ -34,7 +43,30 @@ def replica_gpus(replica: int, tensor_parallel_size: int) -> str:
     return ",".join(chosen)
 
 
+REPLICA_CLOSE_TIMEOUT_S = 60  # a replica still running this long after "close" is killed with its group
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _die_with_parent() -> None:
+    """Kill this replica's process group (itself and its engine's children) once the parent is gone."""
+    parent = mp.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()  # returns when the spawn pipe from the parent closes: the parent has exited
+        _kill_group(os.getpgid(0))
+
+    threading.Thread(target=watch, name="replica-parent-watchdog", daemon=True).start()
+
+
 def _serve(conn, name: str, model: str, gpus: str | None, kwargs: dict[str, Any]) -> None:
+    os.setpgid(0, 0)  # before the engine starts its children, so they join this group
+    _die_with_parent()
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus  # before torch/vLLM initialise CUDA in this process
     from widen_dag.llm import create_backend
@@ -79,17 +111,21 @@ class DataParallelBackend(ChatTokenizerMixin):
         self._replica_stats: list[EngineStats] = [EngineStats() for _ in range(replicas)]
         ctx = mp.get_context("spawn")  # a fresh interpreter per replica: CUDA must not be inherited
         self._conns, self._procs, self.placement = [], [], []
+        # Runs at close(), garbage collection, or interpreter exit (before multiprocessing joins
+        # its non-daemonic children, which would otherwise wait for ever on idle replicas).
+        self._finalizer = Finalize(self, _close_replicas, args=(self._conns, self._procs), exitpriority=10)
         kwargs = {**kwargs, "tensor_parallel_size": tensor_parallel_size}
         try:
             for i in range(replicas):
                 gpus = replica_gpus(i, tensor_parallel_size) if pin_gpus else None
                 parent, child = ctx.Pipe()
-                proc = ctx.Process(target=_serve, args=(child, name, model, gpus, kwargs), daemon=True)
+                proc = ctx.Process(target=_serve, args=(child, name, model, gpus, kwargs), daemon=False)
                 proc.start()
+                child.close()  # only the replica holds its end: a dead replica then reads as EOF here
                 self._conns.append(parent)
                 self._procs.append(proc)
             for i, conn in enumerate(self._conns):
-                status, info = conn.recv()
+                status, info = _receive(conn, self._procs[i])
                 if status != "ready":
                     raise GenerationConfigError(f"generation replica {i} of {model} failed to start: {info}")
                 self.placement.append(info)
@@ -107,7 +143,7 @@ class DataParallelBackend(ChatTokenizerMixin):
         results: list[list[Sample]] = []
         errors = []
         for i in busy:
-            status, payload = self._conns[i].recv()
+            status, payload = _receive(self._conns[i], self._procs[i])
             if status != "ok":
                 errors.append(f"replica {i}: {payload}")
                 continue
@@ -128,11 +164,32 @@ class DataParallelBackend(ChatTokenizerMixin):
         self.stats = total
 
     def close(self) -> None:
-        for conn in getattr(self, "_conns", []):
-            with contextlib.suppress(BrokenPipeError, OSError):
-                conn.send(("close", None))
-        for proc in getattr(self, "_procs", []):
-            proc.join(timeout=60)
-            if proc.is_alive():
-                proc.kill()
-        self._conns, self._procs = [], []
+        finalizer = getattr(self, "_finalizer", None)
+        if finalizer is not None:
+            finalizer()  # runs _close_replicas once, however often close() is called
+
+
+def _receive(conn, proc) -> tuple[str, Any]:
+    """The replica's next message; a replica that died (killed, out of memory) reads as an error."""
+    try:
+        return conn.recv()
+    except EOFError:
+        proc.join(timeout=5)
+        return "error", f"the replica process (pid {proc.pid}) exited with code {proc.exitcode}"
+
+
+def _close_replicas(conns: list, procs: list) -> None:
+    """Ask each replica to close its engine; kill the process group of any that does not exit."""
+    for conn in conns:
+        with contextlib.suppress(BrokenPipeError, OSError):
+            conn.send(("close", None))
+    for proc in procs:
+        proc.join(timeout=REPLICA_CLOSE_TIMEOUT_S)
+        if proc.exitcode is None:
+            _kill_group(proc.pid)  # the replica leads its group: its engine's children go with it
+            proc.kill()  # in case it had not yet made its group
+            proc.join()
+    for conn in conns:
+        conn.close()
+    conns.clear()
+    procs.clear()

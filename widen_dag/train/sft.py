@@ -12,6 +12,7 @@ from typing import Any
 from widen_dag.train.trainer import (
     TrainStats,
     export_model,
+    init_distributed,
     logging_callback,
     lora_config,
     num_processes,
@@ -57,6 +58,7 @@ def train_sft(
     bad = [i for i, r in enumerate(rows) if not r.get("completion")]
     if bad:
         raise ValueError(f"SFT rows {bad[:5]} have an empty completion")
+    init_distributed(device)
     processes = num_processes()
     steps = max_steps or optimizer_steps(len(rows), epochs, batch_size, processes, grad_accum)
     config = SFTConfig(
@@ -85,8 +87,6 @@ def train_sft(
         peft_config=lora_config(lora),
     )
     quiet(trainer)
-    # Tokens actually trained on (prompt + completion, after truncation), for tokens/s.
-    lengths = [min(len(ids), max_length) for ids in trainer.train_dataset["input_ids"]]
     start = time.perf_counter()
     stats.resumed_from_step = train_resuming(trainer, output_dir)
     stats.seconds = time.perf_counter() - start
@@ -94,7 +94,6 @@ def train_sft(
     stats.processes = processes
     stats.global_batch = batch_size * processes * grad_accum
     stats.examples = steps * stats.global_batch
-    stats.tokens = int(sum(lengths) / len(lengths) * stats.examples)
     stats.export = export_model(trainer)
     model.config.use_cache = True  # TRL may leave use_cache=False: generate() would be 10x slower
     return stats

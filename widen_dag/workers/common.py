@@ -6,12 +6,13 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dagster_pipes import PipesContext, PipesDefaultContextLoader, PipesEnvVarParamsLoader, open_dagster_pipes
 
 from widen_dag.launch.failures import FAILURE_FILE_EXTRA, write_failure
 from widen_dag.profiles import Profile, profile_from_json
+from widen_dag.progress import ProgressReporter
 from widen_dag.storage.lake import Lake
 
 
@@ -21,8 +22,17 @@ class Worker:
     profile: Profile
     lake: Lake
 
+    _progress: ProgressReporter | None = field(default=None, init=False, repr=False)
+
     def log(self, message: str) -> None:
         self.pipes.log.info(message)
+
+    def progress(self, task: str, done: int, total: int) -> None:
+        """How far this stage is, as a `progress:` log line (throttled) that `widen-dag demo`
+        draws as a bar with an estimate."""
+        if self._progress is None:
+            self._progress = ProgressReporter(self.log)
+        self._progress(task, done, total)
 
 
 def check_memory(profile: Profile, stage: str) -> None:

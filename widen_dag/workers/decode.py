@@ -12,7 +12,6 @@ are checkpointed per checkpoint and eval set, so a rerun after a crash resumes.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import polars as pl
 
@@ -24,7 +23,7 @@ from widen_dag.reporting.markdown import md
 from widen_dag.search.decode import decode_config, mcts_decode
 from widen_dag.search.mcts import SearchContext
 from widen_dag.search.store import TreeStore, config_hash
-from widen_dag.storage.artifacts import ablation_models, read_manifest
+from widen_dag.storage.artifacts import ablation_models, local_model, read_manifest
 from widen_dag.workers.common import Worker, open_worker
 
 
@@ -43,7 +42,8 @@ def decode_all(worker: Worker) -> dict:
     n_samples = max(dc.test_at)
     frames, start, reused = [], time.perf_counter(), 0
     for variant in dc.variants:
-        model = models[variant]
+        published = models[variant]
+        model = local_model(published, worker.lake)  # from an object-store lake: downloaded to the local cache
         backend = backend_from_profile(gen, model, seed=seed, backend=ev.backend)
         ctx = SearchContext(
             cfg=cfg,
@@ -55,7 +55,8 @@ def decode_all(worker: Worker) -> dict:
             has_critic=False,
             seed=seed,
         )
-        # The manifest's content names the trained weights: a retrained checkpoint searches anew.
+        # The published manifest names the trained weights: a retrained checkpoint searches anew,
+        # wherever this host's copy of it lives.
         key = config_hash(
             cfg.model_dump(),
             ev.temperature,
@@ -63,7 +64,7 @@ def decode_all(worker: Worker) -> dict:
             gen.max_tokens_per_node,
             ev.backend,
             seed,
-            read_manifest(Path(model.name_or_path)) if model.source == "checkpoint" else model.describe(),
+            read_manifest(published.name_or_path) if published.source == "checkpoint" else published.describe(),
         )
         try:
             for eval_set, problems in sets.items():
@@ -85,7 +86,7 @@ def decode_all(worker: Worker) -> dict:
                 by_problem: dict[str, list[bool]] = {}
                 for r in sampled:
                     by_problem.setdefault(r["problem_id"], []).append(r["correct"])
-                base = {"variant": variant, "checkpoint": model.describe(), "eval_set": eval_set, "budget": dc.rollouts}
+                base = {"variant": variant, "checkpoint": published.describe(), "eval_set": eval_set, "budget": dc.rollouts}
                 recs = [
                     {
                         **base,

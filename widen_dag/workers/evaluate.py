@@ -17,28 +17,11 @@ import time
 import polars as pl
 
 from widen_dag.domains.base import Problem
-from widen_dag.evaluate import eval_problem_sets, sample_and_score, summarize
+from widen_dag.evaluate import EVAL_SCHEMA, eval_problem_sets, sample_and_score, summarize
 from widen_dag.llm import backend_from_profile
 from widen_dag.reporting.markdown import markdown_table, md
 from widen_dag.storage.artifacts import ablation_models, local_model
 from widen_dag.workers.common import Worker, check_memory, open_worker
-
-EVAL_SCHEMA = {
-    "variant": pl.String,
-    "checkpoint": pl.String,
-    "eval_set": pl.String,
-    "problem_id": pl.String,
-    "sample": pl.Int32,
-    "response": pl.String,
-    "n_tokens": pl.Int32,
-    "finish_reason": pl.String,
-    "answer": pl.String,
-    "correct": pl.Boolean,
-    "no_answer": pl.Boolean,
-    "well_formed": pl.Boolean,
-    "reflections": pl.Int32,
-    "decoding": pl.String,
-}
 
 
 def eval_problems(worker: Worker) -> dict[str, list[Problem]]:
@@ -54,14 +37,16 @@ def evaluate_all(worker: Worker) -> dict:
     start = time.perf_counter()
     seed = profile.seed + ev.seed
     n = ev.n_samples()
-    for variant, published in ablation_models(profile, worker.lake):
+    models = ablation_models(profile, worker.lake)
+    runs = [("sampled", n, ev.temperature)] + ([("greedy", 1, 0.0)] if ev.greedy else [])
+    total, done = len(models) * len(runs) * sum(len(p) for p in sets.values()), 0
+    for variant, published in models:
         path = published.describe()
         model = local_model(published, worker.lake)  # from an object-store lake: downloaded to the local cache
         t0 = time.perf_counter()
         backend = backend_from_profile(gen, model, seed=seed, backend=ev.backend, max_batch=ev.batch_size)
         try:
             for eval_set, problems in sets.items():
-                runs = [("sampled", n, ev.temperature)] + ([("greedy", 1, 0.0)] if ev.greedy else [])
                 for decoding, k, temperature in runs:
                     rows = sample_and_score(
                         backend, problems, n=k, temperature=temperature, top_p=gen.top_p, max_tokens=ev.max_new_tokens, seed=seed
@@ -75,6 +60,8 @@ def evaluate_all(worker: Worker) -> dict:
                             schema=EVAL_SCHEMA,
                         )
                     )
+                    done += len(problems)
+                    worker.progress("evaluated problems", done, total)
                     s = summarize(rows)
                     mean = statistics.fmean(r["correct"] for r in rows)  # over every sample, not the first alone
                     worker.log(

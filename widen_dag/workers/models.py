@@ -22,10 +22,20 @@ from widen_dag import domains
 from widen_dag.domains import arithmetic, synthetic
 from widen_dag.domains.base import Problem
 from widen_dag.evaluate import sample_and_score, summarize
-from widen_dag.llm import backend_from_profile
+from widen_dag.llm import backend_from_profile, gguf
 from widen_dag.reporting.markdown import md
 from widen_dag.reporting.plots import line_plot_png, markdown_image
-from widen_dag.storage.artifacts import BOOTSTRAP_ASSETS, bootstrap_dir, bootstrap_parts
+from widen_dag.storage.artifacts import (
+    BOOTSTRAP_ASSETS,
+    MODEL_PROVENANCE,
+    bootstrap_dir,
+    bootstrap_parts,
+    gguf_dir,
+    gguf_file,
+    gguf_parts,
+    gguf_roles,
+    read_model_provenance,
+)
 from widen_dag.train import bootstrap, instruct
 from widen_dag.train.sft import train_sft
 from widen_dag.train.trainer import resolve_device
@@ -255,7 +265,7 @@ def _train_and_save(
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     provenance = {"role": which, "source": "bootstrap", **({"style": style} if style else {}), "seed": seed, "steps": steps}
-    (out / "widen_dag_model.json").write_text(json.dumps(provenance))
+    (out / MODEL_PROVENANCE).write_text(json.dumps(provenance))
     return stats
 
 
@@ -336,6 +346,42 @@ def build_instruct(worker: Worker, which: str) -> dict:
     }
 
 
+def convert_gguf_models(worker: Worker, which: str) -> dict:
+    """Each GGUF model of this asset de-quantized into its lake folder, once per file and dtype
+    (a folder converted from the same file by the same converter is kept)."""
+    metadata: dict = {"source": "gguf"}
+    for role, field, ref in gguf_roles(worker.profile, which):
+        src = gguf_file(ref, field)
+        started = time.perf_counter()
+        sha = gguf.file_sha256(src)
+        folder = gguf_dir(worker.lake, ref)
+        if gguf.is_converted(folder, sha, ref.dtype):
+            record = read_model_provenance(folder) or {}
+            worker.log(f"{role}: {folder} already holds {src.name} (sha256 {sha[:12]}) as {ref.dtype}")
+        else:
+            worker.log(f"{role}: converting {src} (sha256 {sha[:12]}) to {ref.dtype} safetensors in {folder}")
+            provenance = {"gguf_file": ref.name, "package": ref.package, "gguf_sha256": sha, "gguf_bytes": src.stat().st_size}
+            if ref.package and not ref.package.endswith(".whl"):
+                import importlib.metadata
+
+                provenance["package_version"] = importlib.metadata.version(ref.package)
+            with worker.lake.staged_dir(*gguf_parts(ref)) as out:
+                record = gguf.convert(src, out, ref.dtype, provenance)
+        prefix = "" if role in ("policy", "student") else f"{role}_"
+        metadata.update(
+            {
+                f"{prefix}path": str(folder),
+                f"{prefix}model": f"{ref.package + ':' if ref.package else ''}{ref.name}",
+                f"{prefix}gguf_sha256": sha,
+                f"{prefix}dtype": ref.dtype,
+                f"{prefix}parameters": record.get("parameters"),
+                f"{prefix}converter": json.dumps(record.get("converter")),
+                f"{prefix}convert_seconds": round(time.perf_counter() - started, 1),
+            }
+        )
+    return metadata
+
+
 def record_named(worker: Worker, which: str) -> dict:
     ref = worker.profile.models.policy if which == "policy" else worker.profile.models.student
     return {
@@ -352,14 +398,31 @@ def main() -> None:
         raise SystemExit(f"usage: python -m widen_dag.workers.models {{{'|'.join(BOOTSTRAP_ASSETS)}}}")
     with open_worker() as worker:
         ref = worker.profile.models.policy if which == "policy" else worker.profile.models.student
-        if ref.source != "bootstrap":
+        if ref.source == "gguf" or (which == "policy" and gguf_roles(worker.profile, which)):
+            metadata = convert_gguf_models(worker, which)
+            if ref.source != "gguf":
+                metadata = {**record_named(worker, which), **{k: v for k, v in metadata.items() if k.startswith("critic_")}}
+        elif ref.source != "bootstrap":
             metadata = record_named(worker, which)
         elif worker.profile.models.bootstrap.style == "instruct":
             metadata = build_instruct(worker, which)
         else:
             metadata = build_tiny(worker, which)
         version = json.dumps(
-            {k: metadata.get(k) for k in ("path", "model", "revision", "train_steps", "final_loss")}, default=str
+            {
+                k: metadata.get(k)
+                for k in (
+                    "path",
+                    "model",
+                    "revision",
+                    "train_steps",
+                    "final_loss",
+                    "gguf_sha256",
+                    "critic_gguf_sha256",
+                    "converter",
+                )
+            },
+            default=str,
         )
         worker.pipes.report_asset_materialization(metadata=metadata, data_version=bootstrap.short_hash(version))
 

@@ -20,6 +20,8 @@ import polars as pl
 from widen_dag.domains.base import Problem
 from widen_dag.llm import backend_from_profile
 from widen_dag.reporting.markdown import json_value, markdown_table, md
+from widen_dag.reporting.plots import markdown_image
+from widen_dag.reporting.tree_plot import shard_tree_pictures
 from widen_dag.search.format_stats import format_stats, overall_ends
 from widen_dag.search.lockstep import LockstepSearch, SearchStats, tree_id_for
 from widen_dag.search.mcts import SearchContext
@@ -109,13 +111,18 @@ def search_shards(worker: Worker, shards: list[str]) -> dict:
     all_nodes = []
     totals = SearchStats()
     sample_tree = None
+    to_search, searched = sum(len(todo) for *_, todo in plan), 0
+    # A previous run's pairs, drawn over their trees in the pictures (none on a first run).
+    pairs = worker.lake.read_table("preference_pairs") if worker.lake.has_table("preference_pairs") else None
+    pictures = {}
     try:
         for shard, store, problems, todo in plan:
             reused = len(problems) - len(todo)
             worker.log(f"{shard}: {len(problems)} problems, {reused} trees reused from checkpoints, {len(todo)} to search")
             last_log = [time.perf_counter()]
 
-            def progress(stats: SearchStats, shard=shard, total=len(todo), last_log=last_log) -> None:
+            def progress(stats: SearchStats, shard=shard, total=len(todo), last_log=last_log, before=searched) -> None:
+                worker.progress("trees searched", before + stats.trees, to_search)
                 if time.perf_counter() - last_log[0] > 10:
                     last_log[0] = time.perf_counter()
                     worker.log(
@@ -124,8 +131,15 @@ def search_shards(worker: Worker, shards: list[str]) -> dict:
                     )
 
             stats = LockstepSearch(backends, ctx, on_progress=progress).run(todo, store.save) if todo else SearchStats()
+            searched += len(todo)
             nodes, trees = store.load()
             written = store.publish(nodes)
+            pictures[f"trees_{shard}"] = md(
+                "\n\n".join(
+                    f"**{caption}**\n\n{markdown_image(p.png, caption)}"
+                    for caption, p in shard_tree_pictures(nodes, trees, pairs)
+                )
+            )
             all_nodes.append(nodes.select("node_type", "model", "no_answer", "ended_by", "samples"))
             per_shard.append(
                 {
@@ -211,6 +225,8 @@ def search_shards(worker: Worker, shards: list[str]) -> dict:
         "outcomes": md(markdown_table(["outcome", "trees"], sorted(all_trees.group_by("outcome").len().rows()))),
         "per_tree": md(per_tree_md),
         "sample_tree": md(render_markdown(sample_tree.to_dicts()) if sample_tree is not None else "(no trees)"),
+        # per shard: the first solved and first unsolved tree drawn (reporting.tree_plot)
+        **pictures,
         "resume_key": key,
     }
     if critic_stats is not None:

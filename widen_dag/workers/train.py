@@ -34,36 +34,40 @@ from widen_dag.storage.artifacts import (
     checkpoint_parts,
     local_model,
     read_manifest,
+    read_model_provenance,
     resolve_model,
     write_manifest,
 )
 from widen_dag.train.remote_state import lake_sync_callback, restore_latest
 from widen_dag.train.sft import train_sft
-from widen_dag.train.trainer import TrainStats, model_device, resolve_device
+from widen_dag.train.trainer import TrainStats, local_weights_sum, model_device, resolve_device, save_export
 from widen_dag.workers.common import Worker, check_memory, open_worker, process_rank
 
 
 def _load(model: ModelLocation, device: str, *, frozen_base: bool = False):
     """Tokenizer and weights, left where they load (CPU): the Trainer moves them to the device
-    accelerate gives this rank (cuda:<local rank>), so ranks never pile onto GPU 0. On CUDA a
-    full fine-tune keeps fp32 master weights (bf16 autocast); a frozen LoRA base loads in bf16."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    accelerate gives this rank (cuda:<local rank>), so ranks never pile onto GPU 0. Loaded once
+    the launch's distributed state exists (``load_causal_lm``): FSDP ranks > 0 hold no weights
+    until sharding broadcasts rank 0's, ZeRO-3 partitions them as they load; bf16 on CUDA but
+    for a DDP full fine-tune's fp32 master weights."""
+    from transformers import AutoTokenizer
+
+    from widen_dag.train.trainer import load_causal_lm
 
     kwargs = {"revision": model.revision, "trust_remote_code": model.trust_remote_code}
     tokenizer = AutoTokenizer.from_pretrained(model.name_or_path, **kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    dtype = torch.bfloat16 if device == "cuda" and frozen_base else torch.float32
-    weights = AutoModelForCausalLM.from_pretrained(model.name_or_path, use_safetensors=True, dtype=dtype, **kwargs)
+    weights = load_causal_lm(model.name_or_path, device, frozen=frozen_base, **kwargs)
     return weights, tokenizer
 
 
 def _train_kwargs(profile) -> dict[str, Any]:
     """What SFT and DPO take alike from ``train``: accumulation, checkpointing, LoRA."""
     t = profile.train
-    # Under FSDP, activation checkpointing is FSDP's own (launch/accelerate/fsdp.yaml): the Trainer's must stay off.
-    checkpointing = False if t.distributed == "fsdp" and t.device != "cpu" else t.gradient_checkpointing
+    # Under FSDP (CUDA or CPU), activation checkpointing is FSDP's own (launch/accelerate/fsdp.yaml):
+    # the Trainer's must stay off.
+    checkpointing = False if t.distributed == "fsdp" and t.num_processes > 1 else t.gradient_checkpointing
     return {
         "grad_accum": t.gradient_accumulation_steps,
         "gradient_checkpointing": checkpointing,
@@ -72,8 +76,9 @@ def _train_kwargs(profile) -> dict[str, Any]:
 
 
 def _placement(model) -> list[dict[str, Any]]:
-    """Every rank's process index and device, gathered to all ranks: the report shows that each
-    rank trained on its own device."""
+    """Every rank's process index, device and the sum of the weights it holds (its shards under
+    FSDP), gathered to all ranks: the report shows that each rank trained on its own device, and
+    the saved checkpoint can be checked against what the ranks held."""
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
@@ -84,6 +89,7 @@ def _placement(model) -> list[dict[str, Any]]:
         "local_rank": state.local_process_index,
         "device": given,
         "model_device": model_device(model),
+        "weights_sum": local_weights_sum(model),
     }
     return gather_object([mine]) if state.num_processes > 1 else [mine]
 
@@ -92,11 +98,10 @@ def _save(worker: Worker, name: str, stats: TrainStats, tokenizer, manifest: dic
     """Rank 0 writes the checkpoint (stage, publish); every rank has already taken part in
     gathering a sharded model's state dict (``stats.export``)."""
     assert stats.export is not None
-    model, state_dict = stats.export
     if process_rank() > 0:  # under accelerate, rank 0 alone writes the checkpoint
         return checkpoint_dir(worker.lake, name)
     with worker.lake.staged_dir(*checkpoint_parts(name), marker=MANIFEST) as out:
-        model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
+        save_export(stats.export, out)
         tokenizer.save_pretrained(out)
         write_manifest(out, manifest)
     return checkpoint_dir(worker.lake, name)
@@ -201,6 +206,9 @@ def run_sft(worker: Worker, dataset: str = "sft_dataset", name: str = "sft") -> 
     manifest = {
         "kind": name,
         "base": source,
+        # What the base model was made from (a GGUF file's sha256, a bootstrap's seed), so lineage
+        # reaches past the student folder.
+        "base_provenance": read_model_provenance(student.name_or_path) if student.is_local else None,
         "inputs": inputs,
         "config": cfg.model_dump(),
         "rows": len(rows),
@@ -291,11 +299,12 @@ def run_dpo(worker: Worker, variant: str) -> dict:
         "kind": "dpo",
         "variant": variant,
         "base": sft_path,
+        "base_provenance": sft_manifest.get("base_provenance"),
         "inputs": inputs,
         "config": {**cfg.model_dump(exclude={"variants"}), **v.model_dump()},
         "rows": len(rows),
         "problem_ids": [r["problem_id"] for r in rows],
-        "metrics": {"final_loss": stats.losses[-1][1] if stats.losses else None, "s_per_step": stats.s_per_step},
+        "metrics": {"final_loss": stats.final_loss, "s_per_step": stats.s_per_step},
     }
     placement = _placement(model)
     path = _save(worker, f"dpo-{variant}", stats, tokenizer, manifest)
@@ -314,7 +323,7 @@ def run_dpo(worker: Worker, variant: str) -> dict:
         "masked_prefix_tokens": stats.masked_prefix_tokens,
         "train_seconds": round(stats.seconds, 1),
         "s_per_step": round(stats.s_per_step, 3),
-        "final_loss": stats.losses[-1][1] if stats.losses else None,
+        "final_loss": stats.final_loss,
         "rewards_accuracy": stats.rewards_accuracy,
         "loss_curve": _curve(stats.losses, f"DPO ({variant}) loss"),
         "input_data_versions": json_value(inputs),

@@ -3,8 +3,10 @@
 import dagster as dg
 
 from widen_dag.defs.assets.evaluation import ablation_checkpoint_versions
+from widen_dag.defs.metadata import with_column_schema
 from widen_dag.defs.resources import PipelineResource
 from widen_dag.defs.workers import run_or_reuse
+from widen_dag.evaluate.table7 import DECODE_SCHEMA
 
 
 @dg.asset(
@@ -37,7 +39,7 @@ def mcts_decode(
         "search": profile.search.model_dump(),
         "seed": profile.seed,
     }
-    return run_or_reuse(
+    result = run_or_reuse(
         context,
         pipeline,
         pipes_subprocess_client,
@@ -46,3 +48,4 @@ def mcts_decode(
         config=config,
         artifact_present=lake.has_table("mcts_decode"),
     )
+    return with_column_schema(result, "mcts_decode", DECODE_SCHEMA)

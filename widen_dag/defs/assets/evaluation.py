@@ -6,11 +6,11 @@ import dagster as dg
 import polars as pl
 
 from widen_dag.defs.assets.training import student_version, train_checkpoint
-from widen_dag.defs.metadata import table_metadata
+from widen_dag.defs.metadata import table_metadata, with_column_schema
 from widen_dag.defs.resources import PipelineResource
 from widen_dag.defs.workers import run_or_reuse
 from widen_dag.domains import get_domain
-from widen_dag.evaluate import report
+from widen_dag.evaluate import EVAL_SCHEMA, report
 from widen_dag.evaluate import table7 as table7_md
 from widen_dag.reporting.plots import markdown_image
 from widen_dag.storage.reuse import recorded_version
@@ -102,7 +102,7 @@ def eval_results(
     profile, lake = pipeline.load_profile(), pipeline.lake()
     inputs = {"stg_problems": lake.table_sha256("stg_problems"), **dict(ablation_checkpoint_versions(pipeline).values())}
     config = {"eval": profile.eval.model_dump(), "generation": profile.generation.model_dump(), "seed": profile.seed}
-    return run_or_reuse(
+    result = run_or_reuse(
         context,
         pipeline,
         pipes_subprocess_client,
@@ -111,6 +111,7 @@ def eval_results(
         config=config,
         artifact_present=lake.has_table("eval_results"),
     )
+    return with_column_schema(result, "eval_results", EVAL_SCHEMA)
 
 
 @dg.asset(

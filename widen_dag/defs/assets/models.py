@@ -5,8 +5,9 @@ import dagster as dg
 from widen_dag.defs.resources import PipelineResource
 from widen_dag.defs.workers import run_or_reuse, run_worker, unrecoverable_failure
 from widen_dag.launch.failures import Unrecoverable
+from widen_dag.llm import gguf
 from widen_dag.profiles import Profile
-from widen_dag.storage.artifacts import bootstrap_dir, check_model_available, resolve_model
+from widen_dag.storage.artifacts import bootstrap_dir, check_model_available, gguf_dir, gguf_file, gguf_roles, resolve_model
 from widen_dag.storage.lake import Lake
 from widen_dag.storage.reuse import recorded_version
 
@@ -28,7 +29,7 @@ def _named(
     )
     for role, field in roles:
         location = resolve_model(profile, lake, role, require=False)  # type: ignore[arg-type]
-        if location.source == "bootstrap":  # built by this asset's bootstrap path, not named
+        if location.source in ("bootstrap", "gguf"):  # built by this asset (bootstrap, conversion), not named
             continue
         try:
             check_model_available(location, field)
@@ -37,9 +38,30 @@ def _named(
     return run_worker(context, pipeline, client, "models", which)
 
 
+def _gguf(context, pipeline, client, profile: Profile, lake: Lake, which: str) -> dg.MaterializeResult:
+    """GGUF models: the file is found here (package installed or wheel/file present), so a
+    missing install fails this asset with what to run; the worker converts it once, and a file
+    with the same sha256 converted by the same converter is reused."""
+    roles = gguf_roles(profile, which)
+    shas, present = {}, True
+    for role, field, ref in roles:
+        try:
+            path = gguf_file(ref, field)
+        except Unrecoverable as err:
+            raise unrecoverable_failure(f"{which} model", err.cause, err.fix) from None
+        shas[role] = gguf.file_sha256(path)
+        present = present and gguf.is_converted(gguf_dir(lake, ref), shas[role], ref.dtype)
+    if which == "policy" and profile.models.policy.source != "gguf":
+        return _named(context, pipeline, client, profile, lake, which)  # converts the GGUF critic too
+    config = {"refs": {role: ref.model_dump() for role, _, ref in roles}, "converter": gguf.CONVERTER_VERSION}
+    return run_or_reuse(context, pipeline, client, "models", which, inputs=shas, config=config, artifact_present=present)
+
+
 def _bootstrap(context, pipeline, client, which: str, inputs: dict) -> dg.MaterializeResult:
     profile, lake = pipeline.load_profile(), pipeline.lake()
     ref = profile.models.policy if which == "policy" else profile.models.student
+    if gguf_roles(profile, which):
+        return _gguf(context, pipeline, client, profile, lake, which)
     if ref.source != "bootstrap":
         return _named(context, pipeline, client, profile, lake, which)
     config = {

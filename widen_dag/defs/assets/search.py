@@ -2,9 +2,11 @@
 
 import dagster as dg
 
+from widen_dag.defs.metadata import with_column_schema
 from widen_dag.defs.partitions import problem_shards
 from widen_dag.defs.resources import PipelineResource
 from widen_dag.defs.workers import run_worker
+from widen_dag.search.store import NODE_SCHEMA
 
 
 @dg.asset(
@@ -25,6 +27,8 @@ def search_trees(
     table per shard (tree_id, node_id, parent_id, depth, node_type, model, text, n_tokens,
     visits, value_sum, is_terminal, reward, answer). Many trees advance in lock-step so the
     backend always sees a full batch; every finished tree is checkpointed, so a rerun after
-    a crash reuses it. Metadata: throughput, prefix-cache hit rate, per-tree outcomes and one
-    sample tree rendered as an outline."""
-    return run_worker(context, pipeline, pipes_subprocess_client, "search", *context.partition_keys)
+    a crash reuses it. Metadata: throughput, prefix-cache hit rate, per-tree outcomes, one
+    sample tree rendered as an outline, and per shard the first solved and first unsolved tree
+    drawn (`trees_<shard>`; with a preference pair's paths once pairs exist)."""
+    result = run_worker(context, pipeline, pipes_subprocess_client, "search", *context.partition_keys)
+    return with_column_schema(result, "search_trees", NODE_SCHEMA)

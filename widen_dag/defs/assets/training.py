@@ -13,7 +13,7 @@ def student_version(pipeline: PipelineResource) -> str | None:
     """The student base as an input: its recorded data version (bootstrap) or its hub id/path."""
     profile = pipeline.load_profile()
     ref = profile.models.student
-    if ref.source == "bootstrap":
+    if ref.source in ("bootstrap", "gguf"):  # built or converted by student_base: its data version
         return recorded_version(pipeline.lake(), "student_base")
     return f"{ref.source}:{ref.name}@{ref.revision}"
 
