@@ -2,12 +2,16 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("WIDEN_DAG_DATASETS", REPO.parent / "shared" / "datasets"))
+TINY_CI_PROFILE = REPO / "tests" / "profiles" / "tiny_ci.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +55,22 @@ def lake_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "lake"
     monkeypatch.setenv("WIDEN_DAG_LAKE", str(root))
     return root
+
+
+class DemoRun(NamedTuple):
+    root: Path  # holds home/ (DAGSTER_HOME) and lake/ (WIDEN_DAG_LAKE)
+    env: dict[str, str]
+    result: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="session")
+def tiny_ci_demo(tmp_path_factory) -> DemoRun:
+    """`widen-dag demo --profile tests/profiles/tiny_ci.yaml` run once per session (~6 minutes on
+    2 cores): the demo test checks it, the browser test opens the UI on a copy of it."""
+    root = tmp_path_factory.mktemp("tiny_ci_demo")
+    env = {**os.environ, "DAGSTER_HOME": str(root / "home"), "WIDEN_DAG_LAKE": str(root / "lake")}
+    cli = Path(sys.executable).parent / "widen-dag"
+    result = subprocess.run(
+        [str(cli), "demo", "--profile", str(TINY_CI_PROFILE)], capture_output=True, text=True, cwd=REPO, env=env, timeout=1500
+    )
+    return DemoRun(root, env, result)

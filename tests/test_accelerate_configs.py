@@ -16,7 +16,9 @@ def test_each_distributed_mode_has_a_config_file_accelerate_reads(distributed, k
     assert str(config.distributed_type).endswith(kind) and config.mixed_precision == "bf16"
     if distributed == "fsdp":
         assert config.fsdp_config["fsdp_reshard_after_forward"] is True  # FULL_SHARD
-        assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"  # rank 0 saves whole weights
+        # step checkpoints: each rank saves its own shard, nothing gathered on rank 0 mid-run
+        assert config.fsdp_config["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
+        assert config.fsdp_config["fsdp_cpu_ram_efficient_loading"] is True  # ranks > 0 load no weights
     if distributed == "deepspeed_zero3":
         assert config.deepspeed_config["zero_stage"] == 3
 
@@ -47,3 +49,14 @@ def test_an_unknown_distributed_mode_is_refused_with_the_field():
     data["train"]["distributed"] = "zero2"
     with pytest.raises(ProfileError, match="train.distributed"):
         parse_profile(data)
+
+
+def test_cpu_training_launches_fsdp_with_the_same_config_file_and_refuses_deepspeed():
+    data = load_profile("tiny").model_dump()
+    data["train"].update({"num_processes": 2, "distributed": "fsdp"})
+    assert scaleout.accelerate_args(parse_profile(data), "train") == ["--config_file", "fsdp", "--mixed_precision", "no"]
+    data["train"]["distributed"] = "ddp"
+    assert scaleout.accelerate_args(parse_profile(data), "train") == ["--multi_gpu"]
+    data["train"]["distributed"] = "deepspeed_zero3"
+    with pytest.raises(ValueError, match="train.distributed: deepspeed_zero3 runs on CUDA only"):
+        scaleout.accelerate_args(parse_profile(data), "train")

@@ -75,9 +75,9 @@ def test_each_vllm_engine_is_checked_against_its_own_share_of_the_gpu(capsys):
 def test_an_engine_with_its_own_kv_cache_is_sized_with_it():
     qwen = _with("qwen2_5_1_5b_math")
     data = qwen.model_dump()
-    data["models"]["policy"]["kv_cache_gib"] = 6.0  # 2.9 GiB of weights + 6 + 2 > 0.3 x 24 GiB
+    data["models"]["policy"]["kv_cache_gib"] = 8.0  # 2.9 GiB of weights + 8 + 2 > 0.3 x 40 GiB
     plan = memplan.stage_plan(parse_profile(data), "search", gpu_memory_gib=40)
-    assert not plan.fits and "policy engine" in plan.verdict() and "6.0 GiB of KV cache" in plan.verdict()
+    assert not plan.fits and "policy engine" in plan.verdict() and "8.0 GiB of KV cache" in plan.verdict()
 
 
 def test_plan_prints_host_ram_per_rank_and_whether_training_fits_the_host(capsys):

@@ -103,14 +103,12 @@ def test_problem_assets_write_the_lake_and_report_counts(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1600)
-def test_demo_command_runs_every_shard_into_a_persistent_dagster_home(tmp_path):
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "WIDEN_DAG_LAKE": str(tmp_path / "lake")}
+def test_demo_command_runs_every_shard_into_a_persistent_dagster_home(tiny_ci_demo):
+    # The tiny demo at test size (tests/profiles/tiny_ci.yaml; conftest runs it once, the browser
+    # test reuses it): the same jobs, shards, variants and code path as `make demo`, whose own
+    # table and timings the README reports.
+    tmp_path, env, res = tiny_ci_demo
     cli = Path(sys.executable).parent / "widen-dag"
-    # The tiny demo at test size (tests/profiles/tiny_ci.yaml): the same jobs, shards, variants and
-    # code path as `make demo`, whose own table and timings the README reports.
-    res = subprocess.run(
-        [str(cli), "demo", "--profile", str(CI_PROFILE)], capture_output=True, text=True, cwd=REPO, env=env, timeout=1500
-    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "demo: SUCCESS" in res.stdout
     assert (tmp_path / "home" / "dagster.yaml").is_file()
@@ -127,6 +125,10 @@ def test_demo_command_runs_every_shard_into_a_persistent_dagster_home(tmp_path):
     with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
         policy = instance.get_latest_materialization_event(dg.AssetKey("policy_model")).asset_materialization
         search = instance.get_latest_materialization_event(dg.AssetKey("search_trees")).asset_materialization
+        sft = instance.get_latest_materialization_event(dg.AssetKey("sft_checkpoint")).asset_materialization
+        dpo = instance.get_latest_materialization_event(dg.AssetKey("dpo_checkpoint")).asset_materialization
+    assert sft.metadata["tensorboard_dir"].value.endswith("checkpoints/sft/tensorboard")
+    assert dpo.metadata["reward_curves"].value.startswith("![DPO (")  # the reward curves drawn
     # The tiny policy's targets: search matters (20-70% single-sample) and the format holds.
     assert 0.2 <= policy.metadata["heldout_accuracy"].value <= 0.7
     assert policy.metadata["well_formed_rate"].value >= 0.95
@@ -214,6 +216,15 @@ def _check_checkpoints(folder: Path) -> None:
             model.generate(**ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id).shape[1]
             > ids["input_ids"].shape[1]
         )
+        # train.report_to's default: the run's TensorBoard curves saved beside its weights.
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(folder / name / "tensorboard"))
+        events.Reload()
+        tags = set(events.Tags()["scalars"])
+        assert "train/loss" in tags and events.Scalars("train/loss"), name
+        if name.startswith("dpo-"):
+            assert {"train/rewards/chosen", "train/rewards/rejected", "train/rewards/margins"} <= tags, name
 
 
 def test_cli_rejects_a_bad_profile_with_one_message(tmp_path):

@@ -24,9 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_a_real_instruct_model_from_a_gguf_wheel_runs_the_pipeline_and_its_lineage_reaches_the_gguf_file(
-    tmp_path, datasets_dir
-):
+def test_a_real_instruct_model_from_a_gguf_wheel_runs_the_pipeline_and_its_lineage_reaches_the_gguf_file(tmp_path, datasets_dir):
     env = {
         **os.environ,
         "DAGSTER_HOME": str(tmp_path / "home"),

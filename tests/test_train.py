@@ -208,7 +208,9 @@ def test_a_run_shorter_than_log_every_still_reports_its_final_loss(tiny, tmp_pat
 
     path, tok = tiny
     model = AutoModelForCausalLM.from_pretrained(path)
-    stats = train_sft(model, tok, _sft_rows(4), output_dir=str(tmp_path), learning_rate=1e-3, batch_size=2, max_length=64, log_every=20)
+    stats = train_sft(
+        model, tok, _sft_rows(4), output_dir=str(tmp_path), learning_rate=1e-3, batch_size=2, max_length=64, log_every=20
+    )
     assert stats.steps == 2
     assert stats.final_loss is not None and stats.losses[-1][0] == 2  # the last step, logged though 2 < log_every
 
@@ -280,7 +282,73 @@ def test_a_bf16_run_saves_bf16_weights(tiny, tmp_path):
 
     path, _ = tiny
     model = AutoModelForCausalLM.from_pretrained(path)  # fp32 master weights, as a DDP full fine-tune holds them
-    trainer = SimpleNamespace(accelerator=Accelerator(cpu=True), model=model, model_wrapped=model, args=SimpleNamespace(bf16=True))
+    trainer = SimpleNamespace(
+        accelerator=Accelerator(cpu=True), model=model, model_wrapped=model, args=SimpleNamespace(bf16=True)
+    )
     save_export(export_model(trainer), tmp_path / "out")
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype="auto")
     assert {p.dtype for p in saved.parameters()} == {torch.bfloat16}
+
+
+def _scalars(log_dir) -> dict[str, list[float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir))
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_sft_and_dpo_runs_write_tensorboard_curves_and_dpo_records_its_reward_curves(tiny, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    path, tok = tiny
+    model = AutoModelForCausalLM.from_pretrained(path)
+    sft = train_sft(
+        model,
+        tok,
+        _sft_rows(4),
+        output_dir=str(tmp_path / "sft"),
+        learning_rate=1e-3,
+        batch_size=2,
+        max_length=64,
+        log_every=1,
+        report_to=["tensorboard"],
+        tracking_dir=str(tmp_path / "tb-sft"),
+    )
+    curves = _scalars(tmp_path / "tb-sft")
+    assert [round(v, 4) for v in curves["train/loss"]] == [round(loss, 4) for _, loss in sft.losses]
+    ref = AutoModelForCausalLM.from_pretrained(path)
+    dpo = train_dpo(
+        model,
+        ref,
+        tok,
+        _pairs(4),
+        output_dir=str(tmp_path / "dpo"),
+        beta=0.1,
+        learning_rate=1e-3,
+        batch_size=2,
+        max_length=256,
+        epochs=1,
+        label_smoothing=0.0,
+        sft_weight=0.0,
+        prefix_mask=False,
+        report_to=["tensorboard"],
+        tracking_dir=str(tmp_path / "tb-dpo"),
+    )
+    curves = _scalars(tmp_path / "tb-dpo")
+    assert {"train/rewards/chosen", "train/rewards/rejected", "train/rewards/margins", "train/rewards/accuracies"} <= set(curves)
+    assert set(dpo.reward_curves) == {"chosen", "rejected", "margins", "accuracies"}
+    assert [v for _, v in dpo.reward_curves["margins"]] == pytest.approx(curves["train/rewards/margins"], rel=1e-5)
+    # No tracker: no event files, nothing else reported.
+    train_sft(
+        model,
+        tok,
+        _sft_rows(2),
+        output_dir=str(tmp_path / "quiet"),
+        learning_rate=1e-3,
+        batch_size=2,
+        max_length=64,
+        report_to=[],
+        tracking_dir=str(tmp_path / "tb-none"),
+    )
+    assert not (tmp_path / "tb-none").exists()

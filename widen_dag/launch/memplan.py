@@ -306,7 +306,11 @@ def training_plan(profile: Profile, stage: str, shape: ModelShape, gpus: int, gp
         if t.lora.enabled:
             trainable = shape.lora_params(t.lora.r, t.lora.target_modules)
             usage = estimate_training_usage(trainable * 4, "bfloat16")
-            parts = {"weights": 2 * shape.params + usage["model"], "gradients": usage["gradients"], "optimizer": usage["optimizer"]}
+            parts = {
+                "weights": 2 * shape.params + usage["model"],
+                "gradients": usage["gradients"],
+                "optimizer": usage["optimizer"],
+            }
         else:
             usage = estimate_training_usage(shape.params * 4, "bfloat16")
             parts = {
@@ -381,7 +385,11 @@ def generation_plan(
         room = e.share * gpu_bytes - e.weights - OVERHEAD_BYTES
         one_seq = e.shape.kv_bytes_per_token * gen.max_model_len / tp
         seqs = int(room // one_seq) if one_seq and room > 0 else 0
-        kv = f"KV {e.kv_field} {e.kv_bytes / GIB:.1f}" if e.kv_field else f"KV of one {gen.max_model_len}-token sequence {e.kv_bytes / GIB:.1f}"
+        kv = (
+            f"KV {e.kv_field} {e.kv_bytes / GIB:.1f}"
+            if e.kv_field
+            else f"KV of one {gen.max_model_len}-token sequence {e.kv_bytes / GIB:.1f}"
+        )
         plan.notes.append(
             f"{e.role} engine: {e.share_field}={e.share:g} of {gpu_bytes / GIB:g} GiB = {e.share * gpu_bytes / GIB:.1f} GiB "
             f"for weights {e.weights / GIB:.1f} + {kv} + overhead {OVERHEAD_BYTES / GIB:.0f}: "
@@ -552,7 +560,9 @@ def render(rows: list[tuple[str, StagePlan]], gpu_memory_gib: float, host_memory
         else:
             cells = [f"{p.parts[c] / GIB:.1f}" if c in p.parts else "" for c in cols]
             fits = "yes" if p.fits_gpu else ("NO" if p.problem is None else "NO (see below)")
-            lines.append(f"| {stage} | {p.gpus} | " + " | ".join(cells) + f" | {p.total / GIB:.1f} | {p.budget / GIB:.1f} | {fits} |")
+            lines.append(
+                f"| {stage} | {p.gpus} | " + " | ".join(cells) + f" | {p.total / GIB:.1f} | {p.budget / GIB:.1f} | {fits} |"
+            )
         notes += [f"- {stage}: {n}" for n in [f"model {p.model}", *p.notes, *(p.host.notes if p.host else [])]]
     limit = f"{host_memory_gib:g} GiB host" if host_memory_gib is not None else "no host limit given (--host-memory-gib)"
     head = ["stage", "ranks", "rank 0", "each other rank", "all ranks", "limit", "fits"]

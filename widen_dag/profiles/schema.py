@@ -519,6 +519,12 @@ class TrainConfig(_Strict):
         return self
 
     checkpoint_every: int = Field(200, ge=0, description="Trainer checkpoints every N steps (resume after a crash); 0: none.")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb", "trackio"]] = Field(
+        ["tensorboard"],
+        description="Experiment trackers of SFT and DPO runs: tensorboard (event files saved in the checkpoint's "
+        "tensorboard/ folder), mlflow, wandb, trackio (the Trainer's integrations, set up by their own environment "
+        "variables, e.g. MLFLOW_TRACKING_URI, WANDB_PROJECT); [] for none.",
+    )
     sft: SFTSettings = Field(SFTSettings(), description="SFT settings.")
     dpo: DPOSettings = Field(DPOSettings(), description="DPO settings and the ablation variants.")
 

@@ -32,6 +32,7 @@ from widen_dag.train.trainer import (
     optimizer_steps,
     quiet,
     shard_reference,
+    tracking,
     train_resuming,
     trainer_defaults,
 )
@@ -74,6 +75,7 @@ def dpo_config(
     grad_accum: int = 1,
     gradient_checkpointing: bool | None = None,
     precompute_ref_log_probs: bool = False,
+    report_to: list[str] | None = None,
 ):
     from trl import DPOConfig
 
@@ -93,7 +95,13 @@ def dpo_config(
         loss_weights=weights,
         precompute_ref_log_probs=precompute_ref_log_probs,
         **trainer_defaults(
-            device, seed, log_every, checkpoint_every, gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum
+            device,
+            seed,
+            log_every,
+            checkpoint_every,
+            gradient_checkpointing=gradient_checkpointing,
+            grad_accum=grad_accum,
+            report_to=report_to,
         ),
     )
 
@@ -123,10 +131,13 @@ def train_dpo(
     lora: dict[str, Any] | None = None,
     precompute_ref_log_probs: bool = False,
     callbacks: list[Any] | None = None,
+    report_to: list[str] | None = None,
+    tracking_dir: str | None = None,
 ) -> TrainStats:
     """DPO of ``model`` against ``ref_model`` (frozen). With ``lora`` on, pass ``ref_model=None``:
     the reference is the model with its adapter switched off, so no second copy is held.
-    ``batch_size`` is per device; steps come from the global batch."""
+    ``batch_size`` is per device; steps come from the global batch. ``report_to``: the profile's
+    trackers (TensorBoard event files into ``tracking_dir``)."""
     import datasets
     from trl import DPOTrainer
 
@@ -134,6 +145,7 @@ def train_dpo(
     init_distributed(device)
     processes = num_processes()
     steps = optimizer_steps(len(rows), epochs, batch_size, processes, grad_accum)
+    trackers = tracking(report_to, tracking_dir)
     config = dpo_config(
         output_dir,
         beta=beta,
@@ -151,6 +163,7 @@ def train_dpo(
         grad_accum=grad_accum,
         gradient_checkpointing=gradient_checkpointing,
         precompute_ref_log_probs=precompute_ref_log_probs,
+        report_to=trackers[0],
     )
     stats = TrainStats(pairs=len(rows), processes=processes, global_batch=batch_size * processes * grad_accum)
 
@@ -165,7 +178,7 @@ def train_dpo(
         train_dataset=datasets.Dataset.from_list(keep),
         processing_class=tokenizer,
         data_collator=collator,
-        callbacks=[logging_callback(stats, on_log), *(callbacks or [])],
+        callbacks=[logging_callback(stats, on_log), *trackers[1], *(callbacks or [])],
         peft_config=lora_config(lora),
     )
     quiet(trainer)

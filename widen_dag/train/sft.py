@@ -18,6 +18,7 @@ from widen_dag.train.trainer import (
     num_processes,
     optimizer_steps,
     quiet,
+    tracking,
     train_resuming,
     trainer_defaults,
 )
@@ -45,11 +46,14 @@ def train_sft(
     grad_accum: int = 1,
     gradient_checkpointing: bool | None = None,
     lora: dict[str, Any] | None = None,
+    report_to: list[str] | None = None,
+    tracking_dir: str | None = None,
 ) -> TrainStats:
     """Train ``model`` on prompt/completion rows; returns loss curve, throughput and the model to
     save (``stats.export``). ``batch_size`` is per device; the optimizer steps come from the
     global batch (x processes x ``grad_accum``). ``lora`` (the profile's ``train.lora``) trains
-    adapters through TRL's ``peft_config`` and merges them into the exported model."""
+    adapters through TRL's ``peft_config`` and merges them into the exported model. ``report_to``:
+    the profile's trackers (TensorBoard event files into ``tracking_dir``)."""
     import datasets
     from trl import SFTConfig, SFTTrainer
 
@@ -61,6 +65,7 @@ def train_sft(
     init_distributed(device)
     processes = num_processes()
     steps = max_steps or optimizer_steps(len(rows), epochs, batch_size, processes, grad_accum)
+    trackers = tracking(report_to, tracking_dir)
     config = SFTConfig(
         output_dir=output_dir,
         max_length=max_length,
@@ -72,7 +77,13 @@ def train_sft(
         weight_decay=0.0,
         packing=False,
         **trainer_defaults(
-            device, seed, log_every, checkpoint_every, gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum
+            device,
+            seed,
+            log_every,
+            checkpoint_every,
+            gradient_checkpointing=gradient_checkpointing,
+            grad_accum=grad_accum,
+            report_to=trackers[0],
         ),
         eos_token=tokenizer.eos_token,
         pad_token=tokenizer.pad_token,
@@ -83,7 +94,7 @@ def train_sft(
         args=config,
         train_dataset=datasets.Dataset.from_list(rows),
         processing_class=tokenizer,
-        callbacks=[logging_callback(stats, on_log), *(callbacks or [])],
+        callbacks=[logging_callback(stats, on_log), *trackers[1], *(callbacks or [])],
         peft_config=lora_config(lora),
     )
     quiet(trainer)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+REWARD_CURVES = ("chosen", "rejected", "margins", "accuracies")  # TRL's rewards/<key> logs of a DPO run
+
 
 @dataclass
 class TrainStats:
@@ -27,6 +29,7 @@ class TrainStats:
     truncated_pairs: int = 0
     masked_prefix_tokens: int = 0
     rewards_accuracy: float | None = None
+    reward_curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # DPO: REWARD_CURVES per step
     processes: int = 1  # data-parallel processes the steps were computed for
     global_batch: int = 0  # examples (or pairs) per optimizer step across all processes
     # The model to save once training ends (LoRA merged into the weights) and, under FSDP /
@@ -132,7 +135,9 @@ def load_causal_lm(name_or_path: str, device: str, *, frozen: bool = False, **kw
     if loads_empty():
         config = AutoConfig.from_pretrained(name_or_path, **kwargs)
         with init_empty_weights(include_buffers=False):
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=kwargs.get("trust_remote_code", False))
+            model = AutoModelForCausalLM.from_config(
+                config, dtype=dtype, trust_remote_code=kwargs.get("trust_remote_code", False)
+            )
         model.tie_weights()  # from_pretrained ties embeddings when it loads; from_config on meta does not
         return model
     return AutoModelForCausalLM.from_pretrained(name_or_path, use_safetensors=True, dtype=dtype, **kwargs)
@@ -195,6 +200,7 @@ def trainer_defaults(
     *,
     gradient_checkpointing: bool | None = None,
     grad_accum: int = 1,
+    report_to: list[str] | None = None,
 ) -> dict[str, Any]:
     """Trainer arguments SFT and DPO share: device switches, seeds, and Trainer checkpoints every
     ``checkpoint_every`` steps (0: none), the newest one kept, so a killed run resumes.
@@ -222,7 +228,7 @@ def trainer_defaults(
         "gradient_checkpointing_kwargs": {"use_reentrant": False} if checkpointing else None,
         "gradient_accumulation_steps": grad_accum,
         "use_cpu": on_cpu,
-        "report_to": [],
+        "report_to": list(report_to or []),
         **saving,
         "logging_steps": log_every,
         "disable_tqdm": True,
@@ -230,6 +236,23 @@ def trainer_defaults(
         "data_seed": seed,
         "dataloader_num_workers": 0,
     }
+
+
+def tracking(report_to: list[str] | None, tracking_dir: str | None) -> tuple[list[str], list[Any]]:
+    """(the Trainer's ``report_to``, extra callbacks) for the profile's ``train.report_to``.
+    TensorBoard writes its event files into ``tracking_dir`` (the worker saves them beside the
+    checkpoint), from rank 0 only; mlflow, wandb and trackio are the Trainer's own integrations,
+    configured by their environment variables."""
+    import os
+
+    names = [t for t in report_to or [] if t != "tensorboard"]
+    callbacks: list[Any] = []
+    if "tensorboard" in (report_to or []) and tracking_dir and int(os.environ.get("RANK", "0")) == 0:
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=tracking_dir)))
+    return names, callbacks
 
 
 def quiet(trainer: Any) -> None:
@@ -273,8 +296,10 @@ def export_model(trainer: Any) -> tuple[Any, dict | None]:
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     if trainer.args.bf16:
-        if state is not None:  # rank 0's gathered copy (other ranks get an empty dict)
-            state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
+        if state is not None:  # rank 0's gathered copy (other ranks get an empty dict), cast tensor by tensor
+            for k, v in state.items():
+                if v.is_floating_point():
+                    state[k] = v.to(torch.bfloat16)
         else:
             model = model.to(torch.bfloat16)
         model.config.dtype = torch.bfloat16
@@ -349,6 +374,9 @@ def logging_callback(stats: TrainStats, on_log: Callable[[str], None] | None):
                 stats.losses.append((state.global_step, float(logs["loss"])))
                 if logs.get("rewards/accuracies") is not None:
                     stats.rewards_accuracy = float(logs["rewards/accuracies"])
+                for key in REWARD_CURVES:  # DPO's implicit rewards, per logged step
+                    if logs.get(f"rewards/{key}") is not None:
+                        stats.reward_curves.setdefault(key, []).append((state.global_step, float(logs[f"rewards/{key}"])))
                 if on_log:
                     on_log(f"step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f}")
 

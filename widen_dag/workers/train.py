@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,17 @@ def _train_kwargs(profile) -> dict[str, Any]:
         "grad_accum": t.gradient_accumulation_steps,
         "gradient_checkpointing": checkpointing,
         "lora": t.lora.model_dump() if t.lora.enabled else None,
+        "report_to": t.report_to,
     }
+
+
+TRACKING_FOLDER = "tensorboard"  # inside a checkpoint: its run's TensorBoard event files
+
+
+def _tracking_dir(name: str) -> str | None:
+    """A fresh local folder for this run's TensorBoard event files (rank 0 writes them; ``_save``
+    moves them into the checkpoint)."""
+    return tempfile.mkdtemp(prefix=f"widen-dag-{name}-tb-") if process_rank() == 0 else None
 
 
 def _placement(model) -> list[dict[str, Any]]:
@@ -94,17 +105,33 @@ def _placement(model) -> list[dict[str, Any]]:
     return gather_object([mine]) if state.num_processes > 1 else [mine]
 
 
-def _save(worker: Worker, name: str, stats: TrainStats, tokenizer, manifest: dict[str, Any]) -> str:
-    """Rank 0 writes the checkpoint (stage, publish); every rank has already taken part in
-    gathering a sharded model's state dict (``stats.export``)."""
+def _save(
+    worker: Worker, name: str, stats: TrainStats, tokenizer, manifest: dict[str, Any], tracking_dir: str | None = None
+) -> str:
+    """Rank 0 writes the checkpoint (stage, publish) with its run's TensorBoard event files in
+    ``tensorboard/``; every rank has already taken part in gathering a sharded model's state
+    dict (``stats.export``)."""
     assert stats.export is not None
     if process_rank() > 0:  # under accelerate, rank 0 alone writes the checkpoint
         return checkpoint_dir(worker.lake, name)
     with worker.lake.staged_dir(*checkpoint_parts(name), marker=MANIFEST) as out:
         save_export(stats.export, out)
         tokenizer.save_pretrained(out)
+        if tracking_dir and any(Path(tracking_dir).iterdir()):
+            shutil.copytree(tracking_dir, Path(out) / TRACKING_FOLDER)
         write_manifest(out, manifest)
+    if tracking_dir:
+        shutil.rmtree(tracking_dir, ignore_errors=True)
     return checkpoint_dir(worker.lake, name)
+
+
+def _tracking_metadata(profile, path: str) -> dict[str, Any]:
+    """Where the run's curves are: the checkpoint's TensorBoard folder (``tensorboard --logdir``)
+    and the other trackers the profile reports to."""
+    out: dict[str, Any] = {"report_to": ", ".join(profile.train.report_to) or "(none)"}
+    if "tensorboard" in profile.train.report_to:
+        out["tensorboard_dir"] = f"{path.rstrip('/')}/{TRACKING_FOLDER}"
+    return out
 
 
 @contextlib.contextmanager
@@ -182,6 +209,7 @@ def run_sft(worker: Worker, dataset: str = "sft_dataset", name: str = "sft") -> 
     truncated = sum(n > cfg.max_length for n in lengths)
     inputs = {dataset: worker.lake.table_sha256(dataset)}
     run = {"inputs": inputs, "base": source, "config": cfg.model_dump(), "seed": profile.train.seed}
+    tracking_dir = _tracking_dir(name)
     with trainer_state_dir(worker, name, run) as (state, state_callbacks):
         stats = train_sft(
             model,
@@ -199,6 +227,7 @@ def run_sft(worker: Worker, dataset: str = "sft_dataset", name: str = "sft") -> 
             on_log=worker.log,
             checkpoint_every=profile.train.checkpoint_every,
             callbacks=state_callbacks,
+            tracking_dir=tracking_dir,
             **_train_kwargs(profile),
         )
         if stats.resumed_from_step:
@@ -216,7 +245,7 @@ def run_sft(worker: Worker, dataset: str = "sft_dataset", name: str = "sft") -> 
         "metrics": {"final_loss": stats.final_loss, "tokens_per_s": stats.tokens_per_s},
     }
     placement = _placement(model)
-    path = _save(worker, name, stats, tokenizer, manifest)
+    path = _save(worker, name, stats, tokenizer, manifest, tracking_dir)
     return {
         "path": str(path),
         "base_model": source,
@@ -233,9 +262,18 @@ def run_sft(worker: Worker, dataset: str = "sft_dataset", name: str = "sft") -> 
         "tokens_per_s": round(stats.tokens_per_s, 1),
         "final_loss": stats.final_loss,
         "loss_curve": _curve(stats.losses, f"{name} SFT loss"),
+        **_tracking_metadata(profile, path),
         "input_data_versions": json_value(inputs),
         "config": json_value(cfg.model_dump()),
     }
+
+
+def _reward_curves(stats: TrainStats, variant: str) -> dict:
+    """DPO's implicit rewards per logged step: chosen, rejected and their margin (left axis' units:
+    beta x log-ratio) and the share of pairs ranked right (accuracy)."""
+    series = {f"rewards/{k}": [(float(s), v) for s, v in pts] for k, pts in stats.reward_curves.items()}
+    png = line_plot_png(series, f"DPO ({variant}) rewards", "step", "reward / accuracy")
+    return md(markdown_image(png, f"DPO ({variant}) rewards"))
 
 
 def pair_rows(pairs: pl.DataFrame, balanced: bool) -> list[dict[str, Any]]:
@@ -269,6 +307,7 @@ def run_dpo(worker: Worker, variant: str) -> dict:
         "variant": v.model_dump(),
         "seed": profile.train.seed,
     }
+    tracking_dir = _tracking_dir(f"dpo-{variant}")
     with trainer_state_dir(worker, f"dpo-{variant}", run) as (state, state_callbacks):
         stats = train_dpo(
             model,
@@ -291,6 +330,7 @@ def run_dpo(worker: Worker, variant: str) -> dict:
             checkpoint_every=profile.train.checkpoint_every,
             precompute_ref_log_probs=cfg.precompute_ref_log_probs,
             callbacks=state_callbacks,
+            tracking_dir=tracking_dir,
             **_train_kwargs(profile),
         )
         if stats.resumed_from_step:
@@ -307,7 +347,7 @@ def run_dpo(worker: Worker, variant: str) -> dict:
         "metrics": {"final_loss": stats.final_loss, "s_per_step": stats.s_per_step},
     }
     placement = _placement(model)
-    path = _save(worker, f"dpo-{variant}", stats, tokenizer, manifest)
+    path = _save(worker, f"dpo-{variant}", stats, tokenizer, manifest, tracking_dir)
     return {
         "path": str(path),
         "variant": variant,
@@ -326,6 +366,8 @@ def run_dpo(worker: Worker, variant: str) -> dict:
         "final_loss": stats.final_loss,
         "rewards_accuracy": stats.rewards_accuracy,
         "loss_curve": _curve(stats.losses, f"DPO ({variant}) loss"),
+        "reward_curves": _reward_curves(stats, variant),
+        **_tracking_metadata(profile, path),
         "input_data_versions": json_value(inputs),
         "config": json_value(manifest["config"]),
     }
