@@ -63,14 +63,20 @@ class DemoRun(NamedTuple):
     result: subprocess.CompletedProcess
 
 
+def run_demo(profile: Path, root: Path, timeout: int, **extra_env: str) -> DemoRun:
+    """`widen-dag demo --profile <profile>` in a Dagster home and lake of its own under ``root``
+    (the environment's profile is not the one meant)."""
+    env = {**os.environ, "DAGSTER_HOME": str(root / "home"), "WIDEN_DAG_LAKE": str(root / "lake"), **extra_env}
+    env.pop("WIDEN_DAG_PROFILE", None)
+    cli = Path(sys.executable).parent / "widen-dag"
+    result = subprocess.run(
+        [str(cli), "demo", "--profile", str(profile)], capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout
+    )
+    return DemoRun(root, env, result)
+
+
 @pytest.fixture(scope="session")
 def tiny_ci_demo(tmp_path_factory) -> DemoRun:
     """`widen-dag demo --profile tests/profiles/tiny_ci.yaml` run once per session (~6 minutes on
     2 cores): the demo test checks it, the browser test opens the UI on a copy of it."""
-    root = tmp_path_factory.mktemp("tiny_ci_demo")
-    env = {**os.environ, "DAGSTER_HOME": str(root / "home"), "WIDEN_DAG_LAKE": str(root / "lake")}
-    cli = Path(sys.executable).parent / "widen-dag"
-    result = subprocess.run(
-        [str(cli), "demo", "--profile", str(TINY_CI_PROFILE)], capture_output=True, text=True, cwd=REPO, env=env, timeout=1500
-    )
-    return DemoRun(root, env, result)
+    return run_demo(TINY_CI_PROFILE, tmp_path_factory.mktemp("tiny_ci_demo"), timeout=1500)

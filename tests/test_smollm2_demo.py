@@ -6,7 +6,6 @@ of the last DPO checkpoint traced back to the GGUF file's sha256."""
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from tests.conftest import run_demo
 from widen_dag.profiles.schema import ModelRef
 from widen_dag.storage.artifacts import gguf_file
 from widen_dag.storage.lake import Lake
@@ -25,22 +25,10 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_a_real_instruct_model_from_a_gguf_wheel_runs_the_pipeline_and_its_lineage_reaches_the_gguf_file(tmp_path, datasets_dir):
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(tmp_path / "home"),
-        "WIDEN_DAG_LAKE": str(tmp_path / "lake"),
-        "WIDEN_DAG_DATASETS": str(datasets_dir),
-    }
-    env.pop("WIDEN_DAG_PROFILE", None)
-    cli = Path(sys.executable).parent / "widen-dag"
-    res = subprocess.run(
-        [str(cli), "demo", "--profile", str(REPO / "tests" / "profiles" / "smollm2_ci.yaml")],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=1100,
+    _, env, res = run_demo(
+        REPO / "tests" / "profiles" / "smollm2_ci.yaml", tmp_path, timeout=1100, WIDEN_DAG_DATASETS=str(datasets_dir)
     )
+    cli = Path(sys.executable).parent / "widen-dag"
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "demo: SUCCESS" in res.stdout and "| +mask |" in res.stdout
     table = res.stdout[res.stdout.index("Ablation (the paper's Table 5 layout)") :]

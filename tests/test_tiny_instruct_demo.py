@@ -4,15 +4,13 @@ instruction-following column."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import pytest
 
+from tests.conftest import run_demo
 from widen_dag.storage.lake import Lake
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,17 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_tiny_instruct_demo_runs_end_to_end_with_math_blocksworld_and_instruction_following_columns(tmp_path):
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "WIDEN_DAG_LAKE": str(tmp_path / "lake")}
-    env.pop("WIDEN_DAG_PROFILE", None)
-    cli = Path(sys.executable).parent / "widen-dag"
-    res = subprocess.run(
-        [str(cli), "demo", "--profile", str(REPO / "tests" / "profiles" / "tiny_instruct_ci.yaml")],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=1100,
-    )
+    _, env, res = run_demo(REPO / "tests" / "profiles" / "tiny_instruct_ci.yaml", tmp_path, timeout=1100)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "demo: SUCCESS" in res.stdout and "| +mask |" in res.stdout
     # One section per eval set (the report lists each set with its own intervals): math,

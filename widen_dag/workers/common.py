@@ -71,6 +71,18 @@ def _profile(extras: dict) -> Profile:
     return profile_from_json(extras["profile_json"])
 
 
+def _exit_cleanly_on_sigterm() -> None:
+    """SIGTERM (a run cancelled in the UI, a worker timeout, a pod stopped) ends the worker
+    through SystemExit, so its ``finally`` blocks run: a vLLM engine is shut down instead of
+    living on as an orphan process holding memory and cores (seen here after a bare SIGTERM)."""
+    import signal
+
+    def _exit(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+
+
 @contextlib.contextmanager
 def open_worker() -> Iterator[Worker]:
     """Pipes context + the profile and lake named in the launching asset's extras.
@@ -78,6 +90,7 @@ def open_worker() -> Iterator[Worker]:
     Under a multi-process launch only rank 0 talks to Dagster; the other ranks read the
     same context (profile, lake) and train silently.
     """
+    _exit_cleanly_on_sigterm()
     if process_rank() > 0:
         params = PipesEnvVarParamsLoader().load_context_params()
         with PipesDefaultContextLoader().load_context(params) as data:
