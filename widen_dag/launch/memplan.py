@@ -106,10 +106,7 @@ class ModelShape:
 def _config_dict(ref: ModelRef) -> tuple[str, dict[str, Any]]:
     """The model's config.json as a dict: the shipped/named file, a local folder's, or the hub's."""
     if ref.source == "gguf" and not ref.config_file:
-        raise PlanError(
-            f"models.*.config_file: the GGUF model {ref.name} has no config.json before the models stage converts it; "
-            "set config_file to the converted folder's config.json (or a copy of it)"
-        )
+        return _gguf_config(ref)
     if ref.config_file:
         shipped = Path(str(resources.files("widen_dag.profiles") / "model_configs" / ref.config_file))
         path = shipped if shipped.is_file() else Path(ref.config_file).expanduser()
@@ -132,6 +129,23 @@ def _config_dict(ref: ModelRef) -> tuple[str, dict[str, Any]]:
             f"set models.<role>.config_file to a copy of it"
         ) from err
     return "hub config.json", json.loads(Path(path).read_text())
+
+
+def _gguf_config(ref: ModelRef) -> tuple[str, dict[str, Any]]:
+    """A GGUF model's config from the file's own header (transformers' GGUF reader; no weights
+    are de-quantized), so a CPU user can plan before the models stage converts it."""
+    from transformers import AutoConfig
+
+    from widen_dag.launch.failures import Unrecoverable
+    from widen_dag.storage.artifacts import gguf_file
+
+    try:
+        path = gguf_file(ref, "models.<role>")
+    except Unrecoverable as err:
+        raise PlanError(f"{err.cause} ({err.fix})") from None
+    data = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name).to_dict()
+    data.pop("quantization_config", None)
+    return f"{path.name} (GGUF header)", data
 
 
 def model_shape(ref: ModelRef, *, config: dict[str, Any] | None = None) -> ModelShape:
