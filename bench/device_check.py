@@ -41,6 +41,14 @@ CHAT_TEMPLATE = (
 SPECIAL = ["<|end|>", "<|user|>", "<|assistant|>", "<|pad|>"]
 
 
+def _sft_rows() -> list[dict]:
+    """The SFT rows every training check trains on (prompt/completion chat turns)."""
+    return [
+        {"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}]}
+        for q, a in _problems(256, seed=2)
+    ]
+
+
 def _problems(n: int, seed: int = 0) -> list[tuple[str, str]]:
     rng = random.Random(seed)
     out = []
@@ -173,10 +181,7 @@ def check_sft(model_dir: Path, device: str, steps: int, lora: bool, work: Path) 
     from widen_dag.train.sft import train_sft
 
     model, tok = _load(model_dir, torch.bfloat16 if lora and device == "cuda" else None)
-    rows = [
-        {"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}]}
-        for q, a in _problems(256, seed=2)
-    ]
+    rows = _sft_rows()
     lora_cfg = {"enabled": True, "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"} if lora else None
     with Peak(device) as peak:
         stats = train_sft(
@@ -381,10 +386,7 @@ def rank_sft(model_dir: Path, work: Path, steps: int) -> None:
     from widen_dag.train.sft import train_sft
 
     model, tok = _load(model_dir)
-    rows = [
-        {"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}]}
-        for q, a in _problems(256, seed=2)
-    ]
+    rows = _sft_rows()
     stats = train_sft(
         model,
         tok,
