@@ -145,7 +145,7 @@ def train_dpo(
     init_distributed(device)
     processes = num_processes()
     steps = optimizer_steps(len(rows), epochs, batch_size, processes, grad_accum)
-    trackers = tracking(report_to, tracking_dir)
+    tracker_names, tracker_callbacks = tracking(report_to, tracking_dir)
     config = dpo_config(
         output_dir,
         beta=beta,
@@ -163,7 +163,7 @@ def train_dpo(
         grad_accum=grad_accum,
         gradient_checkpointing=gradient_checkpointing,
         precompute_ref_log_probs=precompute_ref_log_probs,
-        report_to=trackers[0],
+        report_to=tracker_names,
     )
     stats = TrainStats(pairs=len(rows), processes=processes, global_batch=batch_size * processes * grad_accum)
 
@@ -178,7 +178,7 @@ def train_dpo(
         train_dataset=datasets.Dataset.from_list(keep),
         processing_class=tokenizer,
         data_collator=collator,
-        callbacks=[logging_callback(stats, on_log), *trackers[1], *(callbacks or [])],
+        callbacks=[logging_callback(stats, on_log), *tracker_callbacks, *(callbacks or [])],
         peft_config=lora_config(lora),
     )
     quiet(trainer)

@@ -65,7 +65,7 @@ def train_sft(
     init_distributed(device)
     processes = num_processes()
     steps = max_steps or optimizer_steps(len(rows), epochs, batch_size, processes, grad_accum)
-    trackers = tracking(report_to, tracking_dir)
+    tracker_names, tracker_callbacks = tracking(report_to, tracking_dir)
     config = SFTConfig(
         output_dir=output_dir,
         max_length=max_length,
@@ -83,7 +83,7 @@ def train_sft(
             checkpoint_every,
             gradient_checkpointing=gradient_checkpointing,
             grad_accum=grad_accum,
-            report_to=trackers[0],
+            report_to=tracker_names,
         ),
         eos_token=tokenizer.eos_token,
         pad_token=tokenizer.pad_token,
@@ -94,7 +94,7 @@ def train_sft(
         args=config,
         train_dataset=datasets.Dataset.from_list(rows),
         processing_class=tokenizer,
-        callbacks=[logging_callback(stats, on_log), *trackers[1], *(callbacks or [])],
+        callbacks=[logging_callback(stats, on_log), *tracker_callbacks, *(callbacks or [])],
         peft_config=lora_config(lora),
     )
     quiet(trainer)
