@@ -3,14 +3,18 @@ the paper's directions held. Not in CI (each seed is a full demo, ~10+ minutes h
 
     .venv/bin/python bench/ablation_seeds.py --seeds 3 [--profile tiny] [--lake-root lake_seeds] [--readme README.md]
 
-Seed s runs `widen-dag demo --seed s`: every run (demo, dpo_variants per variant, evaluation)
-carries s as the pipeline resource's run config (search, training, distillation data and
-evaluation sampling seeds; problems, split and base models stay) and the tag widen_dag/seed,
-so the runs sit side by side in the UI of one $DAGSTER_HOME; each seed writes its own lake
-folder <lake-root>/seed-<s>. The tiny base models do not depend on the run seed: they are
-trained in the first seed and copied into the others (--retrain-base-models to retrain;
---base-models-from LAKE copies an existing lake's, e.g. ./lake after `make demo`). A
-seed whose lake already holds an ablation_report is reused (--rerun to run it again), so an
+Seed s runs `widen-dag demo --seed s` on a profile of its own, written into its lake folder
+<lake-root>/seed-<s> (profile.yaml: `extends` the bench's profile and sets
+models.bootstrap.seed = profile seed + 100 s). Every run (demo, dpo_variants per variant,
+evaluation) carries s as the pipeline resource's run config (search, training, distillation
+data and evaluation sampling seeds) and the tag widen_dag/seed, so the runs sit side by side in
+the UI of one $DAGSTER_HOME; the problems and their split stay, so every seed answers the same
+held-out problems (the paired comparisons need that). The tiny policy and student are
+bootstrapped again in every seed from their own seed, so the spread covers the whole pipeline;
+seed 0 is exactly `make demo` (same seeds everywhere). --same-base-models trains them once in
+the first seed and copies them into the others; --base-models-from LAKE copies an existing
+lake's (e.g. ./lake after `make demo`): both then measure everything but the bootstrap. A seed
+whose lake already holds an ablation_report is reused (--rerun to run it again), so an
 interrupted bench resumes. Prints JSON: per-seed figures (keyed eval_set/variant),
 per cell mean and sd, per direction the share of seeds in which it held (point estimate)
 and in which it was supported (paired 95% interval excluding zero); with --readme, also
@@ -29,18 +33,38 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from widen_dag.evaluate import report
+from widen_dag.profiles import load_profile, profile_ref
 from widen_dag.storage.lake import Lake
 
 BEGIN, END = "<!-- ablation-seeds:begin -->", "<!-- ablation-seeds:end -->"
 PER_SEED = ("accuracy", "accuracy_lo", "accuracy_hi", "no_answer_rate", "greedy_accuracy", "test_at_n", "mean_tokens")
 
 
+SEED_STRIDE = 100  # bootstrap seeds of run seed s start at profile seed + 100 s (policy +0, student +1, critic +2)
+
+
+def seed_profile(seed: int, lake: Path, profile: str | None) -> Path:
+    """The seed's profile file: the bench's profile with the bootstrap seeded from ``seed``
+    (a profile with named models has nothing to re-bootstrap and is only extended)."""
+    parent = profile_ref(profile)
+    resolved = load_profile(parent)
+    data: dict = {"extends": parent}
+    if resolved.models.policy.source == "bootstrap":
+        data["models"] = {"bootstrap": {"seed": resolved.seed + SEED_STRIDE * seed}}
+    path = lake / "profile.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def run_seed(seed: int, lake: Path, profile: str | None, models_from: Path | None) -> dict:
     lake.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "widen_dag.cli", "demo", "--seed", str(seed)] + (["--profile", profile] if profile else [])
+    seeded = seed_profile(seed, lake, profile)
+    cmd = [sys.executable, "-m", "widen_dag.cli", "demo", "--seed", str(seed), "--profile", str(seeded)]
     if models_from is not None:
-        # The base models do not depend on the run seed: train them once, copy them here.
+        # The same base models in every seed: trained once, copied here.
         shutil.copytree(models_from / "models", lake / "models", dirs_exist_ok=True)
         cmd.append("--reuse-base-models")
     env = {**os.environ, "WIDEN_DAG_LAKE": str(lake)}
@@ -49,7 +73,7 @@ def run_seed(seed: int, lake: Path, profile: str | None, models_from: Path | Non
         rc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
     if rc != 0:
         raise SystemExit(f"seed {seed}: widen-dag demo failed (exit {rc}); see {lake / 'demo.log'}")
-    return {"seconds": round(time.perf_counter() - start, 1)}
+    return {"seconds": round(time.perf_counter() - start, 1), "profile": str(seeded)}
 
 
 def main() -> None:
@@ -59,9 +83,10 @@ def main() -> None:
     parser.add_argument("--lake-root", default="lake_seeds", help="one lake folder per seed below this")
     parser.add_argument("--rerun", action="store_true", help="run seeds again even if their report exists")
     parser.add_argument(
-        "--retrain-base-models",
+        "--same-base-models",
         action="store_true",
-        help="train the tiny policy and student in every seed (default: once, in the first seed's lake)",
+        help="bootstrap the tiny policy and student once, in the first seed, and copy them into the others "
+        "(default: every seed bootstraps its own)",
     )
     parser.add_argument(
         "--base-models-from",
@@ -84,7 +109,7 @@ def main() -> None:
         lake = Lake(str(lake_dir))
         first = root / f"seed-{seeds[0]}"
         models_from = base_models or (
-            None if args.retrain_base_models or seed == seeds[0] or not (first / "models").is_dir() else first
+            first if args.same_base_models and seed != seeds[0] and (first / "models").is_dir() else None
         )
         if args.rerun or not lake.has_table("ablation_report"):
             runs[seed] = run_seed(seed, lake_dir, args.profile, models_from)
@@ -101,6 +126,11 @@ def main() -> None:
     out = {
         "profile": args.profile or os.environ.get("WIDEN_DAG_PROFILE") or "tiny",
         "lake_root": str(root),
+        "base_models": "copied from " + str(base_models)
+        if base_models
+        else (
+            "bootstrapped once, in the first seed" if args.same_base_models else "bootstrapped in every seed from its own seed"
+        ),
         "runs": runs,
         **summary,
         "per_seed": per_seed,

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 
 import polars as pl
 import pytest
@@ -146,6 +147,8 @@ def test_eval_worker_writes_sampled_and_greedy_responses_for_every_checkpoint(tm
         ),
     )
     profile = with_run_seed(load_profile("tiny"), 5)
+    # One process: the stand-in backend below is patched into this process only.
+    profile = profile.model_copy(update={"eval": profile.eval.model_copy(update={"processes": 1})})
     worker = Worker(SimpleNamespace(log=SimpleNamespace(info=lambda m: None)), profile, lake)
     for folder in (
         "models/student_base",
@@ -223,3 +226,68 @@ def test_a_response_cut_off_at_the_token_limit_is_a_no_answer_unless_its_answer_
     got = [(r["cut_off"], r["no_answer"], r["correct"]) for r in rows]
     assert got == [(True, True, False), (False, False, True), (True, False, True), (True, True, False)]
     assert summarize(rows)["cut_off_rate"] == 0.75
+
+
+@pytest.mark.slow
+def test_checkpoints_evaluated_in_two_processes_score_as_each_checkpoint_does_alone(tmp_path, tiny_checkpoint):
+    """Two checkpoints side by side in two spawned processes (one thread each): the table has
+    every checkpoint in the ablation's order, and each one's rows are those its evaluation gives
+    run alone in this process with the same one thread."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from tests.lakes import eval_problems
+    from widen_dag.profiles import parse_profile
+    from widen_dag.storage.artifacts import MANIFEST, ablation_models, checkpoint_parts, write_manifest
+    from widen_dag.storage.lake import Lake
+    from widen_dag.workers import evaluate as worker_mod
+    from widen_dag.workers.common import Worker
+
+    lake = Lake(str(tmp_path))
+    profile = parse_profile(
+        {
+            "name": "t",
+            "datasets": [{"name": "arith", "domain": "arithmetic", "source": {"kind": "arithmetic"}}],
+            "models": {"student": {"source": "path", "name": str(tiny_checkpoint)}},
+            "generation": {"backend": "transformers", "device": "cpu", "max_tokens_per_node": 12},
+            "search": {"max_depth": 4, "max_path_tokens": 60},
+            "train": {"dpo": {"variants": {"dpo": {}}}},
+            "eval": {
+                "backend": "transformers",
+                "max_new_tokens": 16,
+                "max_problems": 3,
+                "test_at_n": 2,
+                "processes": 2,
+                "mcts_decode": {"variants": ["sft"]},
+            },
+        },
+        "t.yaml",
+    )
+    for name in ("distill", "sft", "dpo-dpo"):
+        with lake.staged_dir(*checkpoint_parts(name), marker=MANIFEST) as out:
+            for f in tiny_checkpoint.iterdir():
+                shutil.copy(f, out / f.name)
+            write_manifest(out, {"kind": name})
+    lake.write_table("stg_problems", eval_problems(3))
+    logs: list[str] = []
+    worker = Worker(SimpleNamespace(log=SimpleNamespace(info=logs.append)), profile, lake)  # type: ignore[arg-type]
+
+    out = worker_mod.evaluate_all(worker)
+    table = lake.read_table("eval_results")
+    assert out["metadata"]["eval_processes"] == 2
+    assert any("in 2 processes, 1 thread(s) each" in line for line in logs)
+    order = [v for v, _ in ablation_models(profile, lake)]
+    assert list(dict.fromkeys(table["variant"])) == order == ["base", "distill_baseline", "sft", "dpo"]
+
+    sets = worker_mod.eval_problems(worker)
+    runs = [("sampled", 2, profile.eval.temperature), ("greedy", 1, 0.0)]
+    threads = torch.get_num_threads()
+    try:
+        for variant, published in ablation_models(profile, lake):
+            _, scored = worker_mod.evaluate_checkpoint(worker_mod._Checkpoint(variant, published, sets, runs, profile, 1))
+            alone = [(s, d, r["problem_id"], r["sample"], r["response"]) for s, d, _k, rows, _t in scored for r in rows]
+            pooled = table.filter(pl.col("variant") == variant)
+            assert alone == list(pooled.select("eval_set", "decoding", "problem_id", "sample", "response").iter_rows())
+    finally:
+        torch.set_num_threads(threads)

@@ -222,6 +222,11 @@ class BootstrapConfig(ArithmeticShape):
     batch_size: int = Field(32, gt=0, description="Training batch size.")
     learning_rate: float = Field(4e-3, gt=0, description="Peak learning rate (linear decay).")
     error_rate: float = Field(0.3, ge=0, le=1, description="Share of policy solutions with a slip, so search finds wrong paths.")
+    seed: int | None = Field(
+        None,
+        description="Seed of the bootstrapped models (training texts, initialisation, batches); unset: the profile seed. "
+        "The seeds bench sets it per seed, so its spread covers the bootstrap too.",
+    )
     eval_problems: int = Field(200, gt=0, description="Held-out problems for the models' own accuracy check.")
     eval_max_tokens: int = Field(200, gt=0, description="New tokens per answer in that check.")
     style: Literal["tagged", "instruct"] = Field(
@@ -579,6 +584,14 @@ class EvalConfig(_Strict):
     max_new_tokens: int = Field(1024, gt=0, description="New tokens per answer.")
     max_problems: int | None = Field(None, gt=0, description="At most this many problems per eval set.")
     batch_size: int = Field(128, gt=0, description="Sequences per transformers generate call.")
+    processes: int | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Checkpoints evaluated side by side, each in its own process with an equal share of the CPU cores. "
+            "Unset: one per core (at most one per checkpoint) for the transformers backend on the CPU, else 1."
+        ),
+    )
     seed: int = Field(0, description="Sampling seed, added to the profile seed.")
     mcts_decode: MCTSDecodeConfig = Field(MCTSDecodeConfig(), description="MCTS decoding at evaluation (Table 7).")
 

@@ -11,16 +11,21 @@ the metadata summarises per checkpoint (intervals: ``ablation_report``).
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import statistics
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import polars as pl
 
 from widen_dag.domains.base import Problem
 from widen_dag.evaluate import EVAL_SCHEMA, eval_problem_sets, sample_and_score, summarize
 from widen_dag.llm import backend_from_profile
+from widen_dag.profiles import Profile
 from widen_dag.reporting.markdown import markdown_table, md
-from widen_dag.storage.artifacts import ablation_models, local_model
+from widen_dag.storage.artifacts import ModelLocation, ablation_models, local_model
 from widen_dag.workers.common import Worker, check_memory, open_worker
 
 
@@ -28,61 +33,130 @@ def eval_problems(worker: Worker) -> dict[str, list[Problem]]:
     return eval_problem_sets(worker.lake.read_table("stg_problems"), worker.profile.eval.max_problems)
 
 
+@dataclass(frozen=True)
+class _Checkpoint:
+    """One checkpoint's evaluation, everything a child process needs to run it."""
+
+    variant: str
+    model: ModelLocation
+    sets: dict[str, list[Problem]]
+    runs: list[tuple[str, int, float]]  # (decoding, samples per problem, temperature)
+    profile: Profile
+    threads: int | None  # torch intra-op threads in a child process; None: the process's default
+
+
+# (eval set, decoding, samples per problem, rows, seconds since the checkpoint's start)
+Scored = tuple[str, str, int, list[dict], float]
+
+
+def evaluate_checkpoint(task: _Checkpoint, on_scored: Callable[[Scored], None] | None = None) -> tuple[str, list[Scored]]:
+    """Every eval set and decoding of one checkpoint. The results do not depend on which
+    process runs it or what ran before: the backend is built here, seeded from the profile."""
+    if task.threads:
+        import torch
+
+        torch.set_num_threads(task.threads)
+    ev, gen = task.profile.eval, task.profile.generation
+    seed = task.profile.seed + ev.seed
+    t0, scored = time.perf_counter(), []
+    backend = backend_from_profile(gen, task.model, seed=seed, backend=ev.backend, max_batch=ev.batch_size)
+    try:
+        for eval_set, problems in task.sets.items():
+            for decoding, k, temperature in task.runs:
+                rows = sample_and_score(
+                    backend, problems, n=k, temperature=temperature, top_p=gen.top_p, max_tokens=ev.max_new_tokens, seed=seed
+                )
+                scored.append((eval_set, decoding, k, rows, time.perf_counter() - t0))
+                if on_scored is not None:
+                    on_scored(scored[-1])
+    finally:
+        backend.close()
+    return task.variant, scored
+
+
+def eval_processes(profile: Profile, checkpoints: int, cores: int | None = None) -> int:
+    """How many checkpoints are evaluated side by side (``eval.processes``). Unset: one process
+    per core for the transformers backend on the CPU, where a small model's decoding is mostly
+    per-step Python overhead that a second core does not shorten but a second process halves;
+    one process on a GPU or with vLLM (an engine already uses every core it is given)."""
+    ev = profile.eval
+    if ev.processes is not None:
+        wanted = ev.processes
+    elif ev.backend == "transformers" and profile.generation.device == "cpu":
+        wanted = cores if cores is not None else len(os.sched_getaffinity(0))
+    else:
+        wanted = 1
+    return max(1, min(wanted, checkpoints))
+
+
 def evaluate_all(worker: Worker) -> dict:
     profile = worker.profile
-    ev, gen = profile.eval, profile.generation
+    ev = profile.eval
     check_memory(profile, "evaluate")
     sets = eval_problems(worker)
     frames, summary_rows = [], []
     start = time.perf_counter()
     seed = profile.seed + ev.seed
     n = ev.n_samples()
-    models = ablation_models(profile, worker.lake)
+    models = [(v, p.describe(), local_model(p, worker.lake)) for v, p in ablation_models(profile, worker.lake)]
     runs = [("sampled", n, ev.temperature)] + ([("greedy", 1, 0.0)] if ev.greedy else [])
     total, done = len(models) * len(runs) * sum(len(p) for p in sets.values()), 0
-    for variant, published in models:
-        path = published.describe()
-        model = local_model(published, worker.lake)  # from an object-store lake: downloaded to the local cache
-        t0 = time.perf_counter()
-        backend = backend_from_profile(gen, model, seed=seed, backend=ev.backend, max_batch=ev.batch_size)
-        try:
-            for eval_set, problems in sets.items():
-                for decoding, k, temperature in runs:
-                    rows = sample_and_score(
-                        backend, problems, n=k, temperature=temperature, top_p=gen.top_p, max_tokens=ev.max_new_tokens, seed=seed
-                    )
-                    frames.append(
-                        pl.DataFrame(
-                            [
-                                {**r, "variant": variant, "checkpoint": path, "eval_set": eval_set, "decoding": decoding}
-                                for r in rows
-                            ],
-                            schema=EVAL_SCHEMA,
-                        )
-                    )
-                    done += len(problems)
-                    worker.progress("evaluated problems", done, total)
-                    s = summarize(rows)
-                    mean = statistics.fmean(r["correct"] for r in rows)  # over every sample, not the first alone
-                    worker.log(
-                        f"{variant} on {eval_set} ({decoding}, {k}/problem): accuracy {mean:.3f}, "
-                        f"no-answer {s['no_answer_rate']:.3f}, mean tokens {s['mean_tokens']:.0f}, "
-                        f"test@{k} {s['test_at_n']:.3f} ({time.perf_counter() - t0:.0f}s)"
-                    )
-                    summary_rows.append(
-                        (
-                            variant,
-                            eval_set,
-                            decoding,
-                            s["n"],
-                            f"{mean:.3f}",
-                            f"{s['no_answer_rate']:.3f}",
-                            f"{s['mean_tokens']:.0f}",
-                            f"{s['test_at_n']:.3f}",
-                        )
-                    )
-        finally:
-            backend.close()
+    processes = eval_processes(profile, len(models))
+    threads = max(1, len(os.sched_getaffinity(0)) // processes) if processes > 1 else None
+    tasks = [_Checkpoint(variant, model, sets, runs, profile, threads) for variant, _, model in models]
+    paths = {variant: path for variant, path, _ in models}
+    scored_by_variant: dict[str, list[Scored]] = {}
+
+    def report(variant: str, item: Scored) -> None:
+        nonlocal done
+        eval_set, decoding, k, rows, seconds = item
+        done += len(sets[eval_set])
+        worker.progress("evaluated problems", done, total)
+        s = summarize(rows)
+        mean = statistics.fmean(r["correct"] for r in rows)  # over every sample, not the first alone
+        worker.log(
+            f"{variant} on {eval_set} ({decoding}, {k}/problem): accuracy {mean:.3f}, "
+            f"no-answer {s['no_answer_rate']:.3f}, mean tokens {s['mean_tokens']:.0f}, "
+            f"test@{k} {s['test_at_n']:.3f} ({seconds:.0f}s)"
+        )
+
+    if processes == 1:
+        for task in tasks:
+            variant, scored = evaluate_checkpoint(task, lambda item, v=task.variant: report(v, item))
+            scored_by_variant[variant] = scored
+    else:
+        worker.log(f"evaluating {len(tasks)} checkpoints in {processes} processes, {threads} thread(s) each")
+        # Pool's exit terminates the children, so a cancelled run leaves no process behind.
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            for variant, scored in pool.imap_unordered(evaluate_checkpoint, tasks):
+                for item in scored:
+                    report(variant, item)
+                scored_by_variant[variant] = scored
+    for variant, _, _ in models:  # rows in the ablation's order, however the processes finished
+        for eval_set, decoding, _samples, rows, _seconds in scored_by_variant[variant]:
+            frames.append(
+                pl.DataFrame(
+                    [
+                        {**r, "variant": variant, "checkpoint": paths[variant], "eval_set": eval_set, "decoding": decoding}
+                        for r in rows
+                    ],
+                    schema=EVAL_SCHEMA,
+                )
+            )
+            s = summarize(rows)
+            mean = statistics.fmean(r["correct"] for r in rows)
+            summary_rows.append(
+                (
+                    variant,
+                    eval_set,
+                    decoding,
+                    s["n"],
+                    f"{mean:.3f}",
+                    f"{s['no_answer_rate']:.3f}",
+                    f"{s['mean_tokens']:.0f}",
+                    f"{s['test_at_n']:.3f}",
+                )
+            )
     table = pl.concat(frames)
     written = worker.lake.write_table("eval_results", table)
     summary = markdown_table(
@@ -99,6 +173,7 @@ def evaluate_all(worker: Worker) -> dict:
             "eval_seed": seed,
             "test_at_n": ev.test_at_n,
             "eval_seconds": round(time.perf_counter() - start, 1),
+            "eval_processes": processes,
             "summary": md(summary),
         },
         "data_version": written.sha256,

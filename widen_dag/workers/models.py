@@ -77,13 +77,20 @@ def _tiny_row(domain: str, question: str, completion: str) -> dict[str, str]:
     return {"prompt": bootstrap.USER + prompt + bootstrap.END + bootstrap.ASSISTANT, "completion": completion}
 
 
+def _bootstrap_seed(profile) -> int:
+    """Where the bootstrapped models' seeds start (policy +0, student +1, critic +2); the
+    held-out check keeps the profile seed, so every bootstrap seed is scored on the same problems."""
+    cfg = profile.models.bootstrap
+    return profile.seed if cfg.seed is None else cfg.seed
+
+
 def build_tiny(worker: Worker, which: str) -> dict:
     import torch
     from transformers import AutoTokenizer
 
     profile = worker.profile
     cfg = profile.models.bootstrap
-    seed = profile.seed + (0 if which == "policy" else 1)
+    seed = _bootstrap_seed(profile) + (0 if which == "policy" else 1)
     device = resolve_device(profile.train.device)
     exclude = _excluded_questions(worker)
     problems = bootstrap.synthetic_problems(cfg.train_problems, cfg.steps, cfg.max_operand, seed, exclude, cfg.ops)
@@ -291,7 +298,7 @@ def build_instruct(worker: Worker, which: str) -> dict:
 
     profile = worker.profile
     cfg = profile.models.bootstrap
-    seed = profile.seed + (0 if which == "policy" else 1)
+    seed = _bootstrap_seed(profile) + (0 if which == "policy" else 1)
     exclude = _excluded_questions(worker)
     math_rows, bw_rows, if_rows = _instruct_problems(cfg, seed, exclude)
     rng = random.Random(seed)
@@ -314,7 +321,7 @@ def build_instruct(worker: Worker, which: str) -> dict:
         metrics = evaluate_saved(worker, out, heldout, cfg.eval_max_tokens)
     if which == "policy" and profile.models.critic is not None and profile.models.critic.source == "bootstrap":
         # The critic: another model with another chat template, trained on other samples.
-        critic_seed = profile.seed + 2
+        critic_seed = _bootstrap_seed(profile) + 2
         crng = random.Random(critic_seed)
         cpairs = _instruct_pairs(math_rows, bw_rows, if_rows, crng, cfg.error_rate / 2)
         with worker.lake.staged_dir(*bootstrap_parts("critic")) as out, tempfile.TemporaryDirectory() as scratch:
