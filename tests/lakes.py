@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import polars as pl
 
 from widen_dag.datasets import sql as sqlmodels
@@ -109,3 +112,38 @@ def eval_problems(n: int) -> pl.DataFrame:
         ],
         schema=STAGED_SCHEMA,
     )
+
+
+def tiny_checkpoint_eval_profile(student: Path, **eval_settings):
+    """A profile whose student and every checkpoint are the tiny test model, with one DPO
+    variant and the transformers backend; ``eval_settings`` go into its eval section."""
+    from widen_dag.profiles import parse_profile
+
+    return parse_profile(
+        {
+            "name": "t",
+            "datasets": [{"name": "arith", "domain": "arithmetic", "source": {"kind": "arithmetic"}}],
+            "models": {"student": {"source": "path", "name": str(student)}},
+            "generation": {"backend": "transformers", "device": "cpu", "max_tokens_per_node": 12},
+            "search": {"max_depth": 4, "max_path_tokens": 60},
+            "train": {"dpo": {"variants": {"dpo": {}}}},
+            "eval": {"backend": "transformers", "max_new_tokens": 16, **eval_settings},
+        },
+        "t.yaml",
+    )
+
+
+def publish_checkpoint(lake: Lake, name: str, model: Path, manifest: dict | None = None) -> None:
+    """A copy of ``model`` published as checkpoint ``name`` (staged, manifest last), local or bucket."""
+    from widen_dag.storage.artifacts import MANIFEST, checkpoint_parts, write_manifest
+
+    with lake.staged_dir(*checkpoint_parts(name), marker=MANIFEST) as out:
+        for f in model.iterdir():
+            shutil.copy(f, out / f.name)
+        write_manifest(out, manifest or {"kind": name})
+
+
+def publish_tiny_checkpoints(lake: Lake, model: Path, names=("distill", "sft", "dpo-dpo")) -> None:
+    """Every checkpoint of a one-DPO-variant ablation, each a copy of ``model``."""
+    for name in names:
+        publish_checkpoint(lake, name, model)

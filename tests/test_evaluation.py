@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 
 import polars as pl
 import pytest
@@ -237,38 +236,17 @@ def test_checkpoints_evaluated_in_two_processes_score_as_each_checkpoint_does_al
 
     import torch
 
-    from tests.lakes import eval_problems
-    from widen_dag.profiles import parse_profile
-    from widen_dag.storage.artifacts import MANIFEST, ablation_models, checkpoint_parts, write_manifest
+    from tests.lakes import eval_problems, publish_tiny_checkpoints, tiny_checkpoint_eval_profile
+    from widen_dag.storage.artifacts import ablation_models
     from widen_dag.storage.lake import Lake
     from widen_dag.workers import evaluate as worker_mod
     from widen_dag.workers.common import Worker
 
     lake = Lake(str(tmp_path))
-    profile = parse_profile(
-        {
-            "name": "t",
-            "datasets": [{"name": "arith", "domain": "arithmetic", "source": {"kind": "arithmetic"}}],
-            "models": {"student": {"source": "path", "name": str(tiny_checkpoint)}},
-            "generation": {"backend": "transformers", "device": "cpu", "max_tokens_per_node": 12},
-            "search": {"max_depth": 4, "max_path_tokens": 60},
-            "train": {"dpo": {"variants": {"dpo": {}}}},
-            "eval": {
-                "backend": "transformers",
-                "max_new_tokens": 16,
-                "max_problems": 3,
-                "test_at_n": 2,
-                "processes": 2,
-                "mcts_decode": {"variants": ["sft"]},
-            },
-        },
-        "t.yaml",
+    profile = tiny_checkpoint_eval_profile(
+        tiny_checkpoint, max_problems=3, test_at_n=2, processes=2, mcts_decode={"variants": ["sft"]}
     )
-    for name in ("distill", "sft", "dpo-dpo"):
-        with lake.staged_dir(*checkpoint_parts(name), marker=MANIFEST) as out:
-            for f in tiny_checkpoint.iterdir():
-                shutil.copy(f, out / f.name)
-            write_manifest(out, {"kind": name})
+    publish_tiny_checkpoints(lake, tiny_checkpoint)
     lake.write_table("stg_problems", eval_problems(3))
     logs: list[str] = []
     worker = Worker(SimpleNamespace(log=SimpleNamespace(info=logs.append)), profile, lake)  # type: ignore[arg-type]

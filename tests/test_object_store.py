@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -12,6 +11,7 @@ import uuid
 
 import pytest
 
+from tests.lakes import publish_checkpoint
 from tests.pipes_files import REPO, pipes_env, reports
 from widen_dag.profiles import load_profile, parse_profile
 from widen_dag.storage.artifacts import (
@@ -23,7 +23,6 @@ from widen_dag.storage.artifacts import (
     download_log,
     local_model,
     read_manifest,
-    write_manifest,
 )
 from widen_dag.storage.lake import Lake
 
@@ -66,27 +65,20 @@ def _profile(student: str, **train):
     return parse_profile(data)
 
 
-def _publish(lake: Lake, source, manifest: dict) -> None:
-    with lake.staged_dir(*checkpoint_parts("sft"), marker=MANIFEST) as out:
-        for f in source.iterdir():
-            shutil.copy(f, out / f.name)
-        write_manifest(out, manifest)
-
-
 def test_a_checkpoint_on_s3_is_a_lake_uri_downloaded_to_the_cache_and_loads(s3_lake, tiny_checkpoint, tmp_path):
     from transformers import AutoModelForCausalLM
 
     profile = _profile(str(tiny_checkpoint))
     with pytest.raises(ArtifactMissing, match="materialize sft_checkpoint"):
         checkpoint_location(profile, s3_lake, "sft")
-    _publish(s3_lake, tiny_checkpoint, {"kind": "sft", "version": 1})
+    publish_checkpoint(s3_lake, "sft", tiny_checkpoint, {"kind": "sft", "version": 1})
     published = checkpoint_location(profile, s3_lake, "sft")
     assert published.name_or_path == checkpoint_dir(s3_lake, "sft") and published.name_or_path.startswith("s3://")
     local = local_model(published, s3_lake)
     assert local.name_or_path.startswith(str(tmp_path / "cache"))
     AutoModelForCausalLM.from_pretrained(local.name_or_path)
     assert local_model(published, s3_lake) == local  # cached: the same manifest, no second download
-    _publish(s3_lake, tiny_checkpoint, {"kind": "sft", "version": 2})
+    publish_checkpoint(s3_lake, "sft", tiny_checkpoint, {"kind": "sft", "version": 2})
     assert local_model(published, s3_lake).name_or_path != local.name_or_path  # republished: a fresh copy
     assert read_manifest(checkpoint_dir(s3_lake, "sft"))["version"] == 2
 
@@ -115,7 +107,7 @@ with lake.staged_dir(*artifacts.checkpoint_parts("sft"), marker=artifacts.MANIFE
 
 def test_a_killed_upload_leaves_no_visible_checkpoint(s3_lake, tiny_checkpoint, tmp_path):
     profile = _profile(str(tiny_checkpoint))
-    _publish(s3_lake, tiny_checkpoint, {"kind": "sft", "version": 1})
+    publish_checkpoint(s3_lake, "sft", tiny_checkpoint, {"kind": "sft", "version": 1})
     script = tmp_path / "upload.py"
     script.write_text(textwrap.dedent(KILLED_UPLOAD))
     proc = subprocess.run(
@@ -272,7 +264,7 @@ def test_concurrent_processes_on_one_host_download_a_checkpoint_once_and_all_rea
     import hashlib
     import os
 
-    _publish(s3_lake, tiny_checkpoint, {"kind": "sft", "version": 1})
+    publish_checkpoint(s3_lake, "sft", tiny_checkpoint, {"kind": "sft", "version": 1})
     script = tmp_path / "load.py"
     script.write_text(textwrap.dedent(LOAD_CHECKPOINT))
     env = _ask_together({**os.environ, "PYTHONPATH": str(REPO)}, tmp_path, processes=3)
@@ -305,35 +297,19 @@ def test_evaluation_and_mcts_decode_run_on_checkpoints_that_exist_only_in_the_bu
 
     import polars as pl
 
-    from tests.lakes import eval_problems
+    from tests.lakes import eval_problems, publish_tiny_checkpoints, tiny_checkpoint_eval_profile
     from widen_dag.workers.common import Worker
     from widen_dag.workers.decode import decode_all
     from widen_dag.workers.evaluate import evaluate_all
 
-    profile = parse_profile(
-        {
-            "name": "t",
-            "datasets": [{"name": "arith", "domain": "arithmetic", "source": {"kind": "arithmetic"}}],
-            "models": {"student": {"source": "path", "name": str(tiny_checkpoint)}},
-            "generation": {"backend": "transformers", "device": "cpu", "max_tokens_per_node": 12},
-            "search": {"max_depth": 4, "max_path_tokens": 60},
-            "train": {"dpo": {"variants": {"dpo": {}}}},
-            "eval": {
-                "backend": "transformers",
-                "max_new_tokens": 16,
-                "max_problems": 2,
-                "test_at_n": 1,
-                "greedy": False,
-                "mcts_decode": {"variants": ["sft"], "rollouts": 1, "test_at": [1], "max_problems": 2},
-            },
-        },
-        "t.yaml",
+    profile = tiny_checkpoint_eval_profile(
+        tiny_checkpoint,
+        max_problems=2,
+        test_at_n=1,
+        greedy=False,
+        mcts_decode={"variants": ["sft"], "rollouts": 1, "test_at": [1], "max_problems": 2},
     )
-    for name in ("distill", "sft", "dpo-dpo"):
-        with s3_lake.staged_dir(*checkpoint_parts(name), marker=MANIFEST) as out:
-            for f in tiny_checkpoint.iterdir():
-                shutil.copy(f, out / f.name)
-            write_manifest(out, {"kind": name})
+    publish_tiny_checkpoints(s3_lake, tiny_checkpoint)
     s3_lake.write_table("stg_problems", eval_problems(2))
     worker = Worker(SimpleNamespace(log=logging.getLogger("test")), profile, s3_lake)  # type: ignore[arg-type]
 

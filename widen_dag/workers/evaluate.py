@@ -101,11 +101,13 @@ def evaluate_all(worker: Worker) -> dict:
     models = [(v, p.describe(), local_model(p, worker.lake)) for v, p in ablation_models(profile, worker.lake)]
     runs = [("sampled", n, ev.temperature)] + ([("greedy", 1, 0.0)] if ev.greedy else [])
     total, done = len(models) * len(runs) * sum(len(p) for p in sets.values()), 0
-    processes = eval_processes(profile, len(models))
-    threads = max(1, len(os.sched_getaffinity(0)) // processes) if processes > 1 else None
+    cores = len(os.sched_getaffinity(0))
+    processes = eval_processes(profile, len(models), cores)
+    threads = max(1, cores // processes) if processes > 1 else None
     tasks = [_Checkpoint(variant, model, sets, runs, profile, threads) for variant, _, model in models]
     paths = {variant: path for variant, path, _ in models}
     scored_by_variant: dict[str, list[Scored]] = {}
+    summary_by_variant: dict[str, list[tuple]] = {variant: [] for variant, _, _ in models}
 
     def report(variant: str, item: Scored) -> None:
         nonlocal done
@@ -118,6 +120,18 @@ def evaluate_all(worker: Worker) -> dict:
             f"{variant} on {eval_set} ({decoding}, {k}/problem): accuracy {mean:.3f}, "
             f"no-answer {s['no_answer_rate']:.3f}, mean tokens {s['mean_tokens']:.0f}, "
             f"test@{k} {s['test_at_n']:.3f} ({seconds:.0f}s)"
+        )
+        summary_by_variant[variant].append(
+            (
+                variant,
+                eval_set,
+                decoding,
+                s["n"],
+                f"{mean:.3f}",
+                f"{s['no_answer_rate']:.3f}",
+                f"{s['mean_tokens']:.0f}",
+                f"{s['test_at_n']:.3f}",
+            )
         )
 
     if processes == 1:
@@ -143,20 +157,7 @@ def evaluate_all(worker: Worker) -> dict:
                     schema=EVAL_SCHEMA,
                 )
             )
-            s = summarize(rows)
-            mean = statistics.fmean(r["correct"] for r in rows)
-            summary_rows.append(
-                (
-                    variant,
-                    eval_set,
-                    decoding,
-                    s["n"],
-                    f"{mean:.3f}",
-                    f"{s['no_answer_rate']:.3f}",
-                    f"{s['mean_tokens']:.0f}",
-                    f"{s['test_at_n']:.3f}",
-                )
-            )
+        summary_rows += summary_by_variant[variant]
     table = pl.concat(frames)
     written = worker.lake.write_table("eval_results", table)
     summary = markdown_table(
