@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 
 import polars as pl
@@ -54,4 +55,6 @@ def test_decode_worker_writes_mcts_and_sampled_rows_per_problem_for_each_named_c
     table7 = out["metadata"]["table7"]["raw_value"]
     assert "| SFT + MCTS decode |" in table7 and "| +mask |" in table7
     assert out["metadata"]["reused_trees"] == 0
+    # one process per core, at most one per checkpoint: the side-by-side path on a 2-core machine
+    assert out["metadata"]["decode_processes"] == min(2, len(os.sched_getaffinity(0)))
     assert decode_all(worker)["metadata"]["reused_trees"] == 6  # the rerun searches nothing again

@@ -125,3 +125,22 @@ def test_transformers_backend_continuing_in_passes_matches_one_pass(tiny_checkpo
     in_passes, whole = run(4), run(1000)
     assert [(s.text, s.n_tokens, s.finish_reason) for s in in_passes] == [(s.text, s.n_tokens, s.finish_reason) for s in whole]
     assert [s.cumulative_logprob for s in in_passes] == pytest.approx([s.cumulative_logprob for s in whole], rel=1e-3, abs=1e-3)
+
+
+@pytest.mark.parametrize("temperature,top_p", [(0.7, 0.95), (1.0, 0.5), (1.3, 0.99)])
+def test_nucleus_warper_keeps_the_tokens_transformers_top_p_keeps(temperature, top_p):
+    import torch
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    from widen_dag.llm.hf_backend import nucleus_warper
+
+    torch.manual_seed(0)
+    peaked = torch.randn(64, 1000) * 6  # nucleus inside the 64 candidates
+    flat = torch.randn(64, 1000) * 0.3  # nucleus of hundreds of tokens: the full-sort rows
+    scores = torch.cat([peaked, flat])
+    ours = nucleus_warper(temperature, top_p)(None, scores)
+    theirs = TopPLogitsWarper(top_p)(None, TemperatureLogitsWarper(temperature)(None, scores))
+    assert torch.equal(torch.isinf(ours), torch.isinf(theirs))
+    kept = ~torch.isinf(ours)
+    assert torch.allclose(ours[kept], theirs[kept])
+    assert kept[64:].sum(dim=-1).min() > 64  # the flat rows did reach past the candidates

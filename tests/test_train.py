@@ -352,3 +352,58 @@ def test_sft_and_dpo_runs_write_tensorboard_curves_and_dpo_records_its_reward_cu
         tracking_dir=str(tmp_path / "tb-none"),
     )
     assert not (tmp_path / "tb-none").exists()
+
+
+def test_length_batches_cover_every_row_once_per_epoch_with_less_padding_than_random_batches():
+    import random
+
+    from widen_dag.train.bootstrap import length_batches
+
+    rng = random.Random(3)
+    lengths = [rng.choice([rng.randint(100, 140), rng.randint(180, 240)]) for _ in range(1000)]
+    batches = length_batches(lengths, 32, seed=0)
+    epoch = [next(batches) for _ in range(32)]  # 1000 rows: 31 full batches and one of 8 per epoch
+    assert sorted(i for b in epoch for i in b) == list(range(1000))
+    assert sorted(len(b) for b in epoch)[0] == 8
+
+    def padded(bs):
+        return sum(max(lengths[i] for i in b) * len(b) for b in bs)
+
+    shuffled = list(range(1000))
+    rng.shuffle(shuffled)
+    random_batches = [shuffled[k : k + 32] for k in range(0, 1000, 32)]
+    assert padded(epoch) < 0.8 * padded(random_batches)
+    # the next epoch draws other batches
+    assert {tuple(b) for b in epoch} != {tuple(next(batches)) for _ in range(32)}
+
+
+def test_train_tiny_trains_on_the_completion_and_its_eos_only_and_learns_it(tiny):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from widen_dag.train.bootstrap import train_tiny
+
+    path, _ = tiny
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    rows = [{"prompt": "<|user|>What is 2 + 3?<|end|><|assistant|>", "completion": "<answer>\\boxed{5}</answer>"}] * 8
+    n_prompt = len(tok(rows[0]["prompt"], add_special_tokens=False)["input_ids"])
+    seen = []
+    forward = model.forward
+    model.forward = lambda **kw: seen.append(kw["labels"]) or forward(**kw)
+    logged = []
+    stats = train_tiny(
+        model, tok, rows, steps=30, batch_size=4, learning_rate=1e-2, max_length=128, seed=0, log_every=10, on_log=logged.append
+    )
+    labels = seen[0][0]
+    assert (labels[:n_prompt] == -100).all() and (labels[n_prompt:] != -100).all() and labels[-1] == tok.eos_token_id
+    assert stats.steps == 30 and stats.examples == 120 and stats.tokens > 0 and stats.seconds > 0
+    assert [s for s, _ in stats.losses] == [10, 20, 30] and stats.losses[-1][1] < stats.losses[0][1] / 4
+    assert any(line.startswith("progress: training steps 30/30") for line in logged)
+    model.forward = forward
+    prompt = tok(rows[0]["prompt"], add_special_tokens=False, return_tensors="pt")["input_ids"]
+    out = model.generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert tok.decode(out[0, prompt.shape[1] :], skip_special_tokens=True).startswith("<answer>\\boxed{5}")
+    with pytest.raises(ValueError, match="tiny training row 0"):
+        train_tiny(
+            model, tok, [{"prompt": "x", "completion": ""}], steps=1, batch_size=1, learning_rate=1e-3, max_length=16, seed=0
+        )

@@ -29,6 +29,33 @@ class _Row:
     done: bool = False
 
 
+def nucleus_warper(temperature: float, top_p: float, candidates: int = 64):
+    """A logits processor for ``generate`` that divides by ``temperature`` and keeps the top-p
+    nucleus, the tokens transformers' TopPLogitsWarper keeps, without sorting the whole
+    vocabulary at every step (that sort was 16% of a tiny model's sampled decoding here): the
+    ``candidates`` most likely tokens are ranked first, and only a row whose nucleus reaches
+    past them is sorted in full."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class _Nucleus(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            scores = scores / temperature
+            if top_p >= 1.0:
+                return scores
+            probs = scores.softmax(dim=-1)
+            top_probs, top_ids = probs.topk(min(candidates, probs.shape[-1]), dim=-1)
+            before = top_probs.cumsum(dim=-1) - top_probs  # mass of the tokens ranked above each one
+            keep = torch.zeros_like(probs, dtype=torch.bool).scatter_(1, top_ids, before < top_p)
+            wide = before[:, -1] + top_probs[:, -1] < top_p  # the nucleus reaches past the candidates
+            if wide.any():
+                full, order = probs[wide].sort(dim=-1, descending=True)
+                keep[wide] = torch.zeros_like(full, dtype=torch.bool).scatter_(1, order, full.cumsum(dim=-1) - full < top_p)
+            return scores.masked_fill(~keep, -float("inf"))
+
+    return _Nucleus()
+
+
 class TransformersBackend(ChatTokenizerMixin):
     name = "transformers"
 
@@ -124,7 +151,9 @@ class TransformersBackend(ChatTokenizerMixin):
             cache_implementation="static",
         )
         if temperature > 0:
-            kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+            # temperature and top-p in one processor (transformers would apply a custom one before its
+            # own temperature warper)
+            kwargs.update(temperature=1.0, top_p=1.0, top_k=0, logits_processor=[nucleus_warper(temperature, top_p)])
         if stop:
             kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
         with torch.no_grad():

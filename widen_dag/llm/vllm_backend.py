@@ -19,6 +19,18 @@ from widen_dag.llm.base import ChatTokenizerMixin, EngineStats, GenerationReques
 from widen_dag.llm.loading import load_tokenizer, resolve_model_path
 
 
+def engines_in_this_process(device: str) -> None:
+    """On the CPU, run this process's vLLM engines inside it (VLLM_ENABLE_V1_MULTIPROCESSING=0)
+    instead of in a child engine process: measured here on the tiny policy, 1.45x the tokens/s
+    and 9 s instead of 22 s to start. Only for a process that closes its engines when it is done
+    with all of them (a worker): vLLM's in-process shutdown tears down the process-wide parallel
+    state, so an engine used after another one closed fails. A value the user exported wins."""
+    import torch
+
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
 class VLLMBackend(ChatTokenizerMixin):
     name = "vllm"
 

@@ -438,6 +438,11 @@ class SFTSettings(_Strict):
     batch_size: int = Field(8, gt=0, description="Per-device batch size.")
     max_length: int = Field(2048, gt=0, description="Tokens per example (longer ones are truncated and counted).")
     warmup_ratio: float = Field(0.03, ge=0, le=1, description="Share of steps warming up.")
+    group_by_length: bool = Field(
+        True,
+        description="Batches of rows of similar length (transformers' length-grouped sampler) instead of random "
+        "ones: less padding (tiny SFT set: 1.4x the steps/s), the same rows per epoch.",
+    )
 
 
 class DPOVariant(_Strict):
@@ -588,7 +593,8 @@ class EvalConfig(_Strict):
         None,
         gt=0,
         description=(
-            "Checkpoints evaluated side by side, each in its own process with an equal share of the CPU cores. "
+            "Checkpoints evaluated (and Table 7-decoded) side by side, each in its own process with an equal share "
+            "of the CPU cores. "
             "Unset: one per core (at most one per checkpoint) for the transformers backend on the CPU, else 1."
         ),
     )

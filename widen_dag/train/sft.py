@@ -48,12 +48,14 @@ def train_sft(
     lora: dict[str, Any] | None = None,
     report_to: list[str] | None = None,
     tracking_dir: str | None = None,
+    group_by_length: bool = False,
 ) -> TrainStats:
     """Train ``model`` on prompt/completion rows; returns loss curve, throughput and the model to
     save (``stats.export``). ``batch_size`` is per device; the optimizer steps come from the
     global batch (x processes x ``grad_accum``). ``lora`` (the profile's ``train.lora``) trains
     adapters through TRL's ``peft_config`` and merges them into the exported model. ``report_to``:
-    the profile's trackers (TensorBoard event files into ``tracking_dir``)."""
+    the profile's trackers (TensorBoard event files into ``tracking_dir``). ``group_by_length``:
+    batches of rows of similar length, less padding."""
     import datasets
     from trl import SFTConfig, SFTTrainer
 
@@ -76,6 +78,7 @@ def train_sft(
         lr_scheduler_type=scheduler,
         weight_decay=0.0,
         packing=False,
+        train_sampling_strategy="group_by_length" if group_by_length else "random",
         **trainer_defaults(
             device,
             seed,

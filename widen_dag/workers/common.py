@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from dagster_pipes import PipesContext, PipesDefaultContextLoader, PipesEnvVarParamsLoader, open_dagster_pipes
 
@@ -14,6 +16,9 @@ from widen_dag.launch.failures import FAILURE_FILE_EXTRA, write_failure
 from widen_dag.profiles import Profile, profile_from_json
 from widen_dag.progress import ProgressReporter
 from widen_dag.storage.lake import Lake
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
@@ -107,3 +112,28 @@ def open_worker() -> Iterator[Worker]:
             if found:
                 pipes.log.error(f"unrecoverable: {found[0]}. Fix: {found[1]}")
             raise
+
+
+def checkpoint_processes(profile: Profile, checkpoints: int, cores: int | None = None) -> tuple[int, int | None]:
+    """(processes, torch threads each) for evaluating or decoding ``checkpoints`` side by side
+    (``eval.processes``; threads None for one process: its default). Unset: one process
+    per core for the transformers backend on the CPU, where a small model's decoding is mostly
+    per-step Python overhead that a second core does not shorten but a second process halves;
+    one process on a GPU or with vLLM (an engine already uses every core it is given)."""
+    ev = profile.eval
+    cores = cores if cores is not None else len(os.sched_getaffinity(0))
+    if ev.processes is not None:
+        wanted = ev.processes
+    elif ev.backend == "transformers" and profile.generation.device == "cpu":
+        wanted = cores
+    else:
+        wanted = 1
+    processes = max(1, min(wanted, checkpoints))
+    return processes, (max(1, cores // processes) if processes > 1 else None)
+
+
+def side_by_side(fn: Callable[[T], R], tasks: list[T], processes: int) -> Iterator[R]:
+    """``fn`` of each task in ``processes`` spawned children, results as they finish. The pool's
+    exit terminates the children, so a cancelled run leaves no process behind."""
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        yield from pool.imap_unordered(fn, tasks)

@@ -11,8 +11,6 @@ the metadata summarises per checkpoint (intervals: ``ablation_report``).
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -26,7 +24,7 @@ from widen_dag.llm import backend_from_profile
 from widen_dag.profiles import Profile
 from widen_dag.reporting.markdown import markdown_table, md
 from widen_dag.storage.artifacts import ModelLocation, ablation_models, local_model
-from widen_dag.workers.common import Worker, check_memory, open_worker
+from widen_dag.workers.common import Worker, check_memory, checkpoint_processes, open_worker, side_by_side
 
 
 def eval_problems(worker: Worker) -> dict[str, list[Problem]]:
@@ -74,21 +72,6 @@ def evaluate_checkpoint(task: _Checkpoint, on_scored: Callable[[Scored], None] |
     return task.variant, scored
 
 
-def eval_processes(profile: Profile, checkpoints: int, cores: int | None = None) -> int:
-    """How many checkpoints are evaluated side by side (``eval.processes``). Unset: one process
-    per core for the transformers backend on the CPU, where a small model's decoding is mostly
-    per-step Python overhead that a second core does not shorten but a second process halves;
-    one process on a GPU or with vLLM (an engine already uses every core it is given)."""
-    ev = profile.eval
-    if ev.processes is not None:
-        wanted = ev.processes
-    elif ev.backend == "transformers" and profile.generation.device == "cpu":
-        wanted = cores if cores is not None else len(os.sched_getaffinity(0))
-    else:
-        wanted = 1
-    return max(1, min(wanted, checkpoints))
-
-
 def evaluate_all(worker: Worker) -> dict:
     profile = worker.profile
     ev = profile.eval
@@ -101,9 +84,7 @@ def evaluate_all(worker: Worker) -> dict:
     models = [(v, p.describe(), local_model(p, worker.lake)) for v, p in ablation_models(profile, worker.lake)]
     runs = [("sampled", n, ev.temperature)] + ([("greedy", 1, 0.0)] if ev.greedy else [])
     total, done = len(models) * len(runs) * sum(len(p) for p in sets.values()), 0
-    cores = len(os.sched_getaffinity(0))
-    processes = eval_processes(profile, len(models), cores)
-    threads = max(1, cores // processes) if processes > 1 else None
+    processes, threads = checkpoint_processes(profile, len(models))
     tasks = [_Checkpoint(variant, model, sets, runs, profile, threads) for variant, _, model in models]
     paths = {variant: path for variant, path, _ in models}
     scored_by_variant: dict[str, list[Scored]] = {}
@@ -140,12 +121,10 @@ def evaluate_all(worker: Worker) -> dict:
             scored_by_variant[variant] = scored
     else:
         worker.log(f"evaluating {len(tasks)} checkpoints in {processes} processes, {threads} thread(s) each")
-        # Pool's exit terminates the children, so a cancelled run leaves no process behind.
-        with multiprocessing.get_context("spawn").Pool(processes) as pool:
-            for variant, scored in pool.imap_unordered(evaluate_checkpoint, tasks):
-                for item in scored:
-                    report(variant, item)
-                scored_by_variant[variant] = scored
+        for variant, scored in side_by_side(evaluate_checkpoint, tasks, processes):
+            for item in scored:
+                report(variant, item)
+            scored_by_variant[variant] = scored
     for variant, _, _ in models:  # rows in the ablation's order, however the processes finished
         for eval_set, decoding, _samples, rows, _seconds in scored_by_variant[variant]:
             frames.append(

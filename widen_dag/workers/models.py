@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,7 +36,6 @@ from widen_dag.storage.artifacts import (
     read_model_provenance,
 )
 from widen_dag.train import bootstrap, instruct
-from widen_dag.train.sft import train_sft
 from widen_dag.train.trainer import resolve_device
 from widen_dag.workers.common import Worker, open_worker
 
@@ -109,7 +107,7 @@ def build_tiny(worker: Worker, which: str) -> dict:
         steps = cfg.student_steps
     rows = arith_rows + if_rows
     torch.manual_seed(seed)
-    with worker.lake.staged_dir(*bootstrap_parts(which)) as out, tempfile.TemporaryDirectory() as scratch:
+    with worker.lake.staged_dir(*bootstrap_parts(which)) as out:
         if which == "policy":
             # (The training run shuffles rows; the corpus takes each domain's first ones.)
             corpus = [r["prompt"] + r["completion"] for r in arith_rows[:4000] + if_rows[:600]]
@@ -122,7 +120,7 @@ def build_tiny(worker: Worker, which: str) -> dict:
                 raise RuntimeError(f"student_base needs policy_model's tokenizer at {policy_dir}: materialize policy_model first")
             tokenizer = AutoTokenizer.from_pretrained(policy_dir)
             tokenizer.save_pretrained(out)
-        stats = _train_and_save(worker, which, out, tokenizer, rows, steps, seed, scratch, device)
+        stats = _train_and_save(worker, which, out, tokenizer, rows, steps, seed, device)
         metrics = evaluate_saved(worker, out, _heldout(cfg, profile.seed, exclude), cfg.eval_max_tokens)
     loss_png = line_plot_png({"train loss": [(float(s), v) for s, v in stats.losses]}, f"{which} SFT", "step", "loss")
     return {
@@ -220,9 +218,7 @@ def _instruct_heldout(cfg, seed: int, exclude: set[str]) -> list[Problem]:
     return out + _if_heldout(cfg, seed, exclude, cfg.eval_problems // 2)
 
 
-def _train_instruct_model(
-    worker: Worker, which: str, out: Path, tokenizer, pairs: list[tuple[str, str]], steps: int, seed: int, scratch: str
-):
+def _train_instruct_model(worker: Worker, which: str, out: Path, tokenizer, pairs: list[tuple[str, str]], steps: int, seed: int):
     rows = [
         {
             "prompt": tokenizer.apply_chat_template([{"role": "user", "content": u}], add_generation_prompt=True, tokenize=False),
@@ -231,7 +227,7 @@ def _train_instruct_model(
         for u, a in pairs
     ]
     device = resolve_device(worker.profile.train.device)
-    return _train_and_save(worker, which, out, tokenizer, rows, steps, seed, scratch, device, style="instruct")
+    return _train_and_save(worker, which, out, tokenizer, rows, steps, seed, device, style="instruct")
 
 
 def _train_and_save(
@@ -242,7 +238,6 @@ def _train_and_save(
     rows: list[dict[str, str]],
     steps: int,
     seed: int,
-    scratch: str,
     device: str,
     style: str | None = None,
 ):
@@ -253,19 +248,17 @@ def _train_and_save(
         tokenizer, cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.num_heads, cfg.max_position_embeddings, seed
     )
     worker.log(f"{which}: {bootstrap.n_parameters(model):,} parameters, {steps} steps x {cfg.batch_size} on {device}")
-    stats = train_sft(
+    stats = bootstrap.train_tiny(
         model,
         tokenizer,
         rows,
-        output_dir=scratch,
-        learning_rate=cfg.learning_rate,
+        steps=steps,
         batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
         max_length=cfg.max_position_embeddings,
-        max_steps=steps,
-        scheduler="linear",
-        warmup_ratio=0.03,
-        device=device,
         seed=seed,
+        device=device,
+        warmup_ratio=0.03,
         log_every=max(1, steps // 10),
         on_log=worker.log,
     )
@@ -305,7 +298,7 @@ def build_instruct(worker: Worker, which: str) -> dict:
     pairs = _instruct_pairs(math_rows, bw_rows, if_rows, rng, cfg.error_rate if which == "policy" else cfg.error_rate / 2)
     torch.manual_seed(seed)
     extra: dict = {}
-    with worker.lake.staged_dir(*bootstrap_parts(which)) as out, tempfile.TemporaryDirectory() as scratch:
+    with worker.lake.staged_dir(*bootstrap_parts(which)) as out:
         if which == "policy":
             corpus = [u + "\n" + a for u, a in pairs]
             tokenizer = instruct.train_tokenizer(corpus, cfg.vocab_size, out, "chatml")
@@ -316,7 +309,7 @@ def build_instruct(worker: Worker, which: str) -> dict:
             tokenizer = AutoTokenizer.from_pretrained(policy_dir)
             tokenizer.save_pretrained(out)
         steps = cfg.policy_steps if which == "policy" else cfg.student_steps
-        stats = _train_instruct_model(worker, which, out, tokenizer, pairs, steps, seed, scratch)
+        stats = _train_instruct_model(worker, which, out, tokenizer, pairs, steps, seed)
         heldout = _instruct_heldout(cfg, profile.seed, exclude)
         metrics = evaluate_saved(worker, out, heldout, cfg.eval_max_tokens)
     if which == "policy" and profile.models.critic is not None and profile.models.critic.source == "bootstrap":
@@ -324,9 +317,9 @@ def build_instruct(worker: Worker, which: str) -> dict:
         critic_seed = _bootstrap_seed(profile) + 2
         crng = random.Random(critic_seed)
         cpairs = _instruct_pairs(math_rows, bw_rows, if_rows, crng, cfg.error_rate / 2)
-        with worker.lake.staged_dir(*bootstrap_parts("critic")) as out, tempfile.TemporaryDirectory() as scratch:
+        with worker.lake.staged_dir(*bootstrap_parts("critic")) as out:
             ctok = instruct.train_tokenizer([u + "\n" + a for u, a in cpairs], cfg.vocab_size, out, "llama3")
-            cstats = _train_instruct_model(worker, "critic", out, ctok, cpairs, cfg.critic_steps, critic_seed, scratch)
+            cstats = _train_instruct_model(worker, "critic", out, ctok, cpairs, cfg.critic_steps, critic_seed)
             cmetrics = evaluate_saved(worker, out, heldout, cfg.eval_max_tokens)
         extra = {
             "critic_path": str(bootstrap_dir(worker.lake, "critic")),

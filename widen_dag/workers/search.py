@@ -242,6 +242,10 @@ def main() -> None:
     if not shards:
         raise SystemExit("usage: python -m widen_dag.workers.search <shard> [<shard> ...]")
     with open_worker() as worker:
+        if worker.profile.generation.backend == "vllm":
+            from widen_dag.llm.vllm_backend import engines_in_this_process
+
+            engines_in_this_process(worker.profile.generation.device)  # closed together when the search ends
         out = search_shards(worker, shards)
         worker.pipes.report_asset_materialization(metadata=out["metadata"], data_version=out["data_version"])
 

@@ -221,6 +221,7 @@ def run_sft(worker: Worker, dataset: str = "sft_dataset", name: str = "sft") -> 
             max_length=cfg.max_length,
             epochs=cfg.epochs,
             warmup_ratio=cfg.warmup_ratio,
+            group_by_length=cfg.group_by_length,
             scheduler="cosine",
             device=device,
             seed=profile.train.seed,
