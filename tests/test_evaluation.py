@@ -176,7 +176,7 @@ def test_eval_worker_writes_sampled_and_greedy_responses_for_every_checkpoint(tm
         def close(self):
             pass
 
-    monkeypatch.setattr(worker_mod, "backend_from_profile", lambda gen, path, seed, backend, max_batch: FakeBackend(path, seed))
+    monkeypatch.setattr(worker_mod, "eval_backend_from_profile", lambda profile, path, seed: FakeBackend(path, seed))
     out = worker_mod.evaluate_all(worker)
     table = lake.read_table("eval_results")
     n_ckpt = 3 + len(profile.train.dpo.variants)

@@ -39,6 +39,10 @@ def test_tiny_is_the_default_and_env_var_selects(monkeypatch):
             {"train": {"dpo": {"variants": {"dpo": {}}}}, "eval": {"mcts_decode": {"variants": ["sft", "joint_masked"]}}},
             "eval.mcts_decode.variants: joint_masked is not an ablation row; choose from base, distill_baseline, sft, dpo",
         ),
+        (
+            {"train": {"num_processes": 2, "dpo": {"precompute_ref_log_probs": True}}},
+            "train: Value error, train.dpo.precompute_ref_log_probs needs train.num_processes: 1 (got 2)",
+        ),
     ],
 )
 def test_bad_profiles_fail_with_the_dotted_field(patch, message):

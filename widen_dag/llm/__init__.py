@@ -34,7 +34,7 @@ def backend_from_profile(gen, model: ModelLocation | str, seed: int, backend: st
     ``memory``: the model's ModelRef, whose gpu_memory_utilization / kv_cache_gib (when set)
     replace the profile-wide ones, so two engines can share one device. ``data_parallel_size`` > 1:
     that many replica processes, one engine each on its own GPUs; ``extra``: further backend
-    settings such as the transformers ``max_batch``."""
+    settings such as the transformers ``max_batch``, or ones that replace the profile's (``dtype``)."""
     name = model if isinstance(model, str) else model.name_or_path
     revision = None if isinstance(model, str) else model.revision
     trust_remote_code = False if isinstance(model, str) else model.trust_remote_code
@@ -51,8 +51,8 @@ def backend_from_profile(gen, model: ModelLocation | str, seed: int, backend: st
         trust_remote_code=trust_remote_code,
         enforce_eager=gen.enforce_eager,
         block_size=gen.block_size,
-        **extra,
     )
+    kwargs.update(extra)
     if gen.data_parallel_size > 1:
         from widen_dag.llm.replicas import DataParallelBackend
 
@@ -67,6 +67,13 @@ def backend_from_profile(gen, model: ModelLocation | str, seed: int, backend: st
     return create_backend(backend or gen.backend, name, tensor_parallel_size=gen.tensor_parallel_size, **kwargs)
 
 
+def eval_backend_from_profile(profile, model: ModelLocation | str, seed: int) -> Backend:
+    """The backend evaluation scores with (eval_results, Table 7, the bootstrap's held-out check):
+    ``eval.backend``, ``eval.dtype`` (unset: the generation dtype) and ``eval.batch_size``."""
+    ev, gen = profile.eval, profile.generation
+    return backend_from_profile(gen, model, seed=seed, backend=ev.backend, dtype=ev.dtype or gen.dtype, max_batch=ev.batch_size)
+
+
 __all__ = [
     "BACKENDS",
     "Backend",
@@ -75,5 +82,6 @@ __all__ = [
     "GenerationRequest",
     "Sample",
     "backend_from_profile",
+    "eval_backend_from_profile",
     "create_backend",
 ]

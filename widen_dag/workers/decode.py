@@ -20,7 +20,7 @@ import polars as pl
 from widen_dag.domains.base import Problem
 from widen_dag.evaluate import eval_problem_sets, sample_and_score
 from widen_dag.evaluate.table7 import DECODE_SCHEMA, markdown_table7, summarize_decode
-from widen_dag.llm import backend_from_profile
+from widen_dag.llm import eval_backend_from_profile
 from widen_dag.profiles import Profile
 from widen_dag.reporting.markdown import md
 from widen_dag.search.decode import decode_config, mcts_decode
@@ -62,7 +62,7 @@ def decode_checkpoint(task: _Variant) -> tuple[str, list[pl.DataFrame], int, lis
     cfg = decode_config(profile.search, dc.rollouts)
     n_samples = max(dc.test_at)
     frames, logs, reused = [], [], 0
-    backend = backend_from_profile(gen, task.model, seed=seed, backend=ev.backend)
+    backend = eval_backend_from_profile(profile, task.model, seed=seed)
     ctx = SearchContext(
         cfg=cfg,
         chat_prompt=backend.chat_prompt,

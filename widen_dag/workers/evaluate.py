@@ -20,7 +20,7 @@ import polars as pl
 
 from widen_dag.domains.base import Problem
 from widen_dag.evaluate import EVAL_SCHEMA, eval_problem_sets, sample_and_score, summarize
-from widen_dag.llm import backend_from_profile
+from widen_dag.llm import eval_backend_from_profile
 from widen_dag.profiles import Profile
 from widen_dag.reporting.markdown import markdown_table, md
 from widen_dag.storage.artifacts import ModelLocation, ablation_models, local_model
@@ -57,7 +57,7 @@ def evaluate_checkpoint(task: _Checkpoint, on_scored: Callable[[Scored], None] |
     ev, gen = task.profile.eval, task.profile.generation
     seed = task.profile.seed + ev.seed
     t0, scored = time.perf_counter(), []
-    backend = backend_from_profile(gen, task.model, seed=seed, backend=ev.backend, max_batch=ev.batch_size)
+    backend = eval_backend_from_profile(task.profile, task.model, seed=seed)
     try:
         for eval_set, problems in task.sets.items():
             for decoding, k, temperature in task.runs:

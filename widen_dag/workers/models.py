@@ -21,7 +21,7 @@ from widen_dag import domains
 from widen_dag.domains import arithmetic, synthetic
 from widen_dag.domains.base import Problem
 from widen_dag.evaluate import sample_and_score, summarize
-from widen_dag.llm import backend_from_profile, gguf
+from widen_dag.llm import eval_backend_from_profile, gguf
 from widen_dag.reporting.markdown import md
 from widen_dag.reporting.plots import line_plot_png, markdown_image
 from widen_dag.storage.artifacts import (
@@ -142,7 +142,7 @@ def evaluate_saved(worker: Worker, path: Path, problems: list[Problem], max_toke
     start = time.perf_counter()
     # The evaluation stage's backend: on tiny that is transformers, which skips a vLLM engine
     # start (~20-30 s here) per model; search still exercises vLLM on the same checkpoint.
-    backend = backend_from_profile(gen, str(path), seed=worker.profile.seed, backend=worker.profile.eval.backend)
+    backend = eval_backend_from_profile(worker.profile, str(path), seed=worker.profile.seed)
     try:
         rows = sample_and_score(
             backend, problems, n=1, temperature=gen.temperature, top_p=gen.top_p, max_tokens=max_tokens, seed=worker.profile.seed
