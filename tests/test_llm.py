@@ -144,3 +144,20 @@ def test_nucleus_warper_keeps_the_tokens_transformers_top_p_keeps(temperature, t
     kept = ~torch.isinf(ours)
     assert torch.allclose(ours[kept], theirs[kept])
     assert kept[64:].sum(dim=-1).min() > 64  # the flat rows did reach past the candidates
+
+
+def test_evaluation_backend_takes_eval_dtype_and_batch_and_falls_back_to_the_generation_dtype(monkeypatch):
+    import widen_dag.llm as llm
+    from widen_dag.profiles import parse_profile
+
+    seen = []
+    monkeypatch.setattr(llm, "create_backend", lambda name, model, **kw: seen.append((name, kw)))
+    base = {"name": "t", "datasets": [{"name": "a", "domain": "arithmetic", "source": {"kind": "arithmetic"}}]}
+    profile = parse_profile({**base, "generation": {"dtype": "float16"}, "eval": {"backend": "transformers", "batch_size": 64}})
+    llm.eval_backend_from_profile(profile, "m", seed=3)
+    profile = parse_profile({**base, "eval": {"backend": "transformers", "dtype": "bfloat16"}})
+    llm.eval_backend_from_profile(profile, "m", seed=3)
+    assert [(name, kw["dtype"], kw["max_batch"], kw["seed"]) for name, kw in seen] == [
+        ("transformers", "float16", 64, 3),
+        ("transformers", "bfloat16", 128, 3),
+    ]
