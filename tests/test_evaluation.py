@@ -261,9 +261,10 @@ def test_checkpoints_evaluated_in_two_processes_score_as_each_checkpoint_does_al
     sets = worker_mod.eval_problems(worker)
     runs = [("sampled", 2, profile.eval.temperature), ("greedy", 1, 0.0)]
     threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each pooled child ran
     try:
         for variant, published in ablation_models(profile, lake):
-            _, scored = worker_mod.evaluate_checkpoint(worker_mod._Checkpoint(variant, published, sets, runs, profile, 1))
+            _, scored = worker_mod.evaluate_checkpoint(worker_mod._Checkpoint(variant, published, sets, runs, profile))
             alone = [(s, d, r["problem_id"], r["sample"], r["response"]) for s, d, _k, rows, _t in scored for r in rows]
             pooled = table.filter(pl.col("variant") == variant)
             assert alone == list(pooled.select("eval_set", "decoding", "problem_id", "sample", "response").iter_rows())

@@ -114,14 +114,14 @@ def open_worker() -> Iterator[Worker]:
             raise
 
 
-def checkpoint_processes(profile: Profile, checkpoints: int, cores: int | None = None) -> tuple[int, int | None]:
+def checkpoint_processes(profile: Profile, checkpoints: int) -> tuple[int, int | None]:
     """(processes, torch threads each) for evaluating or decoding ``checkpoints`` side by side
     (``eval.processes``; threads None for one process: its default). Unset: one process
     per core for the transformers backend on the CPU, where a small model's decoding is mostly
     per-step Python overhead that a second core does not shorten but a second process halves;
     one process on a GPU or with vLLM (an engine already uses every core it is given)."""
     ev = profile.eval
-    cores = cores if cores is not None else len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0))
     if ev.processes is not None:
         wanted = ev.processes
     elif ev.backend == "transformers" and profile.generation.device == "cpu":
@@ -132,8 +132,20 @@ def checkpoint_processes(profile: Profile, checkpoints: int, cores: int | None =
     return processes, (max(1, cores // processes) if processes > 1 else None)
 
 
-def side_by_side(fn: Callable[[T], R], tasks: list[T], processes: int) -> Iterator[R]:
-    """``fn`` of each task in ``processes`` spawned children, results as they finish. The pool's
-    exit terminates the children, so a cancelled run leaves no process behind."""
-    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+def _set_torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def side_by_side(fn: Callable[[T], R], tasks: list[T], processes: int, threads: int | None = None) -> Iterator[R]:
+    """``fn`` of each task, results as they finish: in this process for one process, else in
+    ``processes`` spawned children with ``threads`` torch threads each (the results must not
+    depend on which runs them). The pool's exit terminates the children, so a cancelled run
+    leaves no process behind."""
+    if processes == 1:
+        yield from map(fn, tasks)
+        return
+    init = {"initializer": _set_torch_threads, "initargs": (threads,)} if threads else {}
+    with multiprocessing.get_context("spawn").Pool(processes, **init) as pool:
         yield from pool.imap_unordered(fn, tasks)

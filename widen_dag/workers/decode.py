@@ -46,16 +46,11 @@ class _Variant:
     sets: dict[str, list[Problem]]
     profile: Profile
     lake: Lake
-    threads: int | None  # torch intra-op threads in a child process; None: the process's default
 
 
 def decode_checkpoint(task: _Variant) -> tuple[str, list[pl.DataFrame], int, list[str]]:
     """MCTS decoding and N samples of one checkpoint on every eval set: (variant, row frames,
     trees reused, log lines). The results do not depend on which process runs it."""
-    if task.threads:
-        import torch
-
-        torch.set_num_threads(task.threads)
     profile, variant, published = task.profile, task.variant, task.published
     ev, gen, dc = profile.eval, profile.generation, profile.eval.mcts_decode
     seed = profile.seed + profile.search.seed
@@ -150,9 +145,7 @@ def decode_all(worker: Worker) -> dict:
     start = time.perf_counter()
     processes, threads = checkpoint_processes(profile, len(dc.variants))
     # From an object-store lake each checkpoint is downloaded to the local cache here, once.
-    tasks = [
-        _Variant(v, models[v], local_model(models[v], worker.lake), sets, profile, worker.lake, threads) for v in dc.variants
-    ]
+    tasks = [_Variant(v, models[v], local_model(models[v], worker.lake), sets, profile, worker.lake) for v in dc.variants]
     results: dict[str, tuple[list[pl.DataFrame], int]] = {}
 
     def collect(variant: str, frames: list[pl.DataFrame], reused: int, logs: list[str]) -> None:
@@ -161,13 +154,10 @@ def decode_all(worker: Worker) -> dict:
         results[variant] = (frames, reused)
         worker.progress("checkpoints decoded", len(results), len(tasks))
 
-    if processes == 1:
-        for task in tasks:
-            collect(*decode_checkpoint(task))
-    else:
+    if processes > 1:
         worker.log(f"decoding {len(tasks)} checkpoints in {processes} processes, {threads} thread(s) each")
-        for out in side_by_side(decode_checkpoint, tasks, processes):
-            collect(*out)
+    for out in side_by_side(decode_checkpoint, tasks, processes, threads):
+        collect(*out)
     table = pl.concat([frame for v in dc.variants for frame in results[v][0]])  # in the profile's order
     reused = sum(results[v][1] for v in dc.variants)
     written = worker.lake.write_table("mcts_decode", table)

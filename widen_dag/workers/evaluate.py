@@ -40,7 +40,6 @@ class _Checkpoint:
     sets: dict[str, list[Problem]]
     runs: list[tuple[str, int, float]]  # (decoding, samples per problem, temperature)
     profile: Profile
-    threads: int | None  # torch intra-op threads in a child process; None: the process's default
 
 
 # (eval set, decoding, samples per problem, rows, seconds since the checkpoint's start)
@@ -50,10 +49,6 @@ Scored = tuple[str, str, int, list[dict], float]
 def evaluate_checkpoint(task: _Checkpoint, on_scored: Callable[[Scored], None] | None = None) -> tuple[str, list[Scored]]:
     """Every eval set and decoding of one checkpoint. The results do not depend on which
     process runs it or what ran before: the backend is built here, seeded from the profile."""
-    if task.threads:
-        import torch
-
-        torch.set_num_threads(task.threads)
     ev, gen = task.profile.eval, task.profile.generation
     seed = task.profile.seed + ev.seed
     t0, scored = time.perf_counter(), []
@@ -85,7 +80,7 @@ def evaluate_all(worker: Worker) -> dict:
     runs = [("sampled", n, ev.temperature)] + ([("greedy", 1, 0.0)] if ev.greedy else [])
     total, done = len(models) * len(runs) * sum(len(p) for p in sets.values()), 0
     processes, threads = checkpoint_processes(profile, len(models))
-    tasks = [_Checkpoint(variant, model, sets, runs, profile, threads) for variant, _, model in models]
+    tasks = [_Checkpoint(variant, model, sets, runs, profile) for variant, _, model in models]
     paths = {variant: path for variant, path, _ in models}
     scored_by_variant: dict[str, list[Scored]] = {}
     summary_by_variant: dict[str, list[tuple]] = {variant: [] for variant, _, _ in models}
@@ -121,7 +116,7 @@ def evaluate_all(worker: Worker) -> dict:
             scored_by_variant[variant] = scored
     else:
         worker.log(f"evaluating {len(tasks)} checkpoints in {processes} processes, {threads} thread(s) each")
-        for variant, scored in side_by_side(evaluate_checkpoint, tasks, processes):
+        for variant, scored in side_by_side(evaluate_checkpoint, tasks, processes, threads):
             for item in scored:
                 report(variant, item)
             scored_by_variant[variant] = scored
