@@ -229,9 +229,9 @@ def test_a_response_cut_off_at_the_token_limit_is_a_no_answer_unless_its_answer_
 
 @pytest.mark.slow
 def test_checkpoints_evaluated_in_two_processes_score_as_each_checkpoint_does_alone(tmp_path, tiny_checkpoint):
-    """Two checkpoints side by side in two spawned processes (one thread each): the table has
-    every checkpoint in the ablation's order, and each one's rows are those its evaluation gives
-    run alone in this process with the same one thread."""
+    """Checkpoints side by side in two spawned processes (one thread each, one task per checkpoint
+    and eval set): the table has every checkpoint in the ablation's order, and each one's rows
+    are those its evaluation gives run alone in this process, set by set, with the same one thread."""
     from types import SimpleNamespace
 
     import torch
@@ -247,7 +247,9 @@ def test_checkpoints_evaluated_in_two_processes_score_as_each_checkpoint_does_al
         tiny_checkpoint, max_problems=3, test_at_n=2, processes=2, mcts_decode={"variants": ["sft"]}
     )
     publish_tiny_checkpoints(lake, tiny_checkpoint)
-    lake.write_table("stg_problems", eval_problems(3))
+    # two eval sets of 3 problems: two tasks per checkpoint
+    staged = eval_problems(6).with_columns(source=pl.when(pl.int_range(pl.len()) < 3).then(pl.lit("a")).otherwise(pl.lit("b")))
+    lake.write_table("stg_problems", staged)
     logs: list[str] = []
     worker = Worker(SimpleNamespace(log=SimpleNamespace(info=logs.append)), profile, lake)  # type: ignore[arg-type]
 
@@ -255,6 +257,7 @@ def test_checkpoints_evaluated_in_two_processes_score_as_each_checkpoint_does_al
     table = lake.read_table("eval_results")
     assert out["metadata"]["eval_processes"] == 2
     assert any("in 2 processes, 1 thread(s) each" in line for line in logs)
+    assert list(dict.fromkeys(table["eval_set"])) == ["a", "b"]
     order = [v for v, _ in ablation_models(profile, lake)]
     assert list(dict.fromkeys(table["variant"])) == order == ["base", "distill_baseline", "sft", "dpo"]
 
@@ -264,8 +267,11 @@ def test_checkpoints_evaluated_in_two_processes_score_as_each_checkpoint_does_al
     torch.set_num_threads(1)  # as each pooled child ran
     try:
         for variant, published in ablation_models(profile, lake):
-            _, scored = worker_mod.evaluate_checkpoint(worker_mod._Checkpoint(variant, published, sets, runs, profile))
-            alone = [(s, d, r["problem_id"], r["sample"], r["response"]) for s, d, _k, rows, _t in scored for r in rows]
+            alone = []
+            for name, problems in sets.items():
+                task = worker_mod._Checkpoint(variant, published, {name: problems}, runs, profile)
+                _, scored = worker_mod.evaluate_checkpoint(task)
+                alone += [(s, d, r["problem_id"], r["sample"], r["response"]) for s, d, _k, rows, _t in scored for r in rows]
             pooled = table.filter(pl.col("variant") == variant)
             assert alone == list(pooled.select("eval_set", "decoding", "problem_id", "sample", "response").iter_rows())
     finally:

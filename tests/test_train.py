@@ -159,6 +159,7 @@ def test_sft_then_joint_masked_dpo_train_save_and_reload_to_generate(tiny, tmp_p
         max_length=256,
         epochs=1,
         device="cpu",
+        group_by_length=True,
     )
     assert stats.steps == 2 and stats.tokens_per_s > 0
     ref = AutoModelForCausalLM.from_pretrained(path)
@@ -176,6 +177,7 @@ def test_sft_then_joint_masked_dpo_train_save_and_reload_to_generate(tiny, tmp_p
         label_smoothing=0.1,
         sft_weight=1.0,
         prefix_mask=True,
+        group_by_length=True,
     )
     assert d.steps == 2 and d.masked_prefix_tokens > 0 and d.losses
     assert d.truncated_pairs == 8  # max_length 24 is shorter than prompt + completion: counted, not hidden
@@ -357,7 +359,7 @@ def test_sft_and_dpo_runs_write_tensorboard_curves_and_dpo_records_its_reward_cu
 def test_length_batches_cover_every_row_once_per_epoch_with_less_padding_than_random_batches():
     import random
 
-    from widen_dag.train.bootstrap import length_batches
+    from widen_dag.train.batching import length_batches
 
     rng = random.Random(3)
     lengths = [rng.choice([rng.randint(100, 140), rng.randint(180, 240)]) for _ in range(1000)]
@@ -375,6 +377,49 @@ def test_length_batches_cover_every_row_once_per_epoch_with_less_padding_than_ra
     assert padded(epoch) < 0.8 * padded(random_batches)
     # the next epoch draws other batches
     assert {tuple(b) for b in epoch} != {tuple(next(batches)) for _ in range(32)}
+
+
+def test_the_length_grouped_sampler_hands_the_trainer_whole_batches_of_similar_length_short_batch_last():
+    import random
+
+    from widen_dag.train.batching import LengthGroupedSampler
+
+    rng = random.Random(5)
+    lengths = [rng.choice([rng.randint(100, 140), rng.randint(180, 240)]) for _ in range(1000)]
+    sampler = LengthGroupedSampler(lengths, 32, seed=1)
+    epoch0 = list(sampler)
+    assert sorted(epoch0) == list(range(1000)) and len(sampler) == 1000
+    chunks = [epoch0[k : k + 32] for k in range(0, 1000, 32)]  # what a DataLoader of batch 32 cuts
+    assert len(chunks[-1]) == 1000 % 32  # the short batch comes last, so every chunk is one grouped batch
+    spread = [max(lengths[i] for i in c) - min(lengths[i] for i in c) for c in chunks]
+    assert max(spread) < 60  # a random batch of 32 mixes ~120- and ~210-token rows
+    epoch1 = list(sampler)
+    assert epoch1 != epoch0
+    sampler.set_epoch(1)  # a run resumed in epoch 1 draws that epoch's batches again
+    assert list(sampler) == epoch1
+
+
+def test_length_grouped_sft_trainer_batches_rows_of_similar_length(tiny, tmp_path):
+    import datasets
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from widen_dag.train.batching import LengthGroupedSampler, length_grouped
+
+    path, tok = tiny
+    rows = [r for r in _sft_rows(16) for _ in range(2)]
+    config = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, max_length=256, use_cpu=True, report_to=[])
+    trainer = length_grouped(SFTTrainer)(
+        model=AutoModelForCausalLM.from_pretrained(path),
+        args=config,
+        train_dataset=datasets.Dataset.from_list(rows),
+        processing_class=tok,
+    )
+    assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
+    widths = [b["attention_mask"].sum(1) for b in trainer.get_train_dataloader()]
+    padded = sum(int(w.max()) * len(w) for w in widths)
+    real = sum(int(w.sum()) for w in widths)
+    assert padded - real < 0.1 * real  # rows of 16 lengths in pairs: batches of similar length pad little
 
 
 def test_train_tiny_trains_on_the_completion_and_its_eos_only_and_learns_it(tiny):

@@ -207,6 +207,7 @@ def _execute(
     import dagster as dg
 
     from widen_dag.defs.console import following
+    from widen_dag.defs.workers import pool_executor_config
 
     say = view.note if view is not None else print
     start = time.perf_counter()
@@ -219,7 +220,9 @@ def _execute(
         selection = [k for k in keys if k.to_user_string() not in skip]
     # The seed is run configuration of the pipeline resource (and a run tag to filter by), so
     # each seed's runs show it in the UI and launch the same way from there.
-    run_config = {"resources": {"pipeline": {"config": {"seed": seed}}}} if seed is not None else None
+    run_config: dict = pool_executor_config(_pool_limit(instance))
+    if seed is not None:
+        run_config["resources"] = {"pipeline": {"config": {"seed": seed}}}
     launcher = (LAUNCHER_TAG, f"{socket.gethostname()}:{os.getpid()}")
     tags = {**tags, launcher[0]: launcher[1]}
     tags = tags if seed is None else {**tags, SEED_TAG: str(seed)}
@@ -236,6 +239,13 @@ def _execute(
     if not ok:
         FAILED_STEPS.extend(f"[{label}] {line}" for line in failed_steps(instance, run_id))
     return ok, run_id
+
+
+def _pool_limit(instance) -> int:
+    """Slots of pool `gpu` on this instance: the limit set for it, else the default limit."""
+    limits = {pool.name: pool.limit for pool in instance.event_log_storage.get_pool_limits()}
+    default = instance.get_concurrency_config().pool_config.default_pool_limit
+    return limits.get("gpu") or default or 1
 
 
 RUN_IDS: list[str] = []  # this command's runs, for the UI links printed last

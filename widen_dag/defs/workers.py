@@ -18,6 +18,20 @@ from widen_dag.launch.failures import FAILURE_FILE_EXTRA, read_failure
 from widen_dag.profiles import Profile
 from widen_dag.storage.reuse import ReuseRecord, config_hash, read_record, reuse_key, why_rebuild, write_record
 
+GPU_POOL_TAG = "widen_dag/pool"
+# The assets that launch workers: pool `gpu` limits them across runs. The op tag lets a run's own
+# executor hold them to the same limit (`pool_executor_config`), so a step queued behind another
+# step of its run starts as that one ends, instead of at Dagster's next pool poll (a blocked step
+# polls with back-off up to 15 s: 6-15 s lost per queued step on a CPU node).
+GPU_POOL: dict[str, Any] = {"pool": "gpu", "op_tags": {GPU_POOL_TAG: "gpu"}}
+
+
+def pool_executor_config(limit: int) -> dict[str, Any]:
+    """Run config for the multiprocess executor: at most ``limit`` (the instance's pool `gpu`
+    limit) worker-launching steps of a run at once."""
+    limits = [{"key": GPU_POOL_TAG, "value": "gpu", "limit": limit}]
+    return {"execution": {"config": {"multiprocess": {"tag_concurrency_limits": limits}}}}
+
 
 def run_worker(
     context: dg.AssetExecutionContext, pipeline: PipelineResource, client: dg.PipesSubprocessClient, module: str, *args: str

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from widen_dag.domains import arithmetic
@@ -24,6 +24,7 @@ from widen_dag.domains.arithmetic import ArithmeticProblem
 from widen_dag.domains.synthetic import IFTask
 from widen_dag.search.thoughts import REFLECTION_TEXT, all_tag_strings, choose_prefill, wrap
 from widen_dag.train import instruct
+from widen_dag.train.batching import length_batches
 from widen_dag.train.trainer import TrainStats
 
 USER, ASSISTANT, END = "<|user|>", "<|assistant|>", "<|end|>"
@@ -196,25 +197,6 @@ def new_model(
 
 
 # ---- training -----------------------------------------------------------------------------
-def length_batches(lengths: list[int], batch_size: int, seed: int, bucket_batches: int = 50) -> Iterator[list[int]]:
-    """Row indices in batches of similar length, endlessly, epoch after epoch. Each epoch
-    shuffles the rows, sorts every bucket of ``bucket_batches`` batches by length, cuts it into
-    batches and shuffles the batches, so a step trains on a random batch of rows that pad to
-    nearly the same width (the tiny texts mix ~130-token sums and ~200-token instruction
-    requests: random batches were ~40% padding)."""
-    rng = random.Random(seed)
-    bucket = batch_size * bucket_batches
-    while True:
-        order = list(range(len(lengths)))
-        rng.shuffle(order)
-        batches = []
-        for b in range(0, len(order), bucket):
-            ranked = sorted(order[b : b + bucket], key=lambda i: lengths[i])
-            batches += [ranked[k : k + batch_size] for k in range(0, len(ranked), batch_size)]
-        rng.shuffle(batches)
-        yield from batches
-
-
 def train_tiny(
     model,
     tokenizer,
@@ -244,14 +226,17 @@ def train_tiny(
     if not rows:
         raise ValueError("tiny model training set is empty")
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    examples = []
     for i, r in enumerate(rows):
-        prompt = tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]
-        if not r["completion"] or len(prompt) >= max_length:
-            raise ValueError(f"tiny training row {i}: empty completion or a prompt over {max_length} tokens")
-        completion = tokenizer(r["completion"], add_special_tokens=False)["input_ids"] + [eos]
-        ids = (prompt + completion)[:max_length]
-        examples.append((ids, len(prompt)))
+        if not r["completion"]:
+            raise ValueError(f"tiny training row {i}: empty completion")
+    # one batched call per column (the tokenizer's Rust batch path: 1.6x faster on the policy's rows)
+    prompts = tokenizer([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]
+    completions = tokenizer([r["completion"] for r in rows], add_special_tokens=False)["input_ids"]
+    examples = []
+    for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
+        if len(prompt) >= max_length:
+            raise ValueError(f"tiny training row {i}: a prompt of {len(prompt)} tokens, over {max_length}")
+        examples.append(((prompt + completion + [eos])[:max_length], len(prompt)))
     batches = length_batches([len(ids) for ids, _ in examples], batch_size, seed)
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)

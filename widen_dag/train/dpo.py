@@ -21,6 +21,7 @@ from typing import Any
 
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
+from widen_dag.train.batching import length_grouped
 from widen_dag.train.preference import chat_length, common_prefix_length, dpo_loss_terms, validate_pairs
 from widen_dag.train.trainer import (
     TrainStats,
@@ -133,11 +134,13 @@ def train_dpo(
     callbacks: list[Any] | None = None,
     report_to: list[str] | None = None,
     tracking_dir: str | None = None,
+    group_by_length: bool = False,
 ) -> TrainStats:
     """DPO of ``model`` against ``ref_model`` (frozen). With ``lora`` on, pass ``ref_model=None``:
     the reference is the model with its adapter switched off, so no second copy is held.
     ``batch_size`` is per device; steps come from the global batch. ``report_to``: the profile's
-    trackers (TensorBoard event files into ``tracking_dir``)."""
+    trackers (TensorBoard event files into ``tracking_dir``). ``group_by_length``: batches of pairs
+    of similar length in random order (``widen_dag.train.batching``), less padding."""
     import datasets
     from trl import DPOTrainer
 
@@ -171,7 +174,7 @@ def train_dpo(
     collator = None
     if prefix_mask:
         collator = PrefixMaskCollator(pad_token_id=tokenizer.pad_token_id, max_length=max_length, truncation_mode="keep_start")
-    trainer = DPOTrainer(
+    trainer = (length_grouped(DPOTrainer) if group_by_length else DPOTrainer)(
         model=model,
         ref_model=shard_reference(ref_model),
         args=config,

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from widen_dag.train.batching import length_grouped
 from widen_dag.train.trainer import (
     TrainStats,
     export_model,
@@ -55,7 +56,7 @@ def train_sft(
     global batch (x processes x ``grad_accum``). ``lora`` (the profile's ``train.lora``) trains
     adapters through TRL's ``peft_config`` and merges them into the exported model. ``report_to``:
     the profile's trackers (TensorBoard event files into ``tracking_dir``). ``group_by_length``:
-    batches of rows of similar length, less padding."""
+    batches of rows of similar length in random order (``widen_dag.train.batching``), less padding."""
     import datasets
     from trl import SFTConfig, SFTTrainer
 
@@ -78,7 +79,6 @@ def train_sft(
         lr_scheduler_type=scheduler,
         weight_decay=0.0,
         packing=False,
-        train_sampling_strategy="group_by_length" if group_by_length else "random",
         **trainer_defaults(
             device,
             seed,
@@ -92,7 +92,7 @@ def train_sft(
         pad_token=tokenizer.pad_token,
     )
     stats = TrainStats()
-    trainer = SFTTrainer(
+    trainer = (length_grouped(SFTTrainer) if group_by_length else SFTTrainer)(
         model=model,
         args=config,
         train_dataset=datasets.Dataset.from_list(rows),

@@ -79,10 +79,15 @@ def evaluate_all(worker: Worker) -> dict:
     models = [(v, p.describe(), local_model(p, worker.lake)) for v, p in ablation_models(profile, worker.lake)]
     runs = [("sampled", n, ev.temperature)] + ([("greedy", 1, 0.0)] if ev.greedy else [])
     total, done = len(models) * len(runs) * sum(len(p) for p in sets.values()), 0
-    processes, threads = checkpoint_processes(profile, len(models))
-    tasks = [_Checkpoint(variant, model, sets, runs, profile) for variant, _, model in models]
+    processes, threads = checkpoint_processes(profile, len(models) * len(sets))
+    # Side by side, one task per checkpoint and eval set: the processes share the work in pieces
+    # of ~10-40 s, not whole checkpoints (the distillation baseline's long outputs took as long as
+    # two other checkpoints while the other process sat idle at the end). In one process, one
+    # task per checkpoint: its backend (a vLLM engine on a GPU) is built once.
+    split = {name: {name: problems} for name, problems in sets.items()} if processes > 1 else {"all": sets}
+    tasks = [_Checkpoint(variant, model, part, runs, profile) for variant, _, model in models for part in split.values()]
     paths = {variant: path for variant, path, _ in models}
-    scored_by_variant: dict[str, list[Scored]] = {}
+    scored_by_variant: dict[str, list[Scored]] = {variant: [] for variant, _, _ in models}
     summary_by_variant: dict[str, list[tuple]] = {variant: [] for variant, _, _ in models}
 
     def report(variant: str, item: Scored) -> None:
@@ -113,15 +118,20 @@ def evaluate_all(worker: Worker) -> dict:
     if processes == 1:
         for task in tasks:
             variant, scored = evaluate_checkpoint(task, lambda item, v=task.variant: report(v, item))
-            scored_by_variant[variant] = scored
+            scored_by_variant[variant] += scored
     else:
-        worker.log(f"evaluating {len(tasks)} checkpoints in {processes} processes, {threads} thread(s) each")
+        worker.log(
+            f"evaluating {len(models)} checkpoints x {len(sets)} eval sets in {processes} processes, {threads} thread(s) each"
+        )
         for variant, scored in side_by_side(evaluate_checkpoint, tasks, processes, threads):
             for item in scored:
                 report(variant, item)
-            scored_by_variant[variant] = scored
-    for variant, _, _ in models:  # rows in the ablation's order, however the processes finished
-        for eval_set, decoding, _samples, rows, _seconds in scored_by_variant[variant]:
+            scored_by_variant[variant] += scored
+    set_order = {name: i for i, name in enumerate(sets)}
+    for variant, _, _ in models:  # rows in the ablation's and the eval sets' order, however the processes finished
+        for eval_set, decoding, _samples, rows, _seconds in sorted(
+            scored_by_variant[variant], key=lambda item: set_order[item[0]]
+        ):
             frames.append(
                 pl.DataFrame(
                     [
@@ -131,7 +141,7 @@ def evaluate_all(worker: Worker) -> dict:
                     schema=EVAL_SCHEMA,
                 )
             )
-        summary_rows += summary_by_variant[variant]
+        summary_rows += sorted(summary_by_variant[variant], key=lambda row: set_order[row[1]])
     table = pl.concat(frames)
     written = worker.lake.write_table("eval_results", table)
     summary = markdown_table(

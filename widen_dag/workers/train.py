@@ -330,6 +330,7 @@ def run_dpo(worker: Worker, variant: str) -> dict:
             on_log=worker.log,
             checkpoint_every=profile.train.checkpoint_every,
             precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+            group_by_length=cfg.group_by_length,
             callbacks=state_callbacks,
             tracking_dir=tracking_dir,
             **_train_kwargs(profile),

@@ -5,7 +5,7 @@ import dagster as dg
 from widen_dag.defs.assets.evaluation import ablation_checkpoint_versions
 from widen_dag.defs.metadata import with_column_schema
 from widen_dag.defs.resources import PipelineResource
-from widen_dag.defs.workers import run_or_reuse
+from widen_dag.defs.workers import GPU_POOL, run_or_reuse
 from widen_dag.evaluate.table7 import DECODE_SCHEMA
 
 
@@ -13,7 +13,7 @@ from widen_dag.evaluate.table7 import DECODE_SCHEMA
     group_name="evaluation",
     kinds={"vllm", "pytorch", "parquet"},
     code_version="mcts_decode-v1",
-    pool="gpu",
+    **GPU_POOL,
     deps=["student_base", "distill_checkpoint", "sft_checkpoint", "dpo_checkpoint", "stg_problems"],
     # A crashed worker is retried; finished decode trees are reused from checkpoints.
     retry_policy=dg.RetryPolicy(max_retries=1, delay=10),

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from widen_dag.defs.resources import PipelineResource
-from widen_dag.defs.workers import run_or_reuse, run_worker, unrecoverable_failure
+from widen_dag.defs.workers import GPU_POOL, run_or_reuse, run_worker, unrecoverable_failure
 from widen_dag.launch.failures import Unrecoverable
 from widen_dag.llm import gguf
 from widen_dag.profiles import Profile
@@ -80,7 +80,7 @@ def _bootstrap(context, pipeline, client, which: str, inputs: dict) -> dg.Materi
     group_name="models",
     kinds={"pytorch", "vllm"},
     code_version="policy_model-v1",
-    pool="gpu",
+    **GPU_POOL,
     deps=["stg_problems"],
     retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
 )
@@ -101,7 +101,7 @@ def policy_model(
     group_name="models",
     kinds={"pytorch", "vllm"},
     code_version="student_base-v1",
-    pool="gpu",
+    **GPU_POOL,
     deps=["policy_model"],
     retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
 )

@@ -5,7 +5,7 @@ import dagster as dg
 from widen_dag.defs.metadata import with_column_schema
 from widen_dag.defs.partitions import problem_shards
 from widen_dag.defs.resources import PipelineResource
-from widen_dag.defs.workers import run_worker
+from widen_dag.defs.workers import GPU_POOL, run_worker
 from widen_dag.search.store import NODE_SCHEMA
 
 
@@ -15,7 +15,7 @@ from widen_dag.search.store import NODE_SCHEMA
     code_version="search_trees-v1",
     partitions_def=problem_shards,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    pool="gpu",
+    **GPU_POOL,
     deps=["stg_problems", "policy_model"],
     # A crashed or killed worker is retried; finished trees are reused from checkpoints.
     retry_policy=dg.RetryPolicy(max_retries=2, delay=10),
