@@ -78,6 +78,20 @@ def test_gpu_work_is_in_the_gpu_pool():
         assert node.pools == {"gpu"}, key
 
 
+def test_a_runs_own_executor_holds_gpu_pool_steps_to_the_pool_limit():
+    """Every pool-gpu step carries the tag the CLI's runs limit in their executor (a step queued
+    behind another of its run then starts at once, not at Dagster's backed-off pool poll), and
+    that executor config is valid for every job."""
+    from dagster._core.system_config.objects import ResolvedRunConfig
+
+    from widen_dag.defs.workers import GPU_POOL_TAG, pool_executor_config
+
+    for key, _node in _worker_assets():
+        assert defs.get_assets_def(key).op.tags.get(GPU_POOL_TAG) == "gpu", key
+    for job in defs.resolve_all_job_defs():
+        ResolvedRunConfig.build(job, pool_executor_config(1))  # raises on config the executor refuses
+
+
 def test_every_worker_asset_has_a_retry_policy():
     """A crashed or hung (timed-out) worker is retried by Dagster, never left silent."""
     workers = list(_worker_assets())

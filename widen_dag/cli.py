@@ -220,7 +220,8 @@ def _execute(
         selection = [k for k in keys if k.to_user_string() not in skip]
     # The seed is run configuration of the pipeline resource (and a run tag to filter by), so
     # each seed's runs show it in the UI and launch the same way from there.
-    run_config: dict = pool_executor_config(_pool_limit(instance))
+    limit = _pool_limit(instance)
+    run_config: dict = pool_executor_config(limit) if limit is not None else {}
     if seed is not None:
         run_config["resources"] = {"pipeline": {"config": {"seed": seed}}}
     launcher = (LAUNCHER_TAG, f"{socket.gethostname()}:{os.getpid()}")
@@ -241,11 +242,13 @@ def _execute(
     return ok, run_id
 
 
-def _pool_limit(instance) -> int:
-    """Slots of pool `gpu` on this instance: the limit set for it, else the default limit."""
+def _pool_limit(instance) -> int | None:
+    """Slots of pool `gpu` on this instance: the limit set for it, else the default limit; None
+    where neither is set (Dagster then leaves the pool unlimited)."""
     limits = {pool.name: pool.limit for pool in instance.event_log_storage.get_pool_limits()}
-    default = instance.get_concurrency_config().pool_config.default_pool_limit
-    return limits.get("gpu") or default or 1
+    if "gpu" in limits:
+        return limits["gpu"]
+    return instance.get_concurrency_config().pool_config.default_pool_limit
 
 
 RUN_IDS: list[str] = []  # this command's runs, for the UI links printed last

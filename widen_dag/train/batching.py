@@ -38,9 +38,9 @@ def length_batches(lengths: list[int], batch_size: int, seed: int, bucket_batche
 class LengthGroupedSampler:
     """A Trainer's sampler: the indices of ``epoch_batches`` one batch after another, the one
     short batch last, so the DataLoader's chunks of ``batch_size`` are exactly those batches
-    (under accelerate each rank takes whole batches in turn). ``set_epoch`` (called by the
-    Trainer every epoch, also when it resumes mid-run) makes epoch k's order the same in a
-    resumed run as in an uninterrupted one."""
+    (under accelerate each rank takes whole batches in turn). ``set_epoch`` (``length_grouped``
+    calls it as each epoch starts, also in a run resumed mid-epoch) makes epoch k's order the
+    same in a resumed run as in an uninterrupted one."""
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int, bucket_batches: int = 50):
         self.lengths, self.batch_size, self.seed, self.bucket_batches = list(lengths), batch_size, seed, bucket_batches
@@ -82,7 +82,17 @@ def length_grouped(trainer_cls: type) -> type:
             lengths = [
                 row_length(dict(zip(columns, values, strict=True))) for values in zip(*(data[c] for c in columns), strict=True)
             ]
-            return LengthGroupedSampler(lengths, self.args.per_device_train_batch_size, self.args.seed)
+            # the DataLoader's batch size (per device x GPUs of this process)
+            self._length_sampler = LengthGroupedSampler(lengths, self._train_batch_size, self.args.seed)
+            return self._length_sampler
+
+        def _run_epoch(self, *args, **kwargs):
+            # The Trainer's own set_epoch does not reach a sampler that accelerate wrapped twice
+            # (a run resumed mid-epoch with several processes): set it here, before every epoch.
+            sampler = getattr(self, "_length_sampler", None)
+            if sampler is not None and "epoch" in kwargs:
+                sampler.set_epoch(kwargs["epoch"])
+            return super()._run_epoch(*args, **kwargs)
 
     LengthGrouped.__name__ = LengthGrouped.__qualname__ = f"LengthGrouped{trainer_cls.__name__}"
     return LengthGrouped

@@ -80,11 +80,13 @@ def evaluate_all(worker: Worker) -> dict:
     runs = [("sampled", n, ev.temperature)] + ([("greedy", 1, 0.0)] if ev.greedy else [])
     total, done = len(models) * len(runs) * sum(len(p) for p in sets.values()), 0
     processes, threads = checkpoint_processes(profile, len(models) * len(sets))
-    # Side by side, one task per checkpoint and eval set: the processes share the work in pieces
-    # of ~10-40 s, not whole checkpoints (the distillation baseline's long outputs took as long as
-    # two other checkpoints while the other process sat idle at the end). In one process, one
-    # task per checkpoint: its backend (a vLLM engine on a GPU) is built once.
-    split = {name: {name: problems} for name, problems in sets.items()} if processes > 1 else {"all": sets}
+    # transformers: one task (and backend) per checkpoint and eval set, so processes side by side
+    # share the work in pieces of ~10-40 s, not whole checkpoints (the distillation baseline's
+    # long outputs took as long as two other checkpoints while the other process sat idle), and
+    # a set's samples (its backend seeds per call) are the same whatever the process count.
+    # vLLM: one engine per checkpoint, built once (it always runs in one process).
+    by_set = ev.backend == "transformers"
+    split = {name: {name: problems} for name, problems in sets.items()} if by_set else {"all": sets}
     tasks = [_Checkpoint(variant, model, part, runs, profile) for variant, _, model in models for part in split.values()]
     paths = {variant: path for variant, path, _ in models}
     scored_by_variant: dict[str, list[Scored]] = {variant: [] for variant, _, _ in models}

@@ -50,7 +50,7 @@ def distill_dataset(context: dg.AssetExecutionContext, pipeline: PipelineResourc
 @dg.asset(
     group_name="training",
     kinds={"pytorch", "safetensors"},
-    code_version="distill_checkpoint-v1",
+    code_version="distill_checkpoint-v2",
     **GPU_POOL,
     deps=["distill_dataset", "student_base"],
     retry_policy=dg.RetryPolicy(max_retries=1, delay=10),
@@ -87,7 +87,7 @@ def ablation_checkpoint_versions(pipeline: PipelineResource) -> dict[str, tuple[
 @dg.asset(
     group_name="evaluation",
     kinds={"pytorch", "parquet"},
-    code_version="eval_results-v2",
+    code_version="eval_results-v3",
     **GPU_POOL,
     deps=["student_base", "distill_checkpoint", "sft_checkpoint", "dpo_checkpoint", "stg_problems"],
     retry_policy=dg.RetryPolicy(max_retries=1, delay=10),

@@ -36,7 +36,7 @@ def train_checkpoint(
 @dg.asset(
     group_name="training",
     kinds={"pytorch", "safetensors"},
-    code_version="sft_checkpoint-v1",
+    code_version="sft_checkpoint-v2",
     **GPU_POOL,
     deps=["sft_dataset", "student_base"],
     retry_policy=dg.RetryPolicy(max_retries=1, delay=10),
