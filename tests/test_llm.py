@@ -161,3 +161,26 @@ def test_evaluation_backend_takes_eval_dtype_and_batch_and_falls_back_to_the_gen
         ("transformers", "float16", 64, 3),
         ("transformers", "bfloat16", 128, 3),
     ]
+
+
+@pytest.mark.parametrize(("amx", "device", "expected"), [(True, "cpu", "bfloat16"), (False, "cpu", "float32"), (False, "cuda", "bfloat16")])
+def test_bfloat16_on_amx_evaluates_in_bfloat16_only_where_it_is_fast(monkeypatch, amx, device, expected):
+    import torch
+
+    import widen_dag.llm as llm
+    from widen_dag.profiles import parse_profile
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    seen = []
+    monkeypatch.setattr(llm, "create_backend", lambda name, model, **kw: seen.append(kw["dtype"]))
+    profile = parse_profile(
+        {
+            "name": "t",
+            "datasets": [{"name": "a", "domain": "arithmetic", "source": {"kind": "arithmetic"}}],
+            "generation": {"device": device},
+            "eval": {"backend": "transformers", "dtype": "bfloat16_on_amx"},
+        }
+    )
+    llm.eval_backend_from_profile(profile, "m", seed=3)
+    assert seen == [expected]
+    assert llm.resolve_eval_dtype("float16", device) == "float16"  # an explicit dtype is kept

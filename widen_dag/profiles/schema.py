@@ -606,10 +606,12 @@ class EvalConfig(_Strict):
     max_new_tokens: int = Field(1024, gt=0, description="New tokens per answer.")
     max_problems: int | None = Field(None, gt=0, description="At most this many problems per eval set.")
     batch_size: int = Field(128, gt=0, description="Sequences per transformers generate call.")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "bfloat16_on_amx"] | None = Field(
         None,
         description="Weights dtype of the models evaluated (eval_results, Table 7, held-out checks); unset: "
-        "generation.dtype. bfloat16 on a CPU with AMX: 1.4-1.6x the tokens/s of float32 on the tiny checkpoints.",
+        "generation.dtype. bfloat16_on_amx: bfloat16 on a GPU or a CPU with AMX tiles, float32 on other CPUs "
+        "(tiny checkpoints: bfloat16 1.4-1.6x float32's tokens/s on a Xeon with AMX, 0.71x on an AMD EPYC with "
+        "AVX-512 BF16 but no AMX).",
     )
     processes: int | None = Field(
         None,
