@@ -163,7 +163,9 @@ def test_evaluation_backend_takes_eval_dtype_and_batch_and_falls_back_to_the_gen
     ]
 
 
-@pytest.mark.parametrize(("amx", "device", "expected"), [(True, "cpu", "bfloat16"), (False, "cpu", "float32"), (False, "cuda", "bfloat16")])
+@pytest.mark.parametrize(
+    ("amx", "device", "expected"), [(True, "cpu", "bfloat16"), (False, "cpu", "float32"), (False, "cuda", "bfloat16")]
+)
 def test_bfloat16_on_amx_evaluates_in_bfloat16_only_where_it_is_fast(monkeypatch, amx, device, expected):
     import torch
 
