@@ -164,15 +164,23 @@ def test_evaluation_backend_takes_eval_dtype_and_batch_and_falls_back_to_the_gen
 
 
 @pytest.mark.parametrize(
-    ("amx", "device", "expected"), [(True, "cpu", "bfloat16"), (False, "cpu", "float32"), (False, "cuda", "bfloat16")]
+    ("amx", "device", "gpu", "expected"),
+    [
+        (True, "cpu", False, "bfloat16"),
+        (False, "cpu", False, "float32"),
+        (False, "cuda", True, "bfloat16"),
+        (False, "auto", True, "bfloat16"),
+        (False, "auto", False, "float32"),  # auto without a GPU runs on the CPU
+    ],
 )
-def test_bfloat16_on_amx_evaluates_in_bfloat16_only_where_it_is_fast(monkeypatch, amx, device, expected):
+def test_bfloat16_on_amx_evaluates_in_bfloat16_only_where_it_is_fast(monkeypatch, amx, device, gpu, expected):
     import torch
 
     import widen_dag.llm as llm
     from widen_dag.profiles import parse_profile
 
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
     seen = []
     monkeypatch.setattr(llm, "create_backend", lambda name, model, **kw: seen.append(kw["dtype"]))
     profile = parse_profile(

@@ -73,20 +73,26 @@ def resolve_eval_dtype(dtype: str, device: str) -> str:
     EPYC with AVX-512 BF16). Any other value is returned as it is."""
     if dtype != "bfloat16_on_amx":
         return dtype
-    if device != "cpu":
-        return "bfloat16"
     import torch
 
+    # where the backends run: "auto" (or "cuda") without a GPU is the CPU
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return "bfloat16"
     amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return "bfloat16" if amx is not None and amx() else "float32"
 
 
+def eval_dtype(profile) -> str:
+    """The dtype evaluation loads models in on this machine: ``eval.dtype`` (unset: the
+    generation dtype), ``bfloat16_on_amx`` resolved."""
+    return resolve_eval_dtype(profile.eval.dtype or profile.generation.dtype, profile.generation.device)
+
+
 def eval_backend_from_profile(profile, model: ModelLocation | str, seed: int) -> Backend:
     """The backend evaluation scores with (eval_results, Table 7, the bootstrap's held-out check):
-    ``eval.backend``, ``eval.dtype`` (unset: the generation dtype) and ``eval.batch_size``."""
+    ``eval.backend``, ``eval_dtype(profile)`` and ``eval.batch_size``."""
     ev, gen = profile.eval, profile.generation
-    dtype = resolve_eval_dtype(ev.dtype or gen.dtype, gen.device)
-    return backend_from_profile(gen, model, seed=seed, backend=ev.backend, dtype=dtype, max_batch=ev.batch_size)
+    return backend_from_profile(gen, model, seed=seed, backend=ev.backend, dtype=eval_dtype(profile), max_batch=ev.batch_size)
 
 
 __all__ = [
@@ -98,6 +104,7 @@ __all__ = [
     "Sample",
     "backend_from_profile",
     "eval_backend_from_profile",
+    "eval_dtype",
     "resolve_eval_dtype",
     "create_backend",
 ]

@@ -20,7 +20,7 @@ import polars as pl
 
 from widen_dag.domains.base import Problem
 from widen_dag.evaluate import EVAL_SCHEMA, eval_problem_sets, sample_and_score, summarize
-from widen_dag.llm import eval_backend_from_profile, resolve_eval_dtype
+from widen_dag.llm import eval_backend_from_profile, eval_dtype
 from widen_dag.profiles import Profile
 from widen_dag.reporting.markdown import markdown_table, md
 from widen_dag.storage.artifacts import ModelLocation, ablation_models, local_model
@@ -156,7 +156,7 @@ def evaluate_all(worker: Worker) -> dict:
             "dagster/row_count": table.height,
             "backend": ev.backend,
             # what eval.dtype resolved to on this machine (bfloat16_on_amx depends on the CPU)
-            "eval_dtype": resolve_eval_dtype(ev.dtype or worker.profile.generation.dtype, worker.profile.generation.device),
+            "eval_dtype": eval_dtype(profile),
             "samples_per_problem": n,
             "greedy": ev.greedy,
             "eval_seed": seed,
