@@ -27,8 +27,16 @@ GPU_POOL: dict[str, Any] = {"pool": "gpu", "op_tags": {GPU_POOL_TAG: "gpu"}}
 
 
 def pool_executor_config(limit: int) -> dict[str, Any]:
-    """Run config for the multiprocess executor: at most ``limit`` (the instance's pool `gpu`
-    limit) worker-launching steps of a run at once."""
+    """Run config for a run's executor given the instance's pool `gpu` limit.
+
+    ``limit`` 1 (a CPU node, or one GPU): the in-process executor. The worker-launching steps
+    run one at a time anyway, and the few others take a second or two, so a process per step
+    only adds its start (~2.5 s of Python and Dagster imports per step on a 2-core CPU; ~50 s
+    over the tiny demo's runs). The torch/vLLM work still runs in Pipes workers either way.
+    Otherwise the multiprocess executor, with at most ``limit`` worker-launching steps of the
+    run at once."""
+    if limit == 1:
+        return {"execution": {"config": {"in_process": {}}}}
     limits = [{"key": GPU_POOL_TAG, "value": "gpu", "limit": limit}]
     return {"execution": {"config": {"multiprocess": {"tag_concurrency_limits": limits}}}}
 
