@@ -132,6 +132,16 @@ def checkpoint_processes(profile: Profile, checkpoints: int) -> tuple[int, int |
     return processes, (max(1, cores // processes) if processes > 1 else None)
 
 
+def eval_engines_in_this_process(profile: Profile) -> None:
+    """Evaluation with vLLM on the CPU opens one engine per checkpoint, one after another: run
+    them inside the worker (and its spawned children, which inherit the setting), not each in
+    an engine process of its own (``widen_dag.llm.vllm_backend.engines_in_this_process``)."""
+    if profile.eval.backend == "vllm":
+        from widen_dag.llm.vllm_backend import engines_in_this_process
+
+        engines_in_this_process(profile.generation.device)
+
+
 def _set_torch_threads(threads: int) -> None:
     import torch
 

@@ -28,7 +28,7 @@ from widen_dag.search.mcts import SearchContext
 from widen_dag.search.store import TreeStore, config_hash
 from widen_dag.storage.artifacts import ModelLocation, ablation_models, local_model, read_manifest
 from widen_dag.storage.lake import Lake
-from widen_dag.workers.common import Worker, checkpoint_processes, open_worker, side_by_side
+from widen_dag.workers.common import Worker, checkpoint_processes, eval_engines_in_this_process, open_worker, side_by_side
 
 
 def decode_problems(worker: Worker) -> dict[str, list[Problem]]:
@@ -144,6 +144,7 @@ def decode_all(worker: Worker) -> dict:
     sets = decode_problems(worker)
     start = time.perf_counter()
     processes, threads = checkpoint_processes(profile, len(dc.variants))
+    eval_engines_in_this_process(profile)
     # From an object-store lake each checkpoint is downloaded to the local cache here, once.
     tasks = [_Variant(v, models[v], local_model(models[v], worker.lake), sets, profile, worker.lake) for v in dc.variants]
     results: dict[str, tuple[list[pl.DataFrame], int]] = {}

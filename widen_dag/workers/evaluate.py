@@ -24,7 +24,14 @@ from widen_dag.llm import eval_backend_from_profile, eval_dtype
 from widen_dag.profiles import Profile
 from widen_dag.reporting.markdown import markdown_table, md
 from widen_dag.storage.artifacts import ModelLocation, ablation_models, local_model
-from widen_dag.workers.common import Worker, check_memory, checkpoint_processes, open_worker, side_by_side
+from widen_dag.workers.common import (
+    Worker,
+    check_memory,
+    checkpoint_processes,
+    eval_engines_in_this_process,
+    open_worker,
+    side_by_side,
+)
 
 
 def eval_problems(worker: Worker) -> dict[str, list[Problem]]:
@@ -80,6 +87,7 @@ def evaluate_all(worker: Worker) -> dict:
     runs = [("sampled", n, ev.temperature)] + ([("greedy", 1, 0.0)] if ev.greedy else [])
     total, done = len(models) * len(runs) * sum(len(p) for p in sets.values()), 0
     processes, threads = checkpoint_processes(profile, len(models) * len(sets))
+    eval_engines_in_this_process(profile)
     # transformers: one task (and backend) per checkpoint and eval set, so processes side by side
     # share the work in pieces of ~10-40 s, not whole checkpoints (the distillation baseline's
     # long outputs took as long as two other checkpoints while the other process sat idle), and

@@ -37,7 +37,7 @@ from widen_dag.storage.artifacts import (
 )
 from widen_dag.train import bootstrap, instruct
 from widen_dag.train.trainer import resolve_device
-from widen_dag.workers.common import Worker, open_worker
+from widen_dag.workers.common import Worker, eval_engines_in_this_process, open_worker
 
 EVAL_SEED_OFFSET = 424_242  # held-out problems drawn apart from the training problems
 
@@ -142,6 +142,7 @@ def evaluate_saved(worker: Worker, path: Path, problems: list[Problem], max_toke
     start = time.perf_counter()
     # The evaluation stage's backend: on tiny that is transformers, which skips a vLLM engine
     # start (~20-30 s here) per model; search still exercises vLLM on the same checkpoint.
+    eval_engines_in_this_process(worker.profile)
     backend = eval_backend_from_profile(worker.profile, str(path), seed=worker.profile.seed)
     try:
         rows = sample_and_score(
