@@ -51,6 +51,21 @@ def test_markdown_table_has_the_paper_rows_in_order_with_intervals():
     assert "+0.0 [+0.0, +0.0] vs base" in table  # SFT's row: the paired difference to the row it builds on
 
 
+def test_markdown_table_has_a_greedy_column_only_where_greedy_responses_were_generated():
+    sampled = pl.DataFrame(sum((_rows(v, [True, False], [False, True], 30) for v in ("base", "sft")), []))
+    greedy = sampled.filter(pl.col("sample") == 0).with_columns(decoding=pl.lit("greedy"), correct=pl.lit(True))
+    with_greedy = pl.concat([sampled.with_columns(decoding=pl.lit("sampled")), greedy])
+    for rows, has_greedy in ((sampled, False), (with_greedy, True)):
+        lines = markdown_table(summarize_results(rows)).splitlines()
+        assert lines[0].endswith("+ greedy") is has_greedy
+        head = next(line for line in lines if line.startswith("| row "))
+        assert ("| greedy % |" in head) is has_greedy
+        cells = {line.count("|") for line in lines if line.startswith("|")}
+        assert cells == {head.count("|")}, lines  # header, rule and rows alike
+    base = next(line for line in lines if line.startswith("| base "))
+    assert "| 100.0 |" in base  # greedy right on both problems
+
+
 def test_a_row_is_compared_with_the_nearest_evaluated_row_above_it_when_a_variant_is_left_out():
     variants = ["base", "sft", "dpo", "joint_masked"]  # no +balance, +cDPO or +joint
     rows = pl.DataFrame(sum((_rows(v, [True, False], [False, True], 30) for v in variants), []))
@@ -146,8 +161,9 @@ def test_eval_worker_writes_sampled_and_greedy_responses_for_every_checkpoint(tm
         ),
     )
     profile = with_run_seed(load_profile("tiny"), 5)
-    # One process: the stand-in backend below is patched into this process only.
-    profile = profile.model_copy(update={"eval": profile.eval.model_copy(update={"processes": 1})})
+    # One process: the stand-in backend below is patched into this process only. Greedy on (tiny
+    # leaves it off).
+    profile = profile.model_copy(update={"eval": profile.eval.model_copy(update={"processes": 1, "greedy": True})})
     worker = Worker(SimpleNamespace(log=SimpleNamespace(info=lambda m: None)), profile, lake)
     for folder in (
         "models/student_base",
@@ -276,3 +292,69 @@ def test_checkpoints_evaluated_in_two_processes_score_as_each_checkpoint_does_al
             assert alone == list(pooled.select("eval_set", "decoding", "problem_id", "sample", "response").iter_rows())
     finally:
         torch.set_num_threads(threads)
+
+
+# Runs in a child process: its vLLM engines run in-process and tear down process-wide state,
+# which the session's shared engine (conftest.tiny_vllm) must not meet.
+_VLLM_EVAL_SCRIPT = """
+import json, os, sys
+from pathlib import Path
+from types import SimpleNamespace
+from tests.engines import TINY_ENGINE
+from tests.lakes import eval_problems, publish_tiny_checkpoints, tiny_checkpoint_eval_profile
+from widen_dag.profiles import parse_profile
+from widen_dag.storage.lake import Lake
+from widen_dag.workers import evaluate as worker_mod
+from widen_dag.workers.common import Worker
+
+checkpoint, root = Path(sys.argv[1]), sys.argv[2]
+lake = Lake(root)
+data = tiny_checkpoint_eval_profile(
+    checkpoint, max_problems=3, test_at_n=2, greedy=False, mcts_decode={"variants": ["sft"]}
+).model_dump()
+engine = {k: v for k, v in TINY_ENGINE.items() if k != "seed"}
+data["generation"].update(backend="vllm", **engine)
+data["eval"]["backend"] = "vllm"
+profile = parse_profile(data, "t.yaml")
+publish_tiny_checkpoints(lake, checkpoint)
+lake.write_table("stg_problems", eval_problems(3))
+logs = []
+out = worker_mod.evaluate_all(Worker(SimpleNamespace(log=SimpleNamespace(info=logs.append)), profile, lake))
+table = lake.read_table("eval_results")
+print(json.dumps({
+    "in_process": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING"),
+    "processes": out["metadata"]["eval_processes"],
+    "variants": list(dict.fromkeys(table["variant"])),
+    "rows": {v: int((table["variant"] == v).sum()) for v in dict.fromkeys(table["variant"])},
+    "tokens": {v: int(table.filter(table["variant"] == v)["n_tokens"].sum()) for v in dict.fromkeys(table["variant"])},
+}))
+"""
+
+
+@pytest.mark.slow
+def test_vllm_evaluation_on_cpu_runs_each_checkpoints_engine_in_the_worker_one_after_another(tmp_path, tiny_checkpoint):
+    """Evaluation with eval.backend vllm on the CPU: one engine per checkpoint, each opened in the
+    worker's own process after the last one closed (no engine process per checkpoint), and every
+    checkpoint of the ablation generates and is scored."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    done = subprocess.run(
+        [sys.executable, "-c", _VLLM_EVAL_SCRIPT, str(tiny_checkpoint), str(tmp_path / "lake")],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["in_process"] == "0"
+    assert got["processes"] == 1
+    assert got["variants"] == ["base", "distill_baseline", "sft", "dpo"]
+    assert all(n == 3 * 2 for n in got["rows"].values()), got["rows"]  # 3 problems x 2 samples each
+    assert all(t > 0 for t in got["tokens"].values()), got["tokens"]

@@ -218,8 +218,10 @@ def _diff(r: dict, key: str) -> str:
 
 def markdown_table(summary: pl.DataFrame) -> str:
     """One table per eval set: the cells with their 95% intervals, and each row's paired
-    accuracy difference to the row it is compared with."""
+    accuracy difference to the row it is compared with; a greedy column where greedy responses
+    were generated (``eval.greedy``)."""
     out = []
+    greedy = "greedy_accuracy" in summary.columns and summary["greedy_accuracy"].is_not_null().any()
     top_k = max(
         (
             int(c.removeprefix("test_at_"))
@@ -230,10 +232,12 @@ def markdown_table(summary: pl.DataFrame) -> str:
     )
     for (eval_set,), g in summary.group_by("eval_set", maintain_order=True):
         first = g.row(0, named=True)
-        out.append(f"**{eval_set}**: {first['n']} problems, {first['samples_per_problem']} samples each + greedy\n")
+        each = f"{first['samples_per_problem']} samples each" + (" + greedy" if greedy else "")
+        out.append(f"**{eval_set}**: {first['n']} problems, {each}\n")
         tk = f"Test@{top_k} %" if top_k else "Test@N %"
-        out.append(f"| row | accuracy % | no-answer % | greedy % | {tk} | tokens (mean / median) | Δ accuracy vs row above |")
-        out.append("|---|---|---|---|---|---|---|")
+        greedy_head = " greedy % |" if greedy else ""
+        out.append(f"| row | accuracy % | no-answer % |{greedy_head} {tk} | tokens (mean / median) | Δ accuracy vs row above |")
+        out.append("|---|---|---|---|---|---|" + ("---|" if greedy else ""))
         by_variant = {r["variant"]: r for r in g.iter_rows(named=True)}
         for label, variant in TABLE_ROWS:
             r = by_variant.get(variant)
@@ -245,9 +249,10 @@ def markdown_table(summary: pl.DataFrame) -> str:
                 if r.get("acc_diff_vs_prev") is not None
                 else ""
             )
+            greedy_cell = f" {_pct(r.get('greedy_accuracy'))} |" if greedy else ""
             out.append(
                 f"| {label} | {_ci(r, 'accuracy', 'accuracy_lo', 'accuracy_hi')} | "
-                f"{_ci(r, 'no_answer_rate', 'no_answer_lo', 'no_answer_hi')} | {_pct(r.get('greedy_accuracy'))} | "
+                f"{_ci(r, 'no_answer_rate', 'no_answer_lo', 'no_answer_hi')} |{greedy_cell} "
                 f"{test} | {r['mean_tokens']:.0f} / {r['median_tokens']:.0f} | {prev} |"
             )
         out.append("")

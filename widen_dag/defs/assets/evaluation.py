@@ -115,7 +115,7 @@ def eval_results(
 
 
 @dg.asset(
-    group_name="evaluation", kinds={"polars", "parquet"}, code_version="ablation_report-v2", deps=["eval_results", "mcts_decode"]
+    group_name="evaluation", kinds={"polars", "parquet"}, code_version="ablation_report-v3", deps=["eval_results", "mcts_decode"]
 )
 def ablation_report(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
     """The paper's Table 5 layout (base, distill_baseline, SFT, +DPO, +balance, +cDPO, +joint,
