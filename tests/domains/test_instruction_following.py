@@ -375,3 +375,12 @@ def test_the_tiny_profile_generates_its_instruction_following_set_and_tagged_res
     assert all(c.brief in text.split("</sub-task>")[0] for t, text in zip(tasks, followed, strict=True) for c in t.constraints)
     plain = bootstrap.student_if_solution(tasks[0], rng, "plain")
     assert ifd.verify(plain, tasks[0].gold(), tasks[0].prompt).no_answer
+
+
+def test_a_response_langdetect_is_unsure_of_gets_one_verdict_every_time():
+    """english_lowercase asks langdetect, whose unseeded guesses for this text were English 30
+    times in 50 and Estonian 20: seeded, every scoring of it agrees (and between runs of the demo)."""
+    gold = json.dumps({"instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}]})
+    response = "<answer>* 7 + 6 = 14 result is 15 - 6 = 15.</answer>"
+    verdicts = {ifd.verify(response, gold).correct for _ in range(30)}
+    assert len(verdicts) == 1
