@@ -4,7 +4,7 @@ timed over 30 steps after 5 warm-up steps, at the torch thread count given.
 
     .venv/bin/python bench/machine_speed.py [--threads 2]
 
-Prints JSON with `s_per_step`. On this project's 2-vCPU AMD EPYC the same code read 0.25 to 0.34 s
+Prints JSON with `s_per_step`. On this project's 2-vCPU AMD EPYC the same code read 0.24 to 0.34 s
 within one afternoon, idle: demo wall times are comparable only beside such a reading.
 """
 

@@ -89,18 +89,20 @@ def test_a_runs_own_executor_holds_gpu_pool_steps_to_the_pool_limit():
     for key, _node in _worker_assets():
         assert defs.get_assets_def(key).op.tags.get(GPU_POOL_TAG) == "gpu", key
     for job in defs.resolve_all_job_defs():
-        for limit in (1, 2):
-            ResolvedRunConfig.build(job, pool_executor_config(limit))  # raises on config the executor refuses
+        for limit, gpus in ((1, False), (1, True), (2, True)):
+            ResolvedRunConfig.build(job, pool_executor_config(limit, gpus))  # raises on config the executor refuses
 
 
-def test_a_node_with_one_pool_slot_runs_steps_in_process_and_a_larger_pool_in_processes():
-    """One slot: the steps would run one at a time anyway, so no process per step; more slots:
-    the multiprocess executor, holding worker-launching steps to the pool's limit."""
+def test_a_cpu_node_with_one_pool_slot_runs_steps_in_process_and_a_gpu_node_in_processes():
+    """A CPU node with one slot: the steps would run one at a time anyway, so no process per
+    step; a GPU node (one slot or more): the multiprocess executor, holding worker-launching
+    steps to the pool's limit while the others run beside them."""
     from widen_dag.defs.workers import GPU_POOL_TAG, pool_executor_config
 
-    assert pool_executor_config(1) == {"execution": {"config": {"in_process": {}}}}
-    multiprocess = pool_executor_config(3)["execution"]["config"]["multiprocess"]
-    assert multiprocess["tag_concurrency_limits"] == [{"key": GPU_POOL_TAG, "value": "gpu", "limit": 3}]
+    assert pool_executor_config(1, node_has_gpus=False) == {"execution": {"config": {"in_process": {}}}}
+    for limit in (1, 3):
+        multiprocess = pool_executor_config(limit, node_has_gpus=True)["execution"]["config"]["multiprocess"]
+        assert multiprocess["tag_concurrency_limits"] == [{"key": GPU_POOL_TAG, "value": "gpu", "limit": limit}]
 
 
 def test_every_worker_asset_has_a_retry_policy():

@@ -134,22 +134,6 @@ SEED_TAG = "widen_dag/seed"
 LAUNCHER_TAG = "widen_dag/launcher"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A killed step process whose parent died too waits as a zombie until init reaps it, which
-    # can take a while (seen here): it still answers signal 0, but it is not running.
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
-
-
 def release_orphaned_runs(instance) -> list[str]:
     """Fail the runs a killed widen-dag process left behind and free their pool slots.
 
@@ -161,6 +145,8 @@ def release_orphaned_runs(instance) -> list[str]:
     Finished runs still holding slots are freed too (the daemon does that after a delay).
     Returns one line per run it released."""
     import dagster as dg
+
+    from widen_dag.launch.lifetime import pid_alive
 
     host, released = socket.gethostname(), []
     storage = instance.event_log_storage
@@ -175,7 +161,7 @@ def release_orphaned_runs(instance) -> list[str]:
             continue
         events = (entry.dagster_event for entry in instance.all_logs(run.run_id))
         pids = {event.pid for event in events if event is not None and event.pid} | {int(launcher_pid)}
-        if any(_pid_alive(pid) for pid in pids):
+        if any(pid_alive(pid) for pid in pids):
             continue
         instance.report_run_failed(run, f"widen-dag: the process running this run ({launcher}) is gone; marked failed")
         released.append(f"run {run.run_id} ({run.job_name}): its process {launcher} is gone; marked failed")
@@ -208,6 +194,7 @@ def _execute(
 
     from widen_dag.defs.console import following
     from widen_dag.defs.workers import pool_executor_config
+    from widen_dag.launch.gpus import node_gpu_ids
 
     say = view.note if view is not None else print
     start = time.perf_counter()
@@ -221,7 +208,7 @@ def _execute(
     # The seed is run configuration of the pipeline resource (and a run tag to filter by), so
     # each seed's runs show it in the UI and launch the same way from there.
     limit = _pool_limit(instance)
-    run_config: dict = pool_executor_config(limit) if limit is not None else {}
+    run_config: dict = pool_executor_config(limit, node_has_gpus=bool(node_gpu_ids())) if limit is not None else {}
     if seed is not None:
         run_config["resources"] = {"pipeline": {"config": {"seed": seed}}}
     launcher = (LAUNCHER_TAG, f"{socket.gethostname()}:{os.getpid()}")

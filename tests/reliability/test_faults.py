@@ -71,13 +71,53 @@ def test_a_killed_launcher_does_not_keep_the_gpu_slot_from_the_next_run(tmp_path
 
 
 def test_a_killed_but_unreaped_process_counts_as_gone():
-    from widen_dag.cli import _pid_alive
+    from widen_dag.launch.lifetime import pid_alive
 
     zombie = subprocess.Popen(["sleep", "60"])
     os.kill(zombie.pid, signal.SIGKILL)
     time.sleep(0.5)  # dead, not yet reaped: it still answers signal 0
     try:
-        assert not _pid_alive(zombie.pid)
-        assert _pid_alive(os.getpid())
+        assert not pid_alive(zombie.pid)
+        assert pid_alive(os.getpid())
     finally:
         zombie.wait()
+
+
+_WORKER = """
+import sys, time
+from pathlib import Path
+from widen_dag.launch.lifetime import stop_with_launcher
+from widen_dag.workers.common import _exit_cleanly_on_sigterm
+
+_exit_cleanly_on_sigterm()
+stop_with_launcher(sys.argv[1], interval_s=0.2)
+try:
+    Path(sys.argv[2]).write_text("running")
+    time.sleep(120)
+finally:
+    Path(sys.argv[2]).write_text("cleaned up")
+"""
+
+
+def test_a_worker_whose_launcher_is_killed_stops_itself_through_its_clean_exit(tmp_path):
+    """Only the launcher gets kill -9 (the OOM killer's choice, say): its worker, which runs on
+    under `timeout`, notices, and ends through SIGTERM's SystemExit, so its finally blocks run,
+    instead of writing on beside the rerun that `widen-dag` starts after releasing the run."""
+    launcher = subprocess.Popen(["sleep", "120"])
+    marker = tmp_path / "worker.state"
+    worker = subprocess.Popen([sys.executable, "-c", _WORKER, str(launcher.pid), str(marker)])
+    try:
+        for _ in range(300):  # the worker is up
+            if marker.exists():
+                break
+            time.sleep(0.1)
+        assert marker.read_text() == "running"
+        os.kill(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+        assert worker.wait(timeout=60) == 128 + signal.SIGTERM
+        assert marker.read_text() == "cleaned up"
+    finally:
+        for p in (launcher, worker):
+            if p.poll() is None:
+                p.kill()
+                p.wait()

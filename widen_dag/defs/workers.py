@@ -15,27 +15,30 @@ from dagster._core.errors import DagsterPipesExecutionError  # not re-exported a
 from widen_dag.defs.resources import PipelineResource
 from widen_dag.launch import gpus, scaleout
 from widen_dag.launch.failures import FAILURE_FILE_EXTRA, read_failure
+from widen_dag.launch.lifetime import LAUNCHER_PID_EXTRA
 from widen_dag.profiles import Profile
 from widen_dag.storage.reuse import ReuseRecord, config_hash, read_record, reuse_key, why_rebuild, write_record
 
 GPU_POOL_TAG = "widen_dag/pool"
-# The assets that launch workers: pool `gpu` limits them across runs. The op tag lets a run's own
-# executor hold them to the same limit (`pool_executor_config`), so a step queued behind another
-# step of its run starts as that one ends, instead of at Dagster's next pool poll (a blocked step
-# polls with back-off up to 15 s: 6-15 s lost per queued step on a CPU node).
+# The assets that launch workers: pool `gpu` limits them across runs. Where a run uses the
+# multiprocess executor (`pool_executor_config`: GPU nodes), the op tag lets it hold them to the
+# same limit, so a step queued behind another step of its run starts as that one ends, instead of
+# at Dagster's next pool poll (a blocked step polls with back-off up to 15 s).
 GPU_POOL: dict[str, Any] = {"pool": "gpu", "op_tags": {GPU_POOL_TAG: "gpu"}}
 
 
-def pool_executor_config(limit: int) -> dict[str, Any]:
+def pool_executor_config(limit: int, node_has_gpus: bool = False) -> dict[str, Any]:
     """Run config for a run's executor given the instance's pool `gpu` limit.
 
-    ``limit`` 1 (a CPU node, or one GPU): the in-process executor. The worker-launching steps
-    run one at a time anyway, and the few others take a second or two, so a process per step
-    only adds its start (~2.5 s of Python and Dagster imports per step on a 2-core CPU; ~50 s
-    over the tiny demo's runs). The torch/vLLM work still runs in Pipes workers either way.
-    Otherwise the multiprocess executor, with at most ``limit`` worker-launching steps of the
-    run at once."""
-    if limit == 1:
+    A node without GPUs and one pool slot (a CPU machine): the in-process executor. The
+    worker-launching steps run one at a time anyway, and the others take a second or two on
+    the CPU profiles' data, so a process per step only adds its start (~2.5 s of Python and
+    Dagster imports per step on a 2-core CPU; ~50 s over the tiny demo's runs). The torch/vLLM
+    work still runs in Pipes workers, which stop themselves if this process dies
+    (``widen_dag.launch.lifetime``). Otherwise (GPUs: real profiles' SQL models and tokenizing
+    run beside the GPU steps, each step isolated in its process) the multiprocess executor,
+    with at most ``limit`` worker-launching steps of the run at once."""
+    if limit == 1 and not node_has_gpus:
         return {"execution": {"config": {"in_process": {}}}}
     limits = [{"key": GPU_POOL_TAG, "value": "gpu", "limit": limit}]
     return {"execution": {"config": {"multiprocess": {"tag_concurrency_limits": limits}}}}
@@ -71,7 +74,8 @@ def run_worker(
                     accelerate_flags=scaleout.accelerate_args(profile, module),
                 ),
                 context=context,
-                extras={**pipeline.worker_extras(profile), FAILURE_FILE_EXTRA: failure_file},
+                # the worker stops itself if this process dies (kill -9) while it runs
+                extras={**pipeline.worker_extras(profile), FAILURE_FILE_EXTRA: failure_file, LAUNCHER_PID_EXTRA: os.getpid()},
                 env={"CUDA_VISIBLE_DEVICES": ",".join(owned)} if owned else None,
             ).get_materialize_result()
     except gpus.GpuLeaseError as err:

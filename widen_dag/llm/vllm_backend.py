@@ -27,7 +27,10 @@ def engines_in_this_process(device: str) -> None:
     them at the end (the search's policy and critic) or open one at a time, each after the last
     one closed (evaluation, Table 7): vLLM's in-process shutdown tears down the process-wide
     parallel state, so an engine still open when another closes fails at its next use, while an
-    engine opened after the close works. A value the user exported wins."""
+    engine opened after the close works. An in-process CPU engine also binds this process's
+    OpenMP threads and turns ``torch.set_num_threads`` into a no-op for the rest of the process
+    (vLLM's CPU worker): torch work after it here runs on the engine's threads. A value the user
+    exported wins."""
     import torch
 
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):

@@ -13,6 +13,7 @@ from typing import TypeVar
 from dagster_pipes import PipesContext, PipesDefaultContextLoader, PipesEnvVarParamsLoader, open_dagster_pipes
 
 from widen_dag.launch.failures import FAILURE_FILE_EXTRA, write_failure
+from widen_dag.launch.lifetime import LAUNCHER_PID_EXTRA, stop_with_launcher
 from widen_dag.profiles import Profile, profile_from_json
 from widen_dag.progress import ProgressReporter
 from widen_dag.storage.lake import Lake
@@ -100,10 +101,12 @@ def open_worker() -> Iterator[Worker]:
         params = PipesEnvVarParamsLoader().load_context_params()
         with PipesDefaultContextLoader().load_context(params) as data:
             extras = dict(data.get("extras") or {})
+        stop_with_launcher(extras.get(LAUNCHER_PID_EXTRA))
         yield Worker(_SilentPipes(extras), _profile(extras), Lake(extras["lake_root"]))  # type: ignore[arg-type]
         return
     with open_dagster_pipes() as pipes:
         extras = pipes.extras
+        stop_with_launcher(extras.get(LAUNCHER_PID_EXTRA))
         try:
             yield Worker(pipes, _profile(extras), Lake(extras["lake_root"]))
         except Exception as err:
