@@ -358,3 +358,21 @@ def test_vllm_evaluation_on_cpu_runs_each_checkpoints_engine_in_the_worker_one_a
     assert got["variants"] == ["base", "distill_baseline", "sft", "dpo"]
     assert all(n == 3 * 2 for n in got["rows"].values()), got["rows"]  # 3 problems x 2 samples each
     assert all(t > 0 for t in got["tokens"].values()), got["tokens"]
+
+
+def test_seed_summary_has_a_greedy_column_only_where_the_seeds_decoded_greedily():
+    from widen_dag.evaluate.report import seed_markdown
+
+    def summary(with_greedy: bool) -> dict:
+        cell = {k: {"mean": 0.5, "sd": 0.1} for k in ("accuracy", "no_answer_rate", "test_at_n")}
+        if with_greedy:
+            cell["greedy_accuracy"] = {"mean": 0.25, "sd": 0.0}
+        return {"seeds": [0, 1], "cells": {"arith": {"SFT": cell}}, "directions": []}
+
+    for with_greedy in (False, True):
+        lines = seed_markdown(summary(with_greedy)).splitlines()
+        head = next(line for line in lines if line.startswith("| row "))
+        assert ("greedy" in head) is with_greedy
+        rows = [line for line in lines if line.startswith("| SFT ")]
+        assert rows and {r.count("|") for r in rows} == {head.count("|")}
+        assert ("25.0 ± 0.0" in rows[0]) is with_greedy
