@@ -1,6 +1,8 @@
-"""How fast this machine is right now, for reading a wall time beside it: one training step of the
-tiny policy's architecture (4 layers, hidden 128, vocabulary 790; batch 32 x 130 tokens, AdamW),
-timed over 30 steps after 5 warm-up steps, at the torch thread count given.
+"""How fast this machine is right now, for reading a wall time beside it: one training step of a
+Llama of the tiny policy's dimensions (4 layers, hidden 128, vocabulary 790; its own untied output
+layer, where `widen_dag.train.bootstrap.new_model` ties it; batch 32 x 130 tokens, AdamW), timed
+over 30 steps after 5 warm-up steps, at the torch thread count given. The dimensions are fixed
+here, not read from the profile, so readings stay comparable when the profile changes.
 
     .venv/bin/python bench/machine_speed.py [--threads 2]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from widen_dag.llm.base import Backend, EngineStats, GenerationConfigError, GenerationRequest, Sample
+from widen_dag.llm.base import Backend, EngineStats, GenerationConfigError, GenerationRequest, Sample, backend_device
 
 if TYPE_CHECKING:
     from widen_dag.storage.artifacts import ModelLocation
@@ -75,8 +75,7 @@ def resolve_eval_dtype(dtype: str, device: str) -> str:
         return dtype
     import torch
 
-    # where the backends run: "auto" (or "cuda") without a GPU is the CPU
-    if device in ("auto", "cuda") and torch.cuda.is_available():
+    if backend_device(device) == "cuda":
         return "bfloat16"
     amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return "bfloat16" if amx is not None and amx() else "float32"

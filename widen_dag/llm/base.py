@@ -19,6 +19,14 @@ class GenerationConfigError(ValueError):
     """A request or backend setting that cannot work; the message names the field."""
 
 
+def backend_device(device: str) -> str:
+    """Where a backend asked for ``device`` (auto, cuda or cpu) runs: ``cuda`` for auto or cuda
+    when torch sees a GPU, else ``cpu`` (a backend asked for cuda without one refuses to start)."""
+    import torch
+
+    return "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     prompt: str | None = None

@@ -13,7 +13,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from widen_dag.llm.base import ChatTokenizerMixin, EngineStats, GenerationRequest, Sample, cut_at_stop
+from widen_dag.llm.base import ChatTokenizerMixin, EngineStats, GenerationRequest, Sample, backend_device, cut_at_stop
 from widen_dag.llm.loading import load_tokenizer, resolve_model_path
 
 
@@ -77,7 +77,7 @@ class TransformersBackend(ChatTokenizerMixin):
         self.model_name = model
         path = resolve_model_path(model)
         self.tokenizer = load_tokenizer(path, model, revision=revision, trust_remote_code=trust_remote_code)
-        self.device = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+        self.device = backend_device(device)
         if device == "cuda" and self.device != "cuda":
             raise RuntimeError(f"backend device 'cuda' requested for {model} but torch sees no CUDA device")
         torch_dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]

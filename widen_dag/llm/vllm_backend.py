@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 
-from widen_dag.llm.base import ChatTokenizerMixin, EngineStats, GenerationRequest, Sample, cut_at_stop
+from widen_dag.llm.base import ChatTokenizerMixin, EngineStats, GenerationRequest, Sample, backend_device, cut_at_stop
 from widen_dag.llm.loading import load_tokenizer, resolve_model_path
 
 
@@ -58,9 +58,7 @@ class VLLMBackend(ChatTokenizerMixin):
         block_size: int | None = None,
         kv_cache_gib: float | None = None,
     ) -> None:
-        import torch
-
-        on_cuda = device in ("auto", "cuda") and torch.cuda.is_available()
+        on_cuda = backend_device(device) == "cuda"
         if device == "cuda" and not on_cuda:
             raise RuntimeError(f"backend device 'cuda' requested for {model} but torch sees no CUDA device")
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its warnings go to stdout and bury our output

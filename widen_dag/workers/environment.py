@@ -11,6 +11,7 @@ import os
 import platform
 import time
 
+from widen_dag.llm.base import backend_device
 from widen_dag.workers.common import open_worker
 
 
@@ -24,7 +25,7 @@ def _version(dist: str) -> str:
 def describe(device_pref: str) -> dict[str, object]:
     import torch
 
-    device = "cuda" if device_pref in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    device = backend_device(device_pref)
     n = 1024
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
