@@ -89,20 +89,24 @@ def test_a_runs_own_executor_holds_gpu_pool_steps_to_the_pool_limit():
     for key, _node in _worker_assets():
         assert defs.get_assets_def(key).op.tags.get(GPU_POOL_TAG) == "gpu", key
     for job in defs.resolve_all_job_defs():
-        for limit, gpus in ((1, False), (1, True), (2, True)):
+        for limit, gpus in ((1, False), (2, False), (1, True), (2, True)):
             ResolvedRunConfig.build(job, pool_executor_config(limit, gpus))  # raises on config the executor refuses
 
 
-def test_a_cpu_node_with_one_pool_slot_runs_steps_in_process_and_a_gpu_node_in_processes():
+def test_a_cpu_node_with_one_pool_slot_runs_steps_in_process_and_otherwise_in_forked_processes():
     """A CPU node with one slot: the steps would run one at a time anyway, so no process per
-    step; a GPU node (one slot or more): the multiprocess executor, holding worker-launching
-    steps to the pool's limit while the others run beside them."""
+    step; a GPU node (one slot or more), or a CPU node whose workers share its cores: the
+    multiprocess executor, holding worker-launching steps to the pool's limit while the others
+    run beside them, its step processes forked from a server with the definitions imported."""
     from widen_dag.defs.workers import GPU_POOL_TAG, pool_executor_config
 
-    assert pool_executor_config(1, node_has_gpus=False) == {"execution": {"config": {"in_process": {}}}}
-    for limit in (1, 3):
-        multiprocess = pool_executor_config(limit, node_has_gpus=True)["execution"]["config"]["multiprocess"]
+    in_process = {"execution": {"config": {"in_process": {}}}}
+    assert pool_executor_config(1, node_has_gpus=False) == in_process
+    assert pool_executor_config(2, node_has_gpus=False, trainers_overlap=False) == in_process
+    for limit, gpus in ((1, True), (3, True), (2, False)):
+        multiprocess = pool_executor_config(limit, node_has_gpus=gpus)["execution"]["config"]["multiprocess"]
         assert multiprocess["tag_concurrency_limits"] == [{"key": GPU_POOL_TAG, "value": "gpu", "limit": limit}]
+        assert "widen_dag.definitions" in multiprocess["start_method"]["forkserver"]["preload_modules"]
 
 
 def test_every_worker_asset_has_a_retry_policy():
@@ -111,3 +115,26 @@ def test_every_worker_asset_has_a_retry_policy():
     assert workers
     for key, _ in workers:
         assert defs.get_assets_def(key).op.retry_policy is not None, key
+
+
+def test_only_runs_with_two_independent_trainers_share_a_cpu_machine_between_steps():
+    """The demo run trains the student (and the distillation baseline after it) beside the
+    policy; a DPO variant's run, the evaluation run (whole-node workers one after another) and
+    the smoke run have nothing to put side by side, so they keep the in-process executor."""
+    from widen_dag.defs.workers import shares_cores, trainers_can_overlap
+
+    def keys(job: str) -> list[dg.AssetKey]:
+        return list(defs.resolve_job_def(job).asset_layer.executable_asset_keys)
+
+    assert trainers_can_overlap(defs, keys("demo"))
+    for job in ("dpo_variants", "evaluation", "smoke"):
+        assert not trainers_can_overlap(defs, keys(job)), job
+    sharing = {k.to_user_string() for k, _ in _worker_assets() if shares_cores(defs.get_assets_def(k))}
+    assert sharing == {
+        "compute_environment",
+        "policy_model",
+        "student_base",
+        "distill_checkpoint",
+        "sft_checkpoint",
+        "dpo_checkpoint",
+    }

@@ -15,6 +15,7 @@ from widen_dag.defs.assets.problems import raw_problems, stg_problems
 from widen_dag.defs.partitions import register_profile_shards
 from widen_dag.defs.resources import PipelineResource
 from widen_dag.evaluate import report as ablation
+from widen_dag.launch.cpus import cpu_pool_limit
 from widen_dag.profiles import load_profile, profile_from_json
 from widen_dag.storage.lake import Lake
 
@@ -124,7 +125,14 @@ def test_demo_command_runs_every_shard_into_a_persistent_dagster_home(tiny_ci_de
     assert lake.partitions("search_trees") == shards
     with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
         policy = instance.get_latest_materialization_event(dg.AssetKey("policy_model")).asset_materialization
+        student = instance.get_latest_materialization_event(dg.AssetKey("student_base")).asset_materialization
         search = instance.get_latest_materialization_event(dg.AssetKey("search_trees")).asset_materialization
+        demo_run = next(r for r in runs if r.job_name == "demo")
+        steps = {
+            (e.dagster_event.event_type_value, e.dagster_event.step_key): e.timestamp
+            for e in instance.all_logs(demo_run.run_id)
+            if e.dagster_event is not None and e.dagster_event.step_key in ("policy_model", "student_base")
+        }
         sft = instance.get_latest_materialization_event(dg.AssetKey("sft_checkpoint")).asset_materialization
         # (a later run may re-materialize a DPO partition as reused: the trained ones carry the curves)
         dpo = [r.asset_materialization for r in instance.fetch_materializations(dg.AssetKey("dpo_checkpoint"), limit=50).records]
@@ -132,6 +140,11 @@ def test_demo_command_runs_every_shard_into_a_persistent_dagster_home(tiny_ci_de
     # (seen once: a worker's Pipes "closed" message lost, its metadata with it; see the session note)
     curves = [m.metadata["reward_curves"].value for m in dpo if "reward_curves" in m.metadata]
     assert curves and all(c.startswith("![DPO (") for c in curves)  # the reward curves drawn
+    # One tokenizer, trained by each model's worker from the same texts; so the student needs
+    # nothing from the policy, and on a CPU machine with two pool slots trains beside it.
+    assert policy.metadata["tokenizer_sha256"].value == student.metadata["tokenizer_sha256"].value
+    if cpu_pool_limit(None) >= 2:
+        assert steps[("STEP_START", "student_base")] < steps[("STEP_SUCCESS", "policy_model")]
     # The tiny policy's targets: search matters (20-70% single-sample) and the format holds.
     assert 0.2 <= policy.metadata["heldout_accuracy"].value <= 0.7
     assert policy.metadata["well_formed_rate"].value >= 0.95

@@ -44,7 +44,8 @@ def init_home() -> Path:
 
 
 def _gpu_pool_limit() -> int:
-    """Slots of pool `gpu` for this node and the profile in $WIDEN_DAG_PROFILE (1 without GPUs)."""
+    """Slots of pool `gpu` for this node and the profile in $WIDEN_DAG_PROFILE (without GPUs:
+    runtime.cpu_workers, widen_dag.launch.cpus)."""
     from widen_dag.launch.scaleout import gpu_pool_limit
     from widen_dag.profiles import load_profile
 
@@ -192,8 +193,9 @@ def _execute(
     steps, ``stage`` names a step there."""
     import dagster as dg
 
+    from widen_dag.definitions import defs
     from widen_dag.defs.console import following
-    from widen_dag.defs.workers import pool_executor_config
+    from widen_dag.defs.workers import pool_executor_config, trainers_can_overlap
     from widen_dag.launch.gpus import node_gpu_ids
 
     say = view.note if view is not None else print
@@ -202,13 +204,17 @@ def _execute(
     for line in release_orphaned_runs(instance):
         say(f"widen-dag: {line}")
     selection = None
+    keys = [k for k in target().asset_layer.executable_asset_keys if k.to_user_string() not in skip]
     if skip:
-        keys = target().asset_layer.executable_asset_keys
-        selection = [k for k in keys if k.to_user_string() not in skip]
+        selection = keys
     # The seed is run configuration of the pipeline resource (and a run tag to filter by), so
     # each seed's runs show it in the UI and launch the same way from there.
     limit = _pool_limit(instance)
-    run_config: dict = pool_executor_config(limit, node_has_gpus=bool(node_gpu_ids())) if limit is not None else {}
+    run_config: dict = (
+        pool_executor_config(limit, node_has_gpus=bool(node_gpu_ids()), trainers_overlap=trainers_can_overlap(defs, keys))
+        if limit is not None
+        else {}
+    )
     if seed is not None:
         run_config["resources"] = {"pipeline": {"config": {"seed": seed}}}
     launcher = (LAUNCHER_TAG, f"{socket.gethostname()}:{os.getpid()}")

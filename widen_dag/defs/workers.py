@@ -4,6 +4,7 @@
 through dagster-k8s's PipesK8sClient, with the pod spec from widen_dag.launch.scaleout.
 """
 
+import contextlib
 import os
 import tempfile
 import time
@@ -13,7 +14,7 @@ import dagster as dg
 from dagster._core.errors import DagsterPipesExecutionError  # not re-exported at top level in 1.13
 
 from widen_dag.defs.resources import PipelineResource
-from widen_dag.launch import gpus, scaleout
+from widen_dag.launch import cpus, gpus, scaleout
 from widen_dag.launch.failures import FAILURE_FILE_EXTRA, read_failure
 from widen_dag.launch.lifetime import LAUNCHER_PID_EXTRA
 from widen_dag.profiles import Profile
@@ -25,23 +26,51 @@ GPU_POOL_TAG = "widen_dag/pool"
 # same limit, so a step queued behind another step of its run starts as that one ends, instead of
 # at Dagster's next pool poll (a blocked step polls with back-off up to 15 s).
 GPU_POOL: dict[str, Any] = {"pool": "gpu", "op_tags": {GPU_POOL_TAG: "gpu"}}
+# On a machine without GPUs a pool-`gpu` worker takes the whole node (its engine fixes its threads
+# at start: vLLM, evaluation's processes) unless its asset says it shares the cores: the trainers,
+# whose threads follow the number of workers beside them (widen_dag.launch.cpus).
+CORES_TAG = "widen_dag/cores"
+SHARED_CORES_POOL: dict[str, Any] = {"pool": "gpu", "op_tags": {GPU_POOL_TAG: "gpu", CORES_TAG: "shared"}}
 
 
-def pool_executor_config(limit: int, node_has_gpus: bool = False) -> dict[str, Any]:
+def shares_cores(assets_def: dg.AssetsDefinition) -> bool:
+    return assets_def.op.tags.get(CORES_TAG) == "shared"
+
+
+def trainers_can_overlap(defs: dg.Definitions, keys: list[dg.AssetKey]) -> bool:
+    """Whether two of these assets that share the cores could run at once: neither is upstream
+    of the other (in the tiny demo, policy_model and student_base)."""
+    graph = defs.resolve_asset_graph()
+    sharing = [k for k in keys if shares_cores(defs.get_assets_def(k))]
+    upstream: dict[dg.AssetKey, set[dg.AssetKey]] = {}
+    for key in sharing:
+        seen, todo = set(), list(graph.get(key).parent_keys)
+        while todo:
+            parent = todo.pop()
+            if parent not in seen:
+                seen.add(parent)
+                todo.extend(graph.get(parent).parent_keys)
+        upstream[key] = seen
+    return any(a not in upstream[b] and b not in upstream[a] for i, a in enumerate(sharing) for b in sharing[i + 1 :])
+
+
+def pool_executor_config(limit: int, node_has_gpus: bool = False, trainers_overlap: bool = True) -> dict[str, Any]:
     """Run config for a run's executor given the instance's pool `gpu` limit.
 
-    A node without GPUs and one pool slot (a CPU machine): the in-process executor. The
-    worker-launching steps run one at a time anyway, and the others take a second or two on
-    the CPU profiles' data, so a process per step only adds its start (~2.5 s of Python and
-    Dagster imports per step on a 2-core CPU; ~50 s over the tiny demo's runs). The torch/vLLM
-    work still runs in Pipes workers, which stop themselves if this process dies
-    (``widen_dag.launch.lifetime``). Otherwise (GPUs: real profiles' SQL models and tokenizing
-    run beside the GPU steps, each step isolated in its process) the multiprocess executor,
-    with at most ``limit`` worker-launching steps of the run at once."""
-    if limit == 1 and not node_has_gpus:
+    A node without GPUs where the run's workers go one at a time (one pool slot, or no two
+    trainers of the run independent of each other: ``trainers_can_overlap``): the in-process
+    executor. The others steps take a second or two on the CPU profiles' data, and a process
+    per step would only add its start. The torch/vLLM work still runs in Pipes workers, which
+    stop themselves if this process dies (``widen_dag.launch.lifetime``). Otherwise (GPUs, or
+    trainers sharing a CPU machine's cores: ``widen_dag.launch.cpus``) the multiprocess
+    executor, with at most ``limit`` worker-launching steps of the run at once. Its step
+    processes fork from a server that has imported Dagster and the definitions once (a spawned
+    step process re-imports them: ~2.5 s per step on a 2-core CPU)."""
+    if (limit == 1 or not trainers_overlap) and not node_has_gpus:
         return {"execution": {"config": {"in_process": {}}}}
     limits = [{"key": GPU_POOL_TAG, "value": "gpu", "limit": limit}]
-    return {"execution": {"config": {"multiprocess": {"tag_concurrency_limits": limits}}}}
+    preload = {"forkserver": {"preload_modules": ["dagster", "widen_dag.definitions"]}}
+    return {"execution": {"config": {"multiprocess": {"tag_concurrency_limits": limits, "start_method": preload}}}}
 
 
 def run_worker(
@@ -55,16 +84,20 @@ def run_worker(
     fd, failure_file = tempfile.mkstemp(prefix="widen-dag-failure-", suffix=".json")
     os.close(fd)
     os.unlink(failure_file)  # the worker creates it only for an unrecoverable failure
-    # The GPUs this worker owns while it runs (pool `gpu` lets several run side by side on one node).
-    lease = gpus.gpu_lease(
-        scaleout.gpus_for(profile, module),
-        gpus.node_gpu_ids(profile.runtime.gpus_per_node),
-        on_wait=lambda message: context.log.info(f"{module}: {message}"),
-    )
+    # The GPUs this worker owns while it runs (pool `gpu` lets several run side by side on one node);
+    # on a node without GPUs, its share of the cores (or all of them).
+    node_gpus = gpus.node_gpu_ids(profile.runtime.gpus_per_node)
+    on_wait = lambda message: context.log.info(f"{module}: {message}")  # noqa: E731
+    lease = gpus.gpu_lease(scaleout.gpus_for(profile, module), node_gpus, on_wait=on_wait)
+    sharing = shares_cores(context.assets_def)
+    cores = contextlib.nullcontext(None) if node_gpus else cpus.cpu_lease(whole_node=not sharing, on_wait=on_wait)
     started = time.monotonic()
     try:
-        with lease as owned:
-            started = time.monotonic()  # waiting for GPUs is not running
+        with lease as owned, cores as share_dir:
+            started = time.monotonic()  # waiting for GPUs or cores is not running
+            env = {"CUDA_VISIBLE_DEVICES": ",".join(owned)} if owned else {}
+            if share_dir is not None and sharing:
+                env.update(cpus.worker_env(share_dir))
             return client.run(
                 command=scaleout.worker_argv(
                     module,
@@ -76,7 +109,7 @@ def run_worker(
                 context=context,
                 # the worker stops itself if this process dies (kill -9) while it runs
                 extras={**pipeline.worker_extras(profile), FAILURE_FILE_EXTRA: failure_file, LAUNCHER_PID_EXTRA: os.getpid()},
-                env={"CUDA_VISIBLE_DEVICES": ",".join(owned)} if owned else None,
+                env=env or None,
             ).get_materialize_result()
     except gpus.GpuLeaseError as err:
         raise unrecoverable_failure(module, str(err), "set runtime.gpus_per_node, or ask for fewer GPUs per worker") from None

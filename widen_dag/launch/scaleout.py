@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from widen_dag.launch import gpus
+from widen_dag.launch import cpus, gpus
 from widen_dag.profiles import K8sConfig, Profile, ProfileError
 from widen_dag.storage.lake import default_lake_root
 
@@ -117,8 +117,12 @@ def gpus_for(profile: Profile, module: str) -> int:
 
 def gpu_pool_limit(profile: Profile) -> int:
     """Slots of pool ``gpu`` on this node: how many search workers (one per problem shard) its
-    GPUs hold side by side. A stage that needs more GPUs waits for them (widen_dag.launch.gpus)."""
-    return gpus.pool_limit(len(gpus.node_gpu_ids(profile.runtime.gpus_per_node)), gpus_for(profile, "search"))
+    GPUs hold side by side. A stage that needs more GPUs waits for them (widen_dag.launch.gpus).
+    Without GPUs: ``runtime.cpu_workers`` (widen_dag.launch.cpus)."""
+    node_gpus = len(gpus.node_gpu_ids(profile.runtime.gpus_per_node))
+    if node_gpus == 0:
+        return cpus.cpu_pool_limit(profile.runtime.cpu_workers)
+    return gpus.pool_limit(node_gpus, gpus_for(profile, "search"))
 
 
 def k8s_settings(profile: Profile) -> K8sConfig:

@@ -702,6 +702,15 @@ class RuntimeConfig(_Strict):
             "else nvidia-smi; 0 when none). Sizes pool `gpu` (`widen-dag init-home`) and the GPU ids workers are handed."
         ),
     )
+    cpu_workers: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "On a machine without GPUs: workers run side by side (pool `gpu`'s slots, `widen-dag init-home`); training "
+            "workers split the cores between them, step by step, and vLLM/evaluation workers wait for the whole machine "
+            "(widen_dag.launch.cpus). Unset = 2 on a machine with 2+ cores, else 1; 1 runs every step in one process."
+        ),
+    )
 
     @model_validator(mode="after")
     def _k8s_settings(self) -> RuntimeConfig:

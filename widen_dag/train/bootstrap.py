@@ -221,6 +221,7 @@ def train_tiny(
     import torch
     from transformers import get_linear_schedule_with_warmup
 
+    from widen_dag.launch.cpus import ThreadShare
     from widen_dag.progress import ProgressReporter
 
     if not rows:
@@ -246,7 +247,9 @@ def train_tiny(
     window: list[float] = []
     model.train()
     start = time.perf_counter()
+    share = ThreadShare()  # beside another training worker on a CPU machine: half the cores, else all
     for step in range(1, steps + 1):
+        share.rebalance()
         batch = [examples[i] for i in next(batches)]
         width = max(len(ids) for ids, _ in batch)
         input_ids = torch.full((len(batch), width), pad, dtype=torch.long)

@@ -347,18 +347,24 @@ def resolve_device(pref: str) -> str:
 
 def logging_callback(stats: TrainStats, on_log: Callable[[str], None] | None):
     """A Trainer callback that records the loss curve (and DPO's reward accuracy) into ``stats``
-    and hands each line to ``on_log`` (the worker's Dagster log). The last step is always
+    and hands each line to ``on_log`` (the worker's Dagster log), and sets the torch threads to
+    this worker's share of a CPU machine before each step (widen_dag.launch.cpus). The last step is always
     logged, so a run shorter than ``logging_steps`` still has a final loss. ``stats.tokens``:
     the non-padding tokens this ``train()`` call trained on (a resumed run counts from where it
     resumed, like its seconds)."""
     from transformers import TrainerCallback
 
+    from widen_dag.launch.cpus import ThreadShare
     from widen_dag.progress import ProgressReporter
 
     class _Log(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
             self.tokens_at_start = state.num_input_tokens_seen
             self.progress = ProgressReporter(on_log) if on_log else None  # the console's bar (widen_dag.progress)
+            self.share = ThreadShare()  # beside another training worker on a CPU machine: half the cores, else all
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.share.rebalance()
 
         def on_step_end(self, args, state, control, **kwargs):
             if self.progress:

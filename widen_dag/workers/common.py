@@ -97,6 +97,10 @@ def open_worker() -> Iterator[Worker]:
     same context (profile, lake) and train silently.
     """
     _exit_cleanly_on_sigterm()
+    from widen_dag.launch.cpus import SHARE_DIR_ENV, ThreadShare
+
+    if os.environ.get(SHARE_DIR_ENV):
+        ThreadShare().rebalance()  # its share of a CPU machine's cores from the start (widen_dag.launch.cpus)
     if process_rank() > 0:
         params = PipesEnvVarParamsLoader().load_context_params()
         with PipesDefaultContextLoader().load_context(params) as data:

@@ -11,10 +11,13 @@ model (id, revision or path) without training.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import random
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from widen_dag import domains
@@ -29,6 +32,7 @@ from widen_dag.storage.artifacts import (
     MODEL_PROVENANCE,
     bootstrap_dir,
     bootstrap_parts,
+    cache_root,
     gguf_dir,
     gguf_file,
     gguf_parts,
@@ -82,15 +86,10 @@ def _bootstrap_seed(profile) -> int:
     return profile.seed if cfg.seed is None else cfg.seed
 
 
-def build_tiny(worker: Worker, which: str) -> dict:
-    import torch
-    from transformers import AutoTokenizer
-
-    profile = worker.profile
-    cfg = profile.models.bootstrap
-    seed = _bootstrap_seed(profile) + (0 if which == "policy" else 1)
-    device = resolve_device(profile.train.device)
-    exclude = _excluded_questions(worker)
+def _tiny_training_rows(worker: Worker, which: str, exclude: set[str]):
+    """(problems, arithmetic rows, instruction-following rows) the tiny ``which`` model trains on."""
+    cfg = worker.profile.models.bootstrap
+    seed = _bootstrap_seed(worker.profile) + (0 if which == "policy" else 1)
     problems = bootstrap.synthetic_problems(cfg.train_problems, cfg.steps, cfg.max_operand, seed, exclude, cfg.ops)
     if_tasks = _if_tasks(cfg, cfg.ifeval_problems, seed, exclude)
     rng = random.Random(seed)
@@ -99,27 +98,39 @@ def build_tiny(worker: Worker, which: str) -> dict:
         if_rows = [
             _tiny_row("instruction_following", t.prompt, bootstrap.tagged_if_solution(t, rng, cfg.error_rate)) for t in if_tasks
         ]
-        steps = cfg.policy_steps
     else:
         style = cfg.student_style
         arith_rows = [_tiny_row("arithmetic", p.question, bootstrap.student_solution(p, rng, style)) for p in problems]
         if_rows = [_tiny_row("instruction_following", t.prompt, bootstrap.student_if_solution(t, rng, style)) for t in if_tasks]
-        steps = cfg.student_steps
+    return problems, arith_rows, if_rows
+
+
+def _tiny_tokenizer(worker: Worker, exclude: set[str], out: Path):
+    """The tokenizer the tiny policy and student share, trained into ``out``. Each model's worker
+    trains it from the same texts (the BPE trainer is deterministic), so the student needs
+    nothing from the policy and both train side by side (widen_dag.launch.cpus)."""
+    problems, arith_rows, if_rows = _tiny_training_rows(worker, "policy", exclude)
+    # (The training run shuffles rows; the corpus takes each domain's first ones.)
+    corpus = [r["prompt"] + r["completion"] for r in arith_rows[:4000] + if_rows[:600]]
+    # The student shares the tokenizer, so its plain texts shape the vocabulary too.
+    corpus += [bootstrap.plain_solution(p) for p in problems[:2000]]
+    return bootstrap.train_tokenizer(corpus, worker.profile.models.bootstrap.vocab_size, out)
+
+
+def build_tiny(worker: Worker, which: str) -> dict:
+    import torch
+
+    profile = worker.profile
+    cfg = profile.models.bootstrap
+    seed = _bootstrap_seed(profile) + (0 if which == "policy" else 1)
+    device = resolve_device(profile.train.device)
+    exclude = _excluded_questions(worker)
+    _, arith_rows, if_rows = _tiny_training_rows(worker, which, exclude)
+    steps = cfg.policy_steps if which == "policy" else cfg.student_steps
     rows = arith_rows + if_rows
     torch.manual_seed(seed)
     with worker.lake.staged_dir(*bootstrap_parts(which)) as out:
-        if which == "policy":
-            # (The training run shuffles rows; the corpus takes each domain's first ones.)
-            corpus = [r["prompt"] + r["completion"] for r in arith_rows[:4000] + if_rows[:600]]
-            # The student shares the tokenizer, so its plain texts shape the vocabulary too.
-            corpus += [bootstrap.plain_solution(p) for p in problems[:2000]]
-            tokenizer = bootstrap.train_tokenizer(corpus, cfg.vocab_size, out)
-        else:
-            policy_dir = bootstrap_dir(worker.lake, "policy")
-            if not (policy_dir / "tokenizer.json").is_file():
-                raise RuntimeError(f"student_base needs policy_model's tokenizer at {policy_dir}: materialize policy_model first")
-            tokenizer = AutoTokenizer.from_pretrained(policy_dir)
-            tokenizer.save_pretrained(out)
+        tokenizer = _tiny_tokenizer(worker, exclude, out)
         stats = _train_and_save(worker, which, out, tokenizer, rows, steps, seed, device)
         metrics = evaluate_saved(worker, out, _heldout(cfg, profile.seed, exclude), cfg.eval_max_tokens)
     loss_png = line_plot_png({"train loss": [(float(s), v) for s, v in stats.losses]}, f"{which} SFT", "step", "loss")
@@ -127,6 +138,8 @@ def build_tiny(worker: Worker, which: str) -> dict:
         "path": str(bootstrap_dir(worker.lake, which)),
         "source": "bootstrap",
         "parameters": bootstrap.n_parameters_from_config(bootstrap_dir(worker.lake, which)),
+        # the same in policy_model's and student_base's metadata: one tokenizer, trained twice
+        "tokenizer_sha256": gguf.file_sha256(bootstrap_dir(worker.lake, which) / "tokenizer.json"),
         "train_steps": steps,
         "train_examples": stats.examples,
         "train_seconds": round(stats.seconds, 1),
@@ -288,7 +301,6 @@ def build_instruct(worker: Worker, which: str) -> dict:
     """tiny_instruct's models: a ChatML policy (and with ``models.critic: {source: bootstrap}`` a
     Llama-3-style critic of its own), or the ChatML student, trained on free-form text."""
     import torch
-    from transformers import AutoTokenizer
 
     profile = worker.profile
     cfg = profile.models.bootstrap
@@ -300,15 +312,15 @@ def build_instruct(worker: Worker, which: str) -> dict:
     torch.manual_seed(seed)
     extra: dict = {}
     with worker.lake.staged_dir(*bootstrap_parts(which)) as out:
+        # The ChatML tokenizer both share, trained from the policy's texts by each worker (as _tiny_tokenizer).
         if which == "policy":
-            corpus = [u + "\n" + a for u, a in pairs]
-            tokenizer = instruct.train_tokenizer(corpus, cfg.vocab_size, out, "chatml")
+            policy_pairs = pairs
         else:
-            policy_dir = bootstrap_dir(worker.lake, "policy")
-            if not (policy_dir / "tokenizer.json").is_file():
-                raise RuntimeError(f"student_base needs policy_model's tokenizer at {policy_dir}: materialize policy_model first")
-            tokenizer = AutoTokenizer.from_pretrained(policy_dir)
-            tokenizer.save_pretrained(out)
+            policy_seed = _bootstrap_seed(profile)
+            policy_pairs = _instruct_pairs(
+                *_instruct_problems(cfg, policy_seed, exclude), random.Random(policy_seed), cfg.error_rate
+            )
+        tokenizer = instruct.train_tokenizer([u + "\n" + a for u, a in policy_pairs], cfg.vocab_size, out, "chatml")
         steps = cfg.policy_steps if which == "policy" else cfg.student_steps
         stats = _train_instruct_model(worker, which, out, tokenizer, pairs, steps, seed)
         heldout = _instruct_heldout(cfg, profile.seed, exclude)
@@ -337,6 +349,8 @@ def build_instruct(worker: Worker, which: str) -> dict:
         "style": "instruct",
         "chat_template": "chatml (<|im_end|>)",
         "parameters": bootstrap.n_parameters_from_config(bootstrap_dir(worker.lake, which)),
+        # the same in policy_model's and student_base's metadata: one tokenizer, trained twice
+        "tokenizer_sha256": gguf.file_sha256(bootstrap_dir(worker.lake, which) / "tokenizer.json"),
         "train_steps": steps,
         "train_examples": stats.examples,
         "train_seconds": round(stats.seconds, 1),
@@ -345,6 +359,16 @@ def build_instruct(worker: Worker, which: str) -> dict:
         **metrics,
         **extra,
     }
+
+
+@contextlib.contextmanager
+def _machine_lock(name: str) -> Iterator[None]:
+    """An exclusive flock on ``name`` in this machine's cache folder (widen_dag.storage.artifacts.cache_root)."""
+    path = cache_root() / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def convert_gguf_models(worker: Worker, which: str) -> dict:
@@ -356,18 +380,21 @@ def convert_gguf_models(worker: Worker, which: str) -> dict:
         started = time.perf_counter()
         sha = gguf.file_sha256(src)
         folder = gguf_dir(worker.lake, ref)
-        if gguf.is_converted(folder, sha, ref.dtype):
-            record = read_model_provenance(folder) or {}
-            worker.log(f"{role}: {folder} already holds {src.name} (sha256 {sha[:12]}) as {ref.dtype}")
-        else:
-            worker.log(f"{role}: converting {src} (sha256 {sha[:12]}) to {ref.dtype} safetensors in {folder}")
-            provenance = {"gguf_file": ref.name, "package": ref.package, "gguf_sha256": sha, "gguf_bytes": src.stat().st_size}
-            if ref.package and not ref.package.endswith(".whl"):
-                import importlib.metadata
+        # policy_model and student_base run side by side and may name the same file: one converts,
+        # the other waits and finds the folder converted.
+        with _machine_lock(f"gguf-{sha[:16]}-{ref.dtype}"):
+            if gguf.is_converted(folder, sha, ref.dtype):
+                record = read_model_provenance(folder) or {}
+                worker.log(f"{role}: {folder} already holds {src.name} (sha256 {sha[:12]}) as {ref.dtype}")
+            else:
+                worker.log(f"{role}: converting {src} (sha256 {sha[:12]}) to {ref.dtype} safetensors in {folder}")
+                provenance = {"gguf_file": ref.name, "package": ref.package, "gguf_sha256": sha, "gguf_bytes": src.stat().st_size}
+                if ref.package and not ref.package.endswith(".whl"):
+                    import importlib.metadata
 
-                provenance["package_version"] = importlib.metadata.version(ref.package)
-            with worker.lake.staged_dir(*gguf_parts(ref)) as out:
-                record = gguf.convert(src, out, ref.dtype, provenance)
+                    provenance["package_version"] = importlib.metadata.version(ref.package)
+                with worker.lake.staged_dir(*gguf_parts(ref)) as out:
+                    record = gguf.convert(src, out, ref.dtype, provenance)
         prefix = "" if role in ("policy", "student") else f"{role}_"
         metadata.update(
             {

@@ -8,7 +8,7 @@ import polars as pl
 from widen_dag.defs.assets.training import student_version, train_checkpoint
 from widen_dag.defs.metadata import table_metadata, with_column_schema
 from widen_dag.defs.resources import PipelineResource
-from widen_dag.defs.workers import GPU_POOL, run_or_reuse
+from widen_dag.defs.workers import GPU_POOL, SHARED_CORES_POOL, run_or_reuse
 from widen_dag.domains import get_domain
 from widen_dag.evaluate import EVAL_SCHEMA, report
 from widen_dag.evaluate import table7 as table7_md
@@ -51,7 +51,7 @@ def distill_dataset(context: dg.AssetExecutionContext, pipeline: PipelineResourc
     group_name="training",
     kinds={"pytorch", "safetensors"},
     code_version="distill_checkpoint-v2",
-    **GPU_POOL,
+    **SHARED_CORES_POOL,
     deps=["distill_dataset", "student_base"],
     retry_policy=dg.RetryPolicy(max_retries=1, delay=10),
 )

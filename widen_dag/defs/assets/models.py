@@ -3,13 +3,12 @@
 import dagster as dg
 
 from widen_dag.defs.resources import PipelineResource
-from widen_dag.defs.workers import GPU_POOL, run_or_reuse, run_worker, unrecoverable_failure
+from widen_dag.defs.workers import SHARED_CORES_POOL, run_or_reuse, run_worker, unrecoverable_failure
 from widen_dag.launch.failures import Unrecoverable
 from widen_dag.llm import gguf
 from widen_dag.profiles import Profile
 from widen_dag.storage.artifacts import bootstrap_dir, check_model_available, gguf_dir, gguf_file, gguf_roles, resolve_model
 from widen_dag.storage.lake import Lake
-from widen_dag.storage.reuse import recorded_version
 
 
 def _named(
@@ -80,7 +79,7 @@ def _bootstrap(context, pipeline, client, which: str, inputs: dict) -> dg.Materi
     group_name="models",
     kinds={"pytorch", "vllm"},
     code_version="policy_model-v1",
-    **GPU_POOL,
+    **SHARED_CORES_POOL,
     deps=["stg_problems"],
     retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
 )
@@ -100,22 +99,17 @@ def policy_model(
 @dg.asset(
     group_name="models",
     kinds={"pytorch", "vllm"},
-    code_version="student_base-v1",
-    **GPU_POOL,
-    deps=["policy_model"],
+    code_version="student_base-v2",
+    **SHARED_CORES_POOL,
+    deps=["stg_problems"],
     retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
 )
 def student_base(
     context: dg.AssetExecutionContext, pipeline: PipelineResource, pipes_subprocess_client: dg.PipesSubprocessClient
 ) -> dg.MaterializeResult:
-    """The student before post-training. Tiny profile: the policy's architecture and tokenizer,
-    trained briefly on plain untagged solutions, so the training stages have something to
+    """The student before post-training. Tiny profile: the policy's architecture and tokenizer
+    (trained here from the same texts, so it needs nothing from policy_model and trains beside
+    it), trained briefly on plain untagged solutions, so the training stages have something to
     improve (reused like the policy). Real profiles: the named HF model, checked here."""
     lake = pipeline.lake()
-    return _bootstrap(
-        context,
-        pipeline,
-        pipes_subprocess_client,
-        "student",
-        {"stg_problems": lake.table_sha256("stg_problems"), "policy_model": recorded_version(lake, "policy_model")},
-    )
+    return _bootstrap(context, pipeline, pipes_subprocess_client, "student", {"stg_problems": lake.table_sha256("stg_problems")})

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from widen_dag.defs.resources import PipelineResource
-from widen_dag.defs.workers import GPU_POOL, run_or_reuse
+from widen_dag.defs.workers import SHARED_CORES_POOL, run_or_reuse
 from widen_dag.profiles import Profile
 from widen_dag.storage.artifacts import checkpoint_dir, read_manifest
 from widen_dag.storage.reuse import recorded_version
@@ -37,7 +37,7 @@ def train_checkpoint(
     group_name="training",
     kinds={"pytorch", "safetensors"},
     code_version="sft_checkpoint-v2",
-    **GPU_POOL,
+    **SHARED_CORES_POOL,
     deps=["sft_dataset", "student_base"],
     retry_policy=dg.RetryPolicy(max_retries=1, delay=10),
 )
@@ -67,7 +67,7 @@ def dpo_checkpoint_asset(profile: Profile) -> dg.AssetsDefinition:
         group_name="training",
         kinds={"pytorch", "safetensors"},
         code_version="dpo_checkpoint-v1",
-        **GPU_POOL,
+        **SHARED_CORES_POOL,
         partitions_def=dg.StaticPartitionsDefinition(list(profile.train.dpo.variants)),
         deps=["sft_checkpoint", "preference_pairs"],
         retry_policy=dg.RetryPolicy(max_retries=1, delay=10),

@@ -1,0 +1,126 @@
+"""A GPU-less machine shared by its workers: training workers side by side split the cores step
+by step, a whole-node worker (vLLM, evaluation) waits until it is alone."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from widen_dag.launch import cpus, scaleout
+from widen_dag.launch.cpus import SHARE_CORES_ENV, SHARE_DIR_ENV, ThreadShare, cpu_lease, sharing_workers
+from widen_dag.profiles import load_profile
+
+
+class _WouldWait(Exception):
+    pass
+
+
+def _refuse_to_wait(message: str) -> None:
+    raise _WouldWait(message)
+
+
+def _wait_in_thread(**lease_kwargs) -> tuple[threading.Thread, threading.Event, threading.Event]:
+    """A lease taken in a thread: (thread, it reported waiting, it got the lease)."""
+    waiting, got = threading.Event(), threading.Event()
+
+    def take() -> None:
+        with cpu_lease(poll_s=0.05, on_wait=lambda _: waiting.set(), **lease_kwargs):
+            got.set()
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    return thread, waiting, got
+
+
+def test_sharing_workers_are_counted_and_a_whole_node_worker_waits_until_they_are_done(tmp_path):
+    with contextlib.ExitStack() as first:
+        first.enter_context(cpu_lease(whole_node=False, lock_dir=tmp_path, on_wait=_refuse_to_wait))
+        with cpu_lease(whole_node=False, lock_dir=tmp_path, on_wait=_refuse_to_wait):
+            assert sharing_workers(tmp_path) == 2
+            thread, waiting, got = _wait_in_thread(whole_node=True, lock_dir=tmp_path)
+            assert waiting.wait(timeout=60) and not got.is_set()
+        assert sharing_workers(tmp_path) == 1 and not got.is_set()
+        first.close()
+        thread.join(timeout=60)
+        assert got.is_set()
+    assert sharing_workers(tmp_path) == 0
+
+
+def test_a_sharing_worker_waits_while_a_whole_node_worker_runs(tmp_path):
+    with cpu_lease(whole_node=True, lock_dir=tmp_path, on_wait=_refuse_to_wait):
+        thread, waiting, got = _wait_in_thread(whole_node=False, lock_dir=tmp_path)
+        assert waiting.wait(timeout=60) and not got.is_set()
+    thread.join(timeout=60)
+    assert got.is_set()
+
+
+def test_a_killed_sharing_worker_stops_counting_and_frees_the_node(tmp_path):
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, pathlib; from widen_dag.launch.cpus import cpu_lease\n"
+            f"with cpu_lease(whole_node=False, lock_dir=pathlib.Path({str(tmp_path)!r})):\n"
+            "    print('held', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert sharing_workers(tmp_path) == 1
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        assert sharing_workers(tmp_path) == 0  # its lease file is stale: removed, not counted
+        assert not list(tmp_path.glob("share-*.lock"))
+        with cpu_lease(whole_node=True, lock_dir=tmp_path, on_wait=_refuse_to_wait):
+            pass
+    finally:
+        holder.kill()
+
+
+def test_a_sharing_worker_takes_its_part_of_the_cores_and_all_of_them_once_alone(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv(SHARE_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(SHARE_CORES_ENV, "4")
+    before = torch.get_num_threads()
+    share = ThreadShare(every_s=0.0)
+    try:
+        with cpu_lease(whole_node=False, lock_dir=tmp_path):
+            with cpu_lease(whole_node=False, lock_dir=tmp_path):
+                share.rebalance()
+                assert torch.get_num_threads() == 2
+            share.rebalance()
+            assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_process_launched_without_a_lease_keeps_its_threads(monkeypatch):
+    import torch
+
+    monkeypatch.delenv(SHARE_DIR_ENV, raising=False)
+    before = torch.get_num_threads()
+    ThreadShare(every_s=0.0).rebalance()
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize(("cpu_workers", "slots"), [(None, 2), (1, 1), (3, 3)])
+def test_a_cpu_machine_pool_holds_runtime_cpu_workers(cpu_workers, slots, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(cpus, "node_cores", lambda: 2)
+    profile = load_profile("tiny")
+    profile = profile.model_copy(update={"runtime": profile.runtime.model_copy(update={"cpu_workers": cpu_workers})})
+    assert scaleout.gpu_pool_limit(profile) == slots
+
+
+def test_a_one_core_machine_runs_one_worker_at_a_time(monkeypatch):
+    monkeypatch.setattr(cpus, "node_cores", lambda: 1)
+    assert cpus.cpu_pool_limit(None) == 1
