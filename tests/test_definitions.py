@@ -102,7 +102,7 @@ def test_a_cpu_node_with_one_pool_slot_runs_steps_in_process_and_otherwise_in_fo
 
     in_process = {"execution": {"config": {"in_process": {}}}}
     assert pool_executor_config(1, node_has_gpus=False) == in_process
-    assert pool_executor_config(2, node_has_gpus=False, trainers_overlap=False) == in_process
+    assert pool_executor_config(2, node_has_gpus=False, side_by_side=False) == in_process
     for limit, gpus in ((1, True), (3, True), (2, False)):
         multiprocess = pool_executor_config(limit, node_has_gpus=gpus)["execution"]["config"]["multiprocess"]
         assert multiprocess["tag_concurrency_limits"] == [{"key": GPU_POOL_TAG, "value": "gpu", "limit": limit}]
@@ -123,12 +123,13 @@ def test_only_runs_with_two_independent_trainers_share_a_cpu_machine_between_ste
     the smoke run have nothing to put side by side, so they keep the in-process executor."""
     from widen_dag.defs.workers import shares_cores, trainers_can_overlap
 
-    def keys(job: str) -> list[dg.AssetKey]:
-        return list(defs.resolve_job_def(job).asset_layer.executable_asset_keys)
+    def overlap(name: str) -> bool:
+        job = defs.resolve_job_def(name)
+        return trainers_can_overlap(job, list(job.asset_layer.executable_asset_keys))
 
-    assert trainers_can_overlap(defs, keys("demo"))
-    for job in ("dpo_variants", "evaluation", "smoke"):
-        assert not trainers_can_overlap(defs, keys(job)), job
+    assert overlap("demo")
+    for name in ("dpo_variants", "evaluation", "smoke"):
+        assert not overlap(name), name
     sharing = {k.to_user_string() for k, _ in _worker_assets() if shares_cores(defs.get_assets_def(k))}
     assert sharing == {
         "compute_environment",

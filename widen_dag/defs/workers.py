@@ -37,11 +37,11 @@ def shares_cores(assets_def: dg.AssetsDefinition) -> bool:
     return assets_def.op.tags.get(CORES_TAG) == "shared"
 
 
-def trainers_can_overlap(defs: dg.Definitions, keys: list[dg.AssetKey]) -> bool:
-    """Whether two of these assets that share the cores could run at once: neither is upstream
-    of the other (in the tiny demo, policy_model and student_base)."""
-    graph = defs.resolve_asset_graph()
-    sharing = [k for k in keys if shares_cores(defs.get_assets_def(k))]
+def trainers_can_overlap(job: dg.JobDefinition, keys: list[dg.AssetKey]) -> bool:
+    """Whether two of the job's assets ``keys`` that share the cores could run at once: neither
+    is upstream of the other (in the tiny demo, policy_model and student_base)."""
+    graph = job.asset_layer.asset_graph
+    sharing = [k for k in keys if shares_cores(graph.get(k).assets_def)]
     upstream: dict[dg.AssetKey, set[dg.AssetKey]] = {}
     for key in sharing:
         seen, todo = set(), list(graph.get(key).parent_keys)
@@ -54,19 +54,20 @@ def trainers_can_overlap(defs: dg.Definitions, keys: list[dg.AssetKey]) -> bool:
     return any(a not in upstream[b] and b not in upstream[a] for i, a in enumerate(sharing) for b in sharing[i + 1 :])
 
 
-def pool_executor_config(limit: int, node_has_gpus: bool = False, trainers_overlap: bool = True) -> dict[str, Any]:
+def pool_executor_config(limit: int, node_has_gpus: bool = False, side_by_side: bool = True) -> dict[str, Any]:
     """Run config for a run's executor given the instance's pool `gpu` limit.
 
-    A node without GPUs where the run's workers go one at a time (one pool slot, or no two
-    trainers of the run independent of each other: ``trainers_can_overlap``): the in-process
-    executor. The others steps take a second or two on the CPU profiles' data, and a process
-    per step would only add its start. The torch/vLLM work still runs in Pipes workers, which
-    stop themselves if this process dies (``widen_dag.launch.lifetime``). Otherwise (GPUs, or
+    A node without GPUs where the run's workers go one at a time (one pool slot, or
+    ``side_by_side`` false: no two trainers of the run are independent of each other,
+    ``trainers_can_overlap``, and no other run executes beside it): the in-process executor.
+    The other steps take a second or two on the CPU profiles' data, and a process per step
+    would only add its start. The torch/vLLM work still runs in Pipes workers, which stop
+    themselves if this process dies (``widen_dag.launch.lifetime``). Otherwise (GPUs, or
     trainers sharing a CPU machine's cores: ``widen_dag.launch.cpus``) the multiprocess
     executor, with at most ``limit`` worker-launching steps of the run at once. Its step
     processes fork from a server that has imported Dagster and the definitions once (a spawned
     step process re-imports them: ~2.5 s per step on a 2-core CPU)."""
-    if (limit == 1 or not trainers_overlap) and not node_has_gpus:
+    if (limit == 1 or not side_by_side) and not node_has_gpus:
         return {"execution": {"config": {"in_process": {}}}}
     limits = [{"key": GPU_POOL_TAG, "value": "gpu", "limit": limit}]
     preload = {"forkserver": {"preload_modules": ["dagster", "widen_dag.definitions"]}}
