@@ -9,8 +9,11 @@ import subprocess
 import sys
 import threading
 
+import dagster as dg
 import pytest
 
+from widen_dag.defs.resources import PipelineResource
+from widen_dag.defs.workers import GPU_POOL, SHARED_CORES_POOL, run_worker
 from widen_dag.launch import cpus, scaleout
 from widen_dag.launch.cpus import SHARE_CORES_ENV, SHARE_DIR_ENV, ThreadShare, cpu_lease, sharing_workers
 from widen_dag.profiles import load_profile
@@ -124,3 +127,46 @@ def test_a_cpu_machine_pool_holds_runtime_cpu_workers(cpu_workers, slots, monkey
 def test_a_one_core_machine_runs_one_worker_at_a_time(monkeypatch):
     monkeypatch.setattr(cpus, "node_cores", lambda: 1)
     assert cpus.cpu_pool_limit(None) == 1
+
+
+_REPORT_SHARE = (
+    "import os, pathlib\nfrom dagster_pipes import open_dagster_pipes\n"
+    "from widen_dag.launch.cpus import SHARE_DIR_ENV, sharing_workers\n"
+    "with open_dagster_pipes() as pipes:\n"
+    "    folder = os.environ.get(SHARE_DIR_ENV)\n"
+    "    pipes.report_asset_materialization(metadata={'share_dir': folder or '',\n"
+    "        'sharing': sharing_workers(pathlib.Path(folder)) if folder else 0})\n"
+)
+
+
+class _ReportShare(dg.PipesSubprocessClient):
+    def run(self, *, command, context, extras=None, env=None, **kwargs):
+        return super().run(command=[sys.executable, "-c", _REPORT_SHARE], context=context, extras=extras, env=env)
+
+
+def _launched(asset_fn, tmp_path) -> dict:
+    res = {
+        "pipeline": PipelineResource(profile="tiny", lake_root=str(tmp_path / "lake")),
+        "pipes_subprocess_client": _ReportShare(),
+    }
+    result = dg.materialize([asset_fn], resources=res)
+    return {k: v.value for k, v in result.asset_materializations_for_node(asset_fn.op.name)[0].metadata.items()}
+
+
+def test_a_trainer_asset_runs_its_worker_on_a_shared_lease_and_a_whole_node_asset_alone(tmp_path, monkeypatch):
+    """The op tag decides: a SHARED_CORES_POOL asset's worker is told where its fellow trainers'
+    leases are (and counts itself among them); a GPU_POOL asset's worker holds the node alone."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # a machine without GPUs
+    monkeypatch.setenv(cpus.LOCK_DIR_ENV, str(tmp_path / "locks"))
+
+    @dg.asset(name="a_trainer", **SHARED_CORES_POOL)
+    def a_trainer(context, pipeline: PipelineResource, pipes_subprocess_client: dg.PipesSubprocessClient):
+        return run_worker(context, pipeline, pipes_subprocess_client, "environment")
+
+    @dg.asset(name="an_engine", **GPU_POOL)
+    def an_engine(context, pipeline: PipelineResource, pipes_subprocess_client: dg.PipesSubprocessClient):
+        return run_worker(context, pipeline, pipes_subprocess_client, "environment")
+
+    shared = _launched(a_trainer, tmp_path)
+    assert shared["share_dir"] == str(tmp_path / "locks") and shared["sharing"] == 1
+    assert _launched(an_engine, tmp_path)["share_dir"] == ""

@@ -10,12 +10,13 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from widen_dag.cli import _pool_limit
 from widen_dag.defs.assets.environment import compute_environment
 from widen_dag.defs.assets.problems import raw_problems, stg_problems
 from widen_dag.defs.partitions import register_profile_shards
 from widen_dag.defs.resources import PipelineResource
 from widen_dag.evaluate import report as ablation
-from widen_dag.launch.cpus import cpu_pool_limit
+from widen_dag.launch.gpus import node_gpu_ids
 from widen_dag.profiles import load_profile, profile_from_json
 from widen_dag.storage.lake import Lake
 
@@ -129,6 +130,7 @@ def test_demo_command_runs_every_shard_into_a_persistent_dagster_home(tiny_ci_de
         search = instance.get_latest_materialization_event(dg.AssetKey("search_trees")).asset_materialization
         demo_run = next(r for r in runs if r.job_name == "demo")
         dpo_runs = instance.get_run_records(filters=dg.RunsFilter(job_name="dpo_variants"))
+        slots = _pool_limit(instance)
         steps = {
             (e.dagster_event.event_type_value, e.dagster_event.step_key): e.timestamp
             for e in instance.all_logs(demo_run.run_id)
@@ -144,8 +146,13 @@ def test_demo_command_runs_every_shard_into_a_persistent_dagster_home(tiny_ci_de
     # One tokenizer, trained by each model's worker from the same texts; so the student needs
     # nothing from the policy, and on a CPU machine with two pool slots trains beside it.
     assert policy.metadata["tokenizer_sha256"].value == student.metadata["tokenizer_sha256"].value
-    if cpu_pool_limit(None) >= 2:
+    if slots >= 2 and not node_gpu_ids():
         assert steps[("STEP_START", "student_base")] < steps[("STEP_SUCCESS", "policy_model")]
+        # They shared the cores while both trained (a whole-node lease would keep each at all
+        # of them), and the policy had them all once alone.
+        cores = len(os.sched_getaffinity(0))
+        assert student.metadata["torch_threads"].value.startswith(str(cores // 2))
+        assert policy.metadata["torch_threads"].value.endswith(str(cores))
         # and the DPO variants' runs go two at a time
         spans = sorted((r.start_time, r.end_time) for r in dpo_runs)
         assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))

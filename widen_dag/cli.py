@@ -285,12 +285,20 @@ def _execute_group(group: list[tuple], seed: int | None, view, side_by_side: int
         return all([_execute(job, tags, label, seed, skip, view=view, stage=stage)[0] for job, tags, label, skip, stage in group])
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=side_by_side, thread_name_prefix="widen-dag-run") as pool:
-        results = pool.map(
-            lambda run: _execute(run[0], run[1], run[2], seed, run[3], view=view, stage=run[4], beside_other_runs=True)[0],
-            group,
-        )
-        return all(list(results))
+    pool = ThreadPoolExecutor(max_workers=side_by_side, thread_name_prefix="widen-dag-run")
+    try:
+        futures = [
+            pool.submit(_execute, job, tags, label, seed, skip, view=view, stage=stage, beside_other_runs=True)
+            for job, tags, label, skip, stage in group
+        ]
+        return all([f.result()[0] for f in futures])
+    except KeyboardInterrupt:
+        # Ctrl-C reaches the running runs' workers (the terminal's process group); the queued
+        # runs must not start after it.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 def _run_planned(name: str, seed: int | None, reuse_base_models: bool, console, live: bool | None) -> bool:

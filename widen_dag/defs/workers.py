@@ -64,12 +64,14 @@ def pool_executor_config(limit: int, node_has_gpus: bool = False, side_by_side: 
     would only add its start. The torch/vLLM work still runs in Pipes workers, which stop
     themselves if this process dies (``widen_dag.launch.lifetime``). Otherwise (GPUs, or
     trainers sharing a CPU machine's cores: ``widen_dag.launch.cpus``) the multiprocess
-    executor, with at most ``limit`` worker-launching steps of the run at once. Its step
-    processes fork from a server that has imported Dagster and the definitions once (a spawned
-    step process re-imports them: ~2.5 s per step on a 2-core CPU)."""
+    executor, with at most ``limit`` worker-launching steps of the run at once. On a CPU machine
+    its step processes fork from a server that has imported Dagster and the definitions once (a
+    spawned step process re-imports them: ~2.5 s per step on a 2-core CPU)."""
     if (limit == 1 or not side_by_side) and not node_has_gpus:
         return {"execution": {"config": {"in_process": {}}}}
     limits = [{"key": GPU_POOL_TAG, "value": "gpu", "limit": limit}]
+    if node_has_gpus:  # Dagster's default start (spawn): a fresh interpreter per step, as before
+        return {"execution": {"config": {"multiprocess": {"tag_concurrency_limits": limits}}}}
     preload = {"forkserver": {"preload_modules": ["dagster", "widen_dag.definitions"]}}
     return {"execution": {"config": {"multiprocess": {"tag_concurrency_limits": limits, "start_method": preload}}}}
 

@@ -8,7 +8,8 @@ side by side have half each. On this project's 2-core CPU two 1-thread trainers 
 steps per second of one 2-thread trainer, and the thread count leaves the results bit for bit
 unchanged. Workers whose engines fix their threads when they start (vLLM, evaluation's
 processes) need the whole node: they wait until the sharing workers are done, and sharing
-workers wait while one of them runs.
+workers wait while one of them runs. Only workers started here with ``runtime.kind: local`` take
+leases: pods bring their own cores, and a GPU node's workers own GPUs instead.
 
 Like GPU leases (``widen_dag.launch.gpus``) a lease is an ``flock`` held by the process that
 launched the worker, which the kernel drops when that process ends, however it ends.
@@ -46,15 +47,28 @@ def cpu_pool_limit(cpu_workers: int | None) -> int:
 
 def default_lock_dir() -> Path:
     """``$WIDEN_DAG_CPU_LOCKS``, or one folder per user in the system temp folder: shared by every
-    Dagster run on the machine."""
+    Dagster run of this user on the machine (another user's workers are not counted)."""
     return Path(os.environ.get(LOCK_DIR_ENV) or Path(tempfile.gettempdir()) / f"widen_dag-cpu-locks-{os.getuid()}")
 
 
-def _locked_exclusively_elsewhere(path: Path) -> bool:
-    """Whether another process holds ``path``'s flock; a lease file nobody holds is stale (its
-    holder died) and is removed."""
+def _own_lock_dir(folder: Path) -> None:
+    """Create ``folder`` private to this user, and refuse one that another user owns or can
+    write (in a shared /tmp they could otherwise hold the node's lock for ever)."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = folder.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise PermissionError(
+            f"CPU lease folder {folder} belongs to another user or is writable by others: "
+            f"remove it, or set ${LOCK_DIR_ENV} to a folder of your own"
+        )
+
+
+def _held(path: Path) -> bool:
+    """Whether a process holds ``path``'s flock; a lease file nobody holds is stale (its
+    holder died) and is removed. Opened without creating it: a file its holder just removed
+    stays removed."""
     try:
-        handle = path.open("a")
+        handle = path.open("r")
     except FileNotFoundError:
         return False
     with handle:
@@ -68,8 +82,13 @@ def _locked_exclusively_elsewhere(path: Path) -> bool:
 
 
 def sharing_workers(lock_dir: Path) -> int:
-    """How many sharing workers hold a lease in ``lock_dir`` now."""
-    return sum(_locked_exclusively_elsewhere(p) for p in lock_dir.glob("share-*.lock"))
+    """How many sharing workers hold a lease in ``lock_dir`` now (and, on the way, the files of
+    leases whose holders died, or died while taking one, removed)."""
+    for half_made in lock_dir.glob(".new-*"):
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - half_made.stat().st_mtime > 60:  # (a young one may be about to be locked)
+                _held(half_made)
+    return sum(_held(p) for p in lock_dir.glob("share-*.lock"))
 
 
 @contextlib.contextmanager
@@ -83,7 +102,7 @@ def cpu_lease(
     exclusively. Each sharing worker also holds its own ``share-*.lock`` file, so the others can
     count it."""
     folder = lock_dir or default_lock_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    _own_lock_dir(folder)
     node = (folder / "node.lock").open("a")
     mode = fcntl.LOCK_EX if whole_node else fcntl.LOCK_SH
     own: Path | None = None
@@ -135,17 +154,26 @@ class ThreadShare:
         self.cores = int(os.environ.get(SHARE_CORES_ENV) or node_cores())
         self.every_s = every_s
         self._checked = float("-inf")
+        self.used: set[int] = set()  # the thread counts the steps ran with
 
     def threads(self) -> int:
         assert self.folder is not None
         return max(1, self.cores // max(1, sharing_workers(self.folder)))
 
     def rebalance(self) -> None:
-        if self.folder is None or time.monotonic() - self._checked < self.every_s:
-            return
-        self._checked = time.monotonic()
         import torch
 
-        wanted = self.threads()
-        if torch.get_num_threads() != wanted:
-            torch.set_num_threads(wanted)
+        if self.folder is not None and time.monotonic() - self._checked >= self.every_s:
+            self._checked = time.monotonic()
+            wanted = self.threads()
+            if torch.get_num_threads() != wanted:
+                torch.set_num_threads(wanted)
+        self.used.add(torch.get_num_threads())
+
+    def span(self) -> str:
+        """The torch threads the steps ran with, e.g. "1-2" for a trainer that shared the cores
+        for a while and then had them all (metadata: ``torch_threads``)."""
+        if not self.used:
+            return ""
+        low, high = min(self.used), max(self.used)
+        return str(low) if low == high else f"{low}-{high}"

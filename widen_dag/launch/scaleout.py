@@ -118,9 +118,9 @@ def gpus_for(profile: Profile, module: str) -> int:
 def gpu_pool_limit(profile: Profile) -> int:
     """Slots of pool ``gpu`` on this node: how many search workers (one per problem shard) its
     GPUs hold side by side. A stage that needs more GPUs waits for them (widen_dag.launch.gpus).
-    Without GPUs: ``runtime.cpu_workers`` (widen_dag.launch.cpus)."""
+    Local workers without GPUs: ``runtime.cpu_workers`` (widen_dag.launch.cpus)."""
     node_gpus = len(gpus.node_gpu_ids(profile.runtime.gpus_per_node))
-    if node_gpus == 0:
+    if node_gpus == 0 and profile.runtime.kind == "local":  # pods bring their own cores
         return cpus.cpu_pool_limit(profile.runtime.cpu_workers)
     return gpus.pool_limit(node_gpus, gpus_for(profile, "search"))
 

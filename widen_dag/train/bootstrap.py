@@ -278,6 +278,7 @@ def train_tiny(
                 on_log(f"step {step}/{steps} loss {stats.losses[-1][1]:.4f}")
     stats.seconds = time.perf_counter() - start
     stats.steps = steps
+    stats.torch_threads = share.span()
     model.eval()
     model.config.use_cache = True
     return stats

@@ -30,6 +30,7 @@ class TrainStats:
     masked_prefix_tokens: int = 0
     rewards_accuracy: float | None = None
     reward_curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # DPO: REWARD_CURVES per step
+    torch_threads: str = ""  # the torch threads its steps ran with ("1-2": shared the cores a while)
     processes: int = 1  # data-parallel processes the steps were computed for
     global_batch: int = 0  # examples (or pairs) per optimizer step across all processes
     # The model to save once training ends (LoRA merged into the weights) and, under FSDP /
@@ -374,6 +375,7 @@ def logging_callback(stats: TrainStats, on_log: Callable[[str], None] | None):
 
         def on_train_end(self, args, state, control, **kwargs):
             stats.tokens = state.num_input_tokens_seen - self.tokens_at_start
+            stats.torch_threads = self.share.span()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:

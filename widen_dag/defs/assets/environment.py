@@ -3,14 +3,14 @@
 import dagster as dg
 
 from widen_dag.defs.resources import PipelineResource
-from widen_dag.defs.workers import SHARED_CORES_POOL, run_worker
+from widen_dag.defs.workers import GPU_POOL, run_worker
 
 
 @dg.asset(
     group_name="models",
     kinds={"pytorch", "python"},
     code_version="compute_environment-v1",
-    **SHARED_CORES_POOL,
+    **GPU_POOL,
     retry_policy=dg.RetryPolicy(max_retries=1, delay=2),
 )
 def compute_environment(
