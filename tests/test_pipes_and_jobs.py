@@ -129,7 +129,6 @@ def test_demo_command_runs_every_shard_into_a_persistent_dagster_home(tiny_ci_de
         student = instance.get_latest_materialization_event(dg.AssetKey("student_base")).asset_materialization
         search = instance.get_latest_materialization_event(dg.AssetKey("search_trees")).asset_materialization
         demo_run = next(r for r in runs if r.job_name == "demo")
-        dpo_runs = instance.get_run_records(filters=dg.RunsFilter(job_name="dpo_variants"))
         slots = _pool_limit(instance)
         steps = {
             (e.dagster_event.event_type_value, e.dagster_event.step_key): e.timestamp
@@ -153,9 +152,6 @@ def test_demo_command_runs_every_shard_into_a_persistent_dagster_home(tiny_ci_de
         cores = len(os.sched_getaffinity(0))
         assert student.metadata["torch_threads"].value.startswith(str(cores // 2))
         assert policy.metadata["torch_threads"].value.endswith(str(cores))
-        # and the DPO variants' runs go two at a time
-        spans = sorted((r.start_time, r.end_time) for r in dpo_runs)
-        assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
     # The tiny policy's targets: search matters (20-70% single-sample) and the format holds.
     assert 0.2 <= policy.metadata["heldout_accuracy"].value <= 0.7
     assert policy.metadata["well_formed_rate"].value >= 0.95

@@ -133,8 +133,6 @@ def failed_steps(instance, run_id: str) -> list[str]:
 SEED_TAG = "widen_dag/seed"
 # host:pid of the widen-dag process that executes a run in-process (no daemon watches those).
 LAUNCHER_TAG = "widen_dag/launcher"
-# Which of a command's planned runs (`_planned_runs`) a run is, e.g. dpo_variants[cdpo].
-PLANNED_TAG = "widen_dag/planned_run"
 
 
 def release_orphaned_runs(instance) -> list[str]:
@@ -190,13 +188,9 @@ def _execute(
     skip: tuple[str, ...] = (),
     view=None,
     stage=lambda step: step,
-    beside_other_runs: bool = False,
 ) -> tuple[bool, str]:
-    """One run of ``target``, executed from this process; ``view`` (a StageView) follows its
-    steps, ``stage`` names a step there. ``beside_other_runs``: other threads execute runs
-    meanwhile, so its steps run in processes of their own (the in-process executor captures a
-    step's output by swapping this process's stdout and stderr, which two runs at once would
-    leave pointing at one of their log files)."""
+    """One run of ``target``, executed in this process; ``view`` (a StageView) follows its
+    steps, ``stage`` names a step there."""
     import dagster as dg
 
     from widen_dag.defs.console import following
@@ -217,19 +211,16 @@ def _execute(
     # each seed's runs show it in the UI and launch the same way from there.
     limit = _pool_limit(instance)
     run_config: dict = (
-        pool_executor_config(
-            limit, node_has_gpus=bool(node_gpu_ids()), side_by_side=beside_other_runs or trainers_can_overlap(job, keys)
-        )
+        pool_executor_config(limit, node_has_gpus=bool(node_gpu_ids()), side_by_side=trainers_can_overlap(job, keys))
         if limit is not None
         else {}
     )
     if seed is not None:
         run_config["resources"] = {"pipeline": {"config": {"seed": seed}}}
-    # host:pid and the planned run's label: the stage view finds this run among those beside it
-    mine = {LAUNCHER_TAG: f"{socket.gethostname()}:{os.getpid()}", PLANNED_TAG: label}
-    tags = {**tags, **mine}
+    launcher = (LAUNCHER_TAG, f"{socket.gethostname()}:{os.getpid()}")
+    tags = {**tags, launcher[0]: launcher[1]}
     tags = tags if seed is None else {**tags, SEED_TAG: str(seed)}
-    follow = following(view, mine, _FOLLOWED_RUNS, stage) if view is not None else contextlib.nullcontext()
+    follow = following(view, launcher, _FOLLOWED_RUNS, stage) if view is not None else contextlib.nullcontext()
     with (
         follow,
         dg.execute_job(
@@ -257,48 +248,23 @@ RUN_IDS: list[str] = []  # this command's runs, for the UI links printed last
 _FOLLOWED_RUNS: set[str] = set()
 
 
-def _planned_runs(name: str, profile, reuse_base_models: bool) -> list[list[tuple]]:
-    """Groups of runs of a command, one group after another; the runs of a group are
-    independent of each other. Each run: (job, tags, label, skip, stage name of a step).
-    `smoke` is one run; `demo` is the shard-partitioned pipeline in one run, then one run per
-    DPO variant partition (a job may hold only one partitioning), then the evaluation."""
+def _planned_runs(name: str, profile, reuse_base_models: bool) -> list[tuple]:
+    """(job, tags, label, skip, stage name of a step) for each run of a command: `smoke` is one
+    run; `demo` is the shard-partitioned pipeline in one run, then one run per DPO variant
+    partition (a job may hold only one partitioning), then the evaluation."""
     from widen_dag.defs.jobs import all_shards_tags
 
     if name == "smoke":
-        return [[(_smoke_job, all_shards_tags(profile.shard_keys()), name, (), lambda step: step)]]
+        return [(_smoke_job, all_shards_tags(profile.shard_keys()), name, (), lambda step: step)]
     skip = BASE_MODEL_ASSETS if reuse_base_models else ()
     return [
-        [(_demo_job, all_shards_tags(profile.shard_keys()), name, skip, lambda step: step)],
-        [
+        (_demo_job, all_shards_tags(profile.shard_keys()), name, skip, lambda step: step),
+        *[
             (_dpo_variants_job, {"dagster/partition": v}, f"dpo_variants[{v}]", (), lambda step, v=v: f"{step}[{v}]")
             for v in profile.train.dpo.variants
         ],
-        [(_evaluation_job, {}, "evaluation", (), lambda step: step)],
+        (_evaluation_job, {}, "evaluation", (), lambda step: step),
     ]
-
-
-def _execute_group(group: list[tuple], seed: int | None, view, side_by_side: int) -> bool:
-    """The runs of one group, up to ``side_by_side`` at once (the pool's slots: the DPO variants
-    train beside each other, on a CPU machine sharing its cores, on a GPU node each on its
-    GPUs); every run of the group is executed even when one fails."""
-    if side_by_side <= 1 or len(group) == 1:
-        return all([_execute(job, tags, label, seed, skip, view=view, stage=stage)[0] for job, tags, label, skip, stage in group])
-    from concurrent.futures import ThreadPoolExecutor
-
-    pool = ThreadPoolExecutor(max_workers=side_by_side, thread_name_prefix="widen-dag-run")
-    try:
-        futures = [
-            pool.submit(_execute, job, tags, label, seed, skip, view=view, stage=stage, beside_other_runs=True)
-            for job, tags, label, skip, stage in group
-        ]
-        return all([f.result()[0] for f in futures])
-    except KeyboardInterrupt:
-        # Ctrl-C reaches the running runs' workers (the terminal's process group); the queued
-        # runs must not start after it.
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    finally:
-        pool.shutdown(wait=True)
 
 
 def _run_planned(name: str, seed: int | None, reuse_base_models: bool, console, live: bool | None) -> bool:
@@ -310,22 +276,19 @@ def _run_planned(name: str, seed: int | None, reuse_base_models: bool, console, 
     from widen_dag.progress import StageView
 
     profile = load_profile()
-    instance = dg.DagsterInstance.get()
-    register_profile_shards(instance, profile)
-    groups = _planned_runs(name, profile, reuse_base_models)
-    side_by_side = _pool_limit(instance) or 1
+    register_profile_shards(dg.DagsterInstance.get(), profile)
+    runs = _planned_runs(name, profile, reuse_base_models)
     view = StageView(console, live=live)
-    for group in groups:
-        for job, _, _, skip, stage in group:
-            for step in step_names(job()):
-                if step not in skip:
-                    view.add(stage(step))
+    for job, _, _, skip, stage in runs:
+        for step in step_names(job()):
+            if step not in skip:
+                view.add(stage(step))
     ok = True
     with view:
-        for i, group in enumerate(groups):
-            ok = _execute_group(group, seed, view, side_by_side)
+        for i, (job, tags, label, skip, stage) in enumerate(runs):
+            ok, _ = _execute(job, tags, label, seed, skip, view=view, stage=stage)
             if not ok:
-                view.abandon([s(step) for later in groups[i:] for job_, *_, s in later for step in step_names(job_())])
+                view.abandon([s(step) for job_, *_, s in runs[i:] for step in step_names(job_())])
                 break
     return ok
 

@@ -70,10 +70,9 @@ class RunFollower:
 
 
 @contextlib.contextmanager
-def following(view: StageView, tags: dict[str, str], seen: set[str], stage: Callable[[str], str]) -> Iterator[None]:
+def following(view: StageView, launcher: tuple[str, str], seen: set[str], stage: Callable[[str], str]) -> Iterator[None]:
     """While the body executes a run, show its events in ``view``. The run is the newest one
-    with ``tags`` (this process's, and the planned run's when several run at once) that is not
-    in ``seen``; it is added to ``seen``."""
+    tagged ``launcher`` (this process) that is not in ``seen``; it is added to ``seen``."""
     stop = threading.Event()
 
     def follow() -> None:
@@ -82,7 +81,7 @@ def following(view: StageView, tags: dict[str, str], seen: set[str], stage: Call
             while True:
                 last = stop.is_set()
                 if follower is None:
-                    runs = instance.get_runs(filters=dg.RunsFilter(tags=tags), limit=1)
+                    runs = instance.get_runs(filters=dg.RunsFilter(tags=dict([launcher])), limit=1)
                     if runs and runs[0].run_id not in seen:
                         seen.add(runs[0].run_id)
                         follower = RunFollower(instance, runs[0].run_id, view, stage)

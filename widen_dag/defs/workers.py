@@ -59,7 +59,7 @@ def pool_executor_config(limit: int, node_has_gpus: bool = False, side_by_side: 
 
     A node without GPUs where the run's workers go one at a time (one pool slot, or
     ``side_by_side`` false: no two trainers of the run are independent of each other,
-    ``trainers_can_overlap``, and no other run executes beside it): the in-process executor.
+    ``trainers_can_overlap``): the in-process executor.
     The other steps take a second or two on the CPU profiles' data, and a process per step
     would only add its start. The torch/vLLM work still runs in Pipes workers, which stop
     themselves if this process dies (``widen_dag.launch.lifetime``). Otherwise (GPUs, or
