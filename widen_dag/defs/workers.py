@@ -42,15 +42,7 @@ def trainers_can_overlap(job: dg.JobDefinition, keys: list[dg.AssetKey]) -> bool
     is upstream of the other (in the tiny demo, policy_model and student_base)."""
     graph = job.asset_layer.asset_graph
     sharing = [k for k in keys if shares_cores(graph.get(k).assets_def)]
-    upstream: dict[dg.AssetKey, set[dg.AssetKey]] = {}
-    for key in sharing:
-        seen, todo = set(), list(graph.get(key).parent_keys)
-        while todo:
-            parent = todo.pop()
-            if parent not in seen:
-                seen.add(parent)
-                todo.extend(graph.get(parent).parent_keys)
-        upstream[key] = seen
+    upstream = {key: graph.get_ancestor_asset_keys(key) for key in sharing}
     return any(a not in upstream[b] and b not in upstream[a] for i, a in enumerate(sharing) for b in sharing[i + 1 :])
 
 

@@ -128,7 +128,9 @@ def checkpoint_processes(profile: Profile, checkpoints: int) -> tuple[int, int |
     per-step Python overhead that a second core does not shorten but a second process halves;
     one process on a GPU or with vLLM (an engine already uses every core it is given)."""
     ev = profile.eval
-    cores = len(os.sched_getaffinity(0))
+    from widen_dag.launch.cpus import node_cores
+
+    cores = node_cores()
     if ev.processes is not None:
         wanted = ev.processes
     elif ev.backend == "transformers" and profile.generation.device == "cpu":
