@@ -143,3 +143,16 @@ def test_two_workers_launched_together_get_disjoint_cuda_visible_devices(tmp_pat
     assert len(results) == 2 and all(r.success for r in results)
     owned = [r.asset_materializations_for_node("compute_environment")[0].metadata["gpus"].value for r in results]
     assert sorted(owned) == ["0", "1"]
+
+
+@pytest.mark.parametrize("lease", ["gpu", "cpu"])
+def test_a_lease_folder_others_can_write_is_refused_with_what_to_do(tmp_path, lease):
+    from widen_dag.launch.cpus import cpu_lease
+
+    shared = tmp_path / "locks"
+    shared.mkdir()
+    shared.chmod(0o777)  # as a folder another user made in a shared /tmp could be
+    take = gpu_lease(1, ["0"], lock_dir=shared) if lease == "gpu" else cpu_lease(whole_node=True, lock_dir=shared)
+    with pytest.raises(PermissionError, match=f"{lease.upper()} lease folder .* writable by others: remove it, or set"), take:
+        pass
+    assert not any(shared.iterdir())  # nothing was locked there

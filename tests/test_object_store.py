@@ -9,6 +9,7 @@ import sys
 import textwrap
 import uuid
 
+import polars as pl
 import pytest
 
 from tests.lakes import publish_checkpoint
@@ -324,3 +325,19 @@ def test_evaluation_and_mcts_decode_run_on_checkpoints_that_exist_only_in_the_bu
     assert sorted(d["checkpoint"] for d in _downloads()) == sorted(
         checkpoint_dir(s3_lake, n) for n in ("distill", "sft", "dpo-dpo")
     )
+
+
+def test_a_profile_that_builds_its_base_models_fails_on_an_object_store_lake_saying_what_to_use(s3_lake, tmp_path):
+    import dagster as dg
+
+    from widen_dag.defs.assets.models import policy_model
+    from widen_dag.defs.resources import PipelineResource
+
+    s3_lake.write_table("stg_problems", pl.DataFrame({"problem_id": ["p"]}))
+    res = {"pipeline": PipelineResource(profile="tiny", lake_root=s3_lake.root), "pipes_subprocess_client": dg.PipesSubprocessClient()}
+    result = dg.materialize([policy_model], resources=res, raise_on_error=False)
+    assert not result.success
+    failure = result.failure_data_for_node("policy_model").error.message
+    assert f"a bootstrap model is built into the lake's models/ folder, which workers read from local disk, and this lake is {s3_lake.root}" in failure
+    assert "use a local lake" in failure and "source: path" in failure
+    assert not s3_lake.children("models")  # failed before any worker built something there

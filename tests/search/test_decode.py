@@ -54,3 +54,38 @@ def test_table7_puts_mcts_decode_beside_sampling_at_equal_k():
     assert got["mcts"] == pytest.approx((0.5, 1.0))  # a at rollout 1, b at rollout 3
     table = markdown_table7(summary, [1, 4])
     assert "| SFT | 25.0 | 50.0 |" in table and "| SFT + MCTS decode | 50.0 | 100.0 |" in table
+
+
+def test_decode_diagnostics_count_how_rollouts_ended_and_which_node_types_the_token_limit_cut(tmp_path):
+    from widen_dag.evaluate.table7 import decode_diagnostics, markdown_diagnostics
+
+    store = TreeStore(Lake(str(tmp_path)), "dec", "k")
+    backend = FakeBackend(p_correct=0.2, truncate_every=4)  # a quarter of all thoughts hit the token limit
+    rows, _ = mcts_decode(backend, _ctx(backend, 4), arithmetic_problems(12), store)
+    nodes, _ = store.load()
+    sampled = [
+        {"problem_id": "a", "cut_off": True, "no_answer": True},
+        {"problem_id": "a", "cut_off": False, "no_answer": False},
+        {"problem_id": "b", "cut_off": False, "no_answer": True},
+        {"problem_id": "b", "cut_off": False, "no_answer": False},
+    ]
+    d = decode_diagnostics(nodes, sampled)
+
+    terminal = nodes.filter(pl.col("is_terminal") & ~pl.col("node_type").is_in(["root", "reflection"]))
+    assert d["mcts_paths"] == int(terminal["samples"].fill_null(1).sum()) > 0
+    assert d["mcts_correct_share"] + d["mcts_wrong_share"] + d["mcts_no_answer_share"] == pytest.approx(1.0, abs=1e-3)
+    assert 0 < d["mcts_no_answer_share"] < 1  # cut-off thoughts end their rollout without an answer
+    # every no-answer rollout of the fake ended at a thought the token limit cut off
+    assert sum(d["no_answer_ends"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert all(end.endswith(": length") for end in d["no_answer_ends"])
+    solved_paths = terminal.filter(pl.col("reward") > 0)["samples"].fill_null(1).sum()
+    assert d["mcts_correct_share"] == pytest.approx(solved_paths / d["mcts_paths"], abs=1e-4)
+    assert sum(r.solved for r in rows) <= solved_paths
+    # every generated node type shows up with its own cut-off share, near the injected quarter overall
+    assert set(d["cut_off_by_node_type"]) == set(nodes["node_type"]) - {"root", "reflection"}
+    assert set(d["foreign_tag_by_node_type"].values()) == {0.0}
+    assert 0.1 < d["mcts_cut_off_share"] < 0.4
+    assert (d["sampled"], d["sampled_cut_off_rate"], d["sampled_no_answer_rate"]) == (4, 0.25, 0.5)
+
+    text = markdown_diagnostics({("sft", "arith"): d})
+    assert text.splitlines()[2].startswith("| SFT | arith | ")

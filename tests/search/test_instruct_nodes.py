@@ -77,9 +77,23 @@ def test_an_answer_node_ended_by_eos_is_verified_and_stored_closed():
 def test_a_cut_off_or_malformed_node_is_a_counted_no_answer_not_a_verified_one():
     backend = ScriptedBackend({"answer": [(" \\boxed{18", "length"), (" 18</thinking>", "stop")]})
     tree = Tree("t", "p", "math", "What is 9 + 9?", "18", seed=0)
-    kids = _expand(tree, tree.root, _ctx(backend, action_graph={"root": {"answer": 2}}), {"policy": backend})
+    ctx = _ctx(backend, action_graph={"root": {"answer": 2}}, foreign_tag_ends_thought=False)
+    kids = _expand(tree, tree.root, ctx, {"policy": backend})
     assert [k.ended_by for k in kids] == ["length", "foreign_tag"]
     assert all(k.no_answer and k.is_terminal and k.reward == 0.0 for k in kids)
+    assert kids[1].text == "<answer>The answer is: 18</thinking>"  # kept as the model left it
+
+
+def test_an_answer_closed_with_the_previous_nodes_tag_is_read_and_stored_with_its_own():
+    # SmolLM2's own answer node text (smollm2_cpu search): it copies the double-check's closing tag.
+    backend = ScriptedBackend({"answer": [(" 2</double-check>", "stop"), (" 3</double-check>", "stop")]})
+    tree = Tree("t", "p", "arithmetic", "Finn has 5 coins. Finn gives away 3. How many coins does Finn have now?", "2", seed=0)
+    kids = _expand(tree, tree.root, _ctx(backend, action_graph={"root": {"answer": 2}}), {"policy": backend})
+    assert [k.ended_by for k in kids] == ["foreign_tag", "foreign_tag"]  # still counted as such in format_stats
+    right, wrong = kids
+    assert right.text == "<answer>The answer is: 2</answer>" and is_well_formed(right.text)
+    assert right.is_terminal and right.reward == 1.0 and not right.no_answer
+    assert wrong.reward == 0.0 and not wrong.no_answer and wrong.answer == "3"
 
 
 def test_an_extra_stop_string_ends_a_thought_at_a_paragraph_break():

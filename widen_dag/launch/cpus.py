@@ -20,11 +20,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from widen_dag.launch import lock_dirs
 
 LOCK_DIR_ENV = "WIDEN_DAG_CPU_LOCKS"
 # Set by the launcher for a worker that shares the node: where its fellow workers' leases are.
@@ -48,19 +49,7 @@ def cpu_pool_limit(cpu_workers: int | None) -> int:
 def default_lock_dir() -> Path:
     """``$WIDEN_DAG_CPU_LOCKS``, or one folder per user in the system temp folder: shared by every
     Dagster run of this user on the machine (another user's workers are not counted)."""
-    return Path(os.environ.get(LOCK_DIR_ENV) or Path(tempfile.gettempdir()) / f"widen_dag-cpu-locks-{os.getuid()}")
-
-
-def _own_lock_dir(folder: Path) -> None:
-    """Create ``folder`` private to this user, and refuse one that another user owns or can
-    write (in a shared /tmp they could otherwise hold the node's lock for ever)."""
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = folder.stat()
-    if info.st_uid != os.getuid() or info.st_mode & 0o022:
-        raise PermissionError(
-            f"CPU lease folder {folder} belongs to another user or is writable by others: "
-            f"remove it, or set ${LOCK_DIR_ENV} to a folder of your own"
-        )
+    return lock_dirs.default_lock_dir(LOCK_DIR_ENV, "cpu")
 
 
 def _held(path: Path) -> bool:
@@ -102,7 +91,7 @@ def cpu_lease(
     exclusively. Each sharing worker also holds its own ``share-*.lock`` file, so the others can
     count it."""
     folder = lock_dir or default_lock_dir()
-    _own_lock_dir(folder)
+    lock_dirs.own_lock_dir(folder, LOCK_DIR_ENV, "CPU")
     node = (folder / "node.lock").open("a")
     mode = fcntl.LOCK_EX if whole_node else fcntl.LOCK_SH
     own: Path | None = None

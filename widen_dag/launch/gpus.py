@@ -15,11 +15,12 @@ import fcntl
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
+
+from widen_dag.launch import lock_dirs
 
 LOCK_DIR_ENV = "WIDEN_DAG_GPU_LOCKS"
 
@@ -68,7 +69,7 @@ def pool_limit(node_gpus: int, gpus_per_worker: int) -> int:
 def default_lock_dir() -> Path:
     """``$WIDEN_DAG_GPU_LOCKS``, or one folder per user in the system temp folder: shared by every
     Dagster run on the machine."""
-    return Path(os.environ.get(LOCK_DIR_ENV) or Path(tempfile.gettempdir()) / f"widen_dag-gpu-locks-{os.getuid()}")
+    return lock_dirs.default_lock_dir(LOCK_DIR_ENV, "gpu")
 
 
 def _try_lock(path: Path) -> IO[str] | None:
@@ -97,8 +98,7 @@ def gpu_lease(
         return
     if count > len(ids):
         raise GpuLeaseError(f"a worker needs {count} GPUs, this node has {len(ids)} ({','.join(ids)})")
-    folder = lock_dir or default_lock_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = lock_dirs.own_lock_dir(lock_dir or default_lock_dir(), LOCK_DIR_ENV, "GPU")
     held: dict[str, IO[str]] = {}
     waited = False
     try:

@@ -13,7 +13,6 @@ traces back to.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -22,14 +21,6 @@ from widen_dag.storage.artifacts import MODEL_PROVENANCE, read_model_provenance
 
 CONVERTER_VERSION = "gguf-to-hf-v1"  # bump when the conversion's output can change
 _DTYPES = {"float32", "bfloat16", "float16"}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def converter_versions() -> dict[str, str]:

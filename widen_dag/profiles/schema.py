@@ -334,6 +334,12 @@ class SearchConfig(_Strict):
         description="A thought the model ends with its end-of-turn token (finish reason stop, no stop string) "
         "counts as closed, as real instruct models end after \\boxed{18}; off: such a node is a no-answer dead end.",
     )
+    foreign_tag_ends_thought: bool = Field(
+        True,
+        description="A thought that ends with another node type's closing tag counts as closed, stored with "
+        "its own tag (a chat model copies the previous node's tag: 'The answer is: 2</double-check>'); "
+        "off: such a node is a malformed no-answer dead end.",
+    )
     merge_identical_siblings: bool = Field(
         True,
         description="Identical sibling samples become one node with a samples count (a model at low "

@@ -14,13 +14,18 @@ import polars as pl
 from widen_dag.search.tree import NODE_ENDS
 
 
+def generated_nodes(nodes: pl.DataFrame) -> pl.DataFrame:
+    """The nodes a model wrote: not the root (the question) nor the fixed reflection sentence."""
+    return nodes.filter(~pl.col("node_type").is_in(["root", "reflection"]))
+
+
 def format_stats(nodes: pl.DataFrame) -> list[dict[str, Any]]:
     """One row per generated node type: nodes, samples, no-answer rate and the share of each end.
 
     A node's no-answer is set when its path ends there without an extractable answer (a cut-off
     or malformed thought, or an answer node with nothing to extract); samples counts merged twins.
     """
-    generated = nodes.filter(~pl.col("node_type").is_in(["root", "reflection"]))
+    generated = generated_nodes(nodes)
     if generated.is_empty():
         return []
     if "samples" not in generated.columns:
@@ -40,7 +45,7 @@ def format_stats(nodes: pl.DataFrame) -> list[dict[str, Any]]:
 
 def overall_ends(nodes: pl.DataFrame) -> dict[str, float]:
     """Shares of generated nodes closed by their tag (or a stop string) vs by end of turn, and cut off."""
-    generated = nodes.filter(~pl.col("node_type").is_in(["root", "reflection"]))
+    generated = generated_nodes(nodes)
     n = generated.height
     if not n:
         return {"tag_closed_share": 0.0, "eos_ended_share": 0.0, "cut_off_share": 0.0}

@@ -71,7 +71,9 @@ def node_ending(node_type: str, text: str, finish_reason: str, extra_stops: tupl
     A thought is complete when it ends with its closing tag, with one of the type's extra stop
     strings, or when the model ended its turn (EOS: finish reason "stop" with no stop string
     in the text) as real instruct models do after ``\\boxed{18}``. Another type's closing tag
-    is malformed, and the token limit cuts it off: both end the path as a no-answer.
+    (returned without that tag) closes it only where the search allows
+    (``search.foreign_tag_ends_thought``); the token limit cuts it off: a path ending there is a
+    no-answer.
     """
     own = close_tag(node_type)
     if text.endswith(own):
@@ -79,8 +81,9 @@ def node_ending(node_type: str, text: str, finish_reason: str, extra_stops: tupl
     for stop in extra_stops:
         if text.endswith(stop):
             return "stop_string", text[: -len(stop)].rstrip()
-    if any(text.endswith(close_tag(t)) for t in NODE_TYPES):
-        return "foreign_tag", text
+    for other in NODE_TYPES:
+        if text.endswith(close_tag(other)):
+            return "foreign_tag", text[: -len(close_tag(other))]
     if finish_reason == "stop":
         return "eos", text.rstrip()
     return "length", text
@@ -136,8 +139,13 @@ def apply_expansion(tree: Tree, exp: Expansion, results: list[list[Sample]], ctx
         seen: dict[str, dict] = {}
         for s in samples:
             ended_by, content = node_ending(child_type, s.text, s.finish_reason, extra.get(child_type, ()))
-            closed = ended_by in ("tag", "stop_string") or (ended_by == "eos" and ctx.cfg.eos_ends_thought)
-            if ended_by == "eos" and not closed:
+            closed = (
+                ended_by in ("tag", "stop_string")
+                or (ended_by == "eos" and ctx.cfg.eos_ends_thought)
+                # a real chat model copies the previous node's closing tag ("The answer is: 2</double-check>")
+                or (ended_by == "foreign_tag" and ctx.cfg.foreign_tag_ends_thought)
+            )
+            if not closed:
                 content = s.text  # kept as the model left it
             # A closed thought is stored with its closing tag, however it ended, so every path
             # reads as well-formed tagged thoughts; an open one is kept as the model left it.

@@ -40,6 +40,15 @@ class LakeError(RuntimeError):
     """A lake path or name that cannot be used."""
 
 
+def file_sha256(path: Path) -> str:
+    """A local file's sha256, read in 1 MiB chunks (model files do not fit in memory twice)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _check_name(asset: str) -> str:
     if not _NAME_RE.match(asset):
         raise LakeError(f"asset name {asset!r} is not a valid identifier (letters, digits, _)")
@@ -364,10 +373,7 @@ class TableWriter:
 
     def commit(self) -> Written:
         self.close()
-        digest = hashlib.sha256()
-        with open(self.staged, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(chunk)
+        sha256 = file_sha256(Path(self.staged))
         fs = self.lake.fs
         try:
             if self.lake.is_local:
@@ -385,7 +391,7 @@ class TableWriter:
         finally:
             self.abort()
         self.lake.refresh_catalog(self.asset)
-        return Written(self.lake.table_uri(self.asset, self.partition), digest.hexdigest(), self.rows)
+        return Written(self.lake.table_uri(self.asset, self.partition), sha256, self.rows)
 
     def abort(self) -> None:
         """Drop the staged file (after a failure); the published table, if any, is untouched."""

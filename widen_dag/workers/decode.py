@@ -19,10 +19,10 @@ import polars as pl
 
 from widen_dag.domains.base import Problem
 from widen_dag.evaluate import eval_problem_sets, sample_and_score
-from widen_dag.evaluate.table7 import DECODE_SCHEMA, markdown_table7, summarize_decode
+from widen_dag.evaluate.table7 import DECODE_SCHEMA, decode_diagnostics, markdown_diagnostics, markdown_table7, summarize_decode
 from widen_dag.llm import eval_backend_from_profile
 from widen_dag.profiles import Profile
-from widen_dag.reporting.markdown import md
+from widen_dag.reporting.markdown import json_value, md
 from widen_dag.search.decode import decode_config, mcts_decode
 from widen_dag.search.mcts import SearchContext
 from widen_dag.search.store import TreeStore, config_hash
@@ -48,15 +48,16 @@ class _Variant:
     lake: Lake
 
 
-def decode_checkpoint(task: _Variant) -> tuple[str, list[pl.DataFrame], int, list[str]]:
+def decode_checkpoint(task: _Variant) -> tuple[str, list[pl.DataFrame], int, list[str], dict[str, dict]]:
     """MCTS decoding and N samples of one checkpoint on every eval set: (variant, row frames,
-    trees reused, log lines). The results do not depend on which process runs it."""
+    trees reused, log lines, diagnostics per eval set). The results do not depend on which
+    process runs it."""
     profile, variant, published = task.profile, task.variant, task.published
     ev, gen, dc = profile.eval, profile.generation, profile.eval.mcts_decode
     seed = profile.seed + profile.search.seed
     cfg = decode_config(profile.search, dc.rollouts)
     n_samples = max(dc.test_at)
-    frames, logs, reused = [], [], 0
+    frames, logs, reused, diagnostics = [], [], 0, {}
     backend = eval_backend_from_profile(profile, task.model, seed=seed)
     ctx = SearchContext(
         cfg=cfg,
@@ -96,6 +97,9 @@ def decode_checkpoint(task: _Variant) -> tuple[str, list[pl.DataFrame], int, lis
                 seed=profile.seed,
             )
             t2 = time.perf_counter()
+            nodes, _ = store.load()
+            ids = [p.problem_id for p in problems]
+            diagnostics[eval_set] = decode_diagnostics(nodes.filter(pl.col("problem_id").is_in(ids)), sampled)
             by_problem: dict[str, list[bool]] = {}
             for r in sampled:
                 by_problem.setdefault(r["problem_id"], []).append(r["correct"])
@@ -134,7 +138,7 @@ def decode_checkpoint(task: _Variant) -> tuple[str, list[pl.DataFrame], int, lis
             )
     finally:
         backend.close()
-    return variant, frames, reused, logs
+    return variant, frames, reused, logs, diagnostics
 
 
 def decode_all(worker: Worker) -> dict:
@@ -147,12 +151,12 @@ def decode_all(worker: Worker) -> dict:
     eval_engines_in_this_process(profile)
     # From an object-store lake each checkpoint is downloaded to the local cache here, once.
     tasks = [_Variant(v, models[v], local_model(models[v], worker.lake), sets, profile, worker.lake) for v in dc.variants]
-    results: dict[str, tuple[list[pl.DataFrame], int]] = {}
+    results: dict[str, tuple[list[pl.DataFrame], int, dict[str, dict]]] = {}
 
-    def collect(variant: str, frames: list[pl.DataFrame], reused: int, logs: list[str]) -> None:
+    def collect(variant: str, frames: list[pl.DataFrame], reused: int, logs: list[str], diagnostics: dict) -> None:
         for line in logs:
             worker.log(line)
-        results[variant] = (frames, reused)
+        results[variant] = (frames, reused, diagnostics)
         worker.progress("checkpoints decoded", len(results), len(tasks))
 
     if processes > 1:
@@ -163,6 +167,7 @@ def decode_all(worker: Worker) -> dict:
     reused = sum(results[v][1] for v in dc.variants)
     written = worker.lake.write_table("mcts_decode", table)
     summary = summarize_decode(table, dc.test_at)
+    diagnostics = {(v, s): d for v in dc.variants for s, d in results[v][2].items()}
     return {
         "metadata": {
             "path": written.uri,
@@ -173,6 +178,9 @@ def decode_all(worker: Worker) -> dict:
             "decode_seconds": round(time.perf_counter() - start, 1),
             "decode_processes": processes,
             "table7": md(markdown_table7(summary, dc.test_at)),
+            # Why MCTS decode and sampling differ: how rollouts ended, what the token limit cut.
+            "decode_diagnostics": md(markdown_diagnostics(diagnostics)),
+            "decode_diagnostics_json": json_value({f"{v}/{s}": d for (v, s), d in diagnostics.items()}),
         },
         "data_version": written.sha256,
     }

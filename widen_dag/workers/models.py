@@ -39,6 +39,7 @@ from widen_dag.storage.artifacts import (
     gguf_roles,
     read_model_provenance,
 )
+from widen_dag.storage.lake import file_sha256
 from widen_dag.train import bootstrap, instruct
 from widen_dag.train.trainer import resolve_device
 from widen_dag.workers.common import Worker, eval_engines_in_this_process, open_worker
@@ -139,7 +140,7 @@ def build_tiny(worker: Worker, which: str) -> dict:
         "source": "bootstrap",
         "parameters": bootstrap.n_parameters_from_config(bootstrap_dir(worker.lake, which)),
         # the same in policy_model's and student_base's metadata: one tokenizer, trained twice
-        "tokenizer_sha256": gguf.file_sha256(bootstrap_dir(worker.lake, which) / "tokenizer.json"),
+        "tokenizer_sha256": file_sha256(bootstrap_dir(worker.lake, which) / "tokenizer.json"),
         "train_steps": steps,
         "train_examples": stats.examples,
         "train_seconds": round(stats.seconds, 1),
@@ -351,7 +352,7 @@ def build_instruct(worker: Worker, which: str) -> dict:
         "chat_template": "chatml (<|im_end|>)",
         "parameters": bootstrap.n_parameters_from_config(bootstrap_dir(worker.lake, which)),
         # the same in policy_model's and student_base's metadata: one tokenizer, trained twice
-        "tokenizer_sha256": gguf.file_sha256(bootstrap_dir(worker.lake, which) / "tokenizer.json"),
+        "tokenizer_sha256": file_sha256(bootstrap_dir(worker.lake, which) / "tokenizer.json"),
         "train_steps": steps,
         "train_examples": stats.examples,
         "train_seconds": round(stats.seconds, 1),
@@ -380,7 +381,7 @@ def convert_gguf_models(worker: Worker, which: str) -> dict:
     for role, field, ref in gguf_roles(worker.profile, which):
         src = gguf_file(ref, field)
         started = time.perf_counter()
-        sha = gguf.file_sha256(src)
+        sha = file_sha256(src)
         folder = gguf_dir(worker.lake, ref)
         # policy_model and student_base run side by side and may name the same file: one converts,
         # the other waits and finds the folder converted.

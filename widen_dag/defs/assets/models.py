@@ -8,7 +8,7 @@ from widen_dag.launch.failures import Unrecoverable
 from widen_dag.llm import gguf
 from widen_dag.profiles import Profile
 from widen_dag.storage.artifacts import bootstrap_dir, check_model_available, gguf_dir, gguf_file, gguf_roles, resolve_model
-from widen_dag.storage.lake import Lake
+from widen_dag.storage.lake import Lake, file_sha256
 
 
 def _named(
@@ -48,7 +48,7 @@ def _gguf(context, pipeline, client, profile: Profile, lake: Lake, which: str) -
             path = gguf_file(ref, field)
         except Unrecoverable as err:
             raise unrecoverable_failure(f"{which} model", err.cause, err.fix) from None
-        shas[role] = gguf.file_sha256(path)
+        shas[role] = file_sha256(path)
         present = present and gguf.is_converted(gguf_dir(lake, ref), shas[role], ref.dtype)
     if which == "policy" and profile.models.policy.source != "gguf":
         return _named(context, pipeline, client, profile, lake, which)  # converts the GGUF critic too
@@ -59,6 +59,16 @@ def _gguf(context, pipeline, client, profile: Profile, lake: Lake, which: str) -
 def _bootstrap(context, pipeline, client, which: str, inputs: dict) -> dg.MaterializeResult:
     profile, lake = pipeline.load_profile(), pipeline.lake()
     ref = profile.models.policy if which == "policy" else profile.models.student
+    built = [r for r in (ref, profile.models.critic if which == "policy" else None) if r and r.source in ("bootstrap", "gguf")]
+    if built and not lake.is_local:
+        # Workers load base models from a local folder; only checkpoints are downloaded from object storage.
+        raise unrecoverable_failure(
+            f"{which} model",
+            f"a {built[0].source} model is built into the lake's models/ folder, which workers read from local "
+            f"disk, and this lake is {lake.root}",
+            "use a local lake (or one mounted on every node) for profiles that bootstrap or convert their base models, "
+            "or convert once on a local lake and name the folder with source: path",
+        )
     if gguf_roles(profile, which):
         return _gguf(context, pipeline, client, profile, lake, which)
     if ref.source != "bootstrap":
