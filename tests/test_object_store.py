@@ -334,10 +334,16 @@ def test_a_profile_that_builds_its_base_models_fails_on_an_object_store_lake_say
     from widen_dag.defs.resources import PipelineResource
 
     s3_lake.write_table("stg_problems", pl.DataFrame({"problem_id": ["p"]}))
-    res = {"pipeline": PipelineResource(profile="tiny", lake_root=s3_lake.root), "pipes_subprocess_client": dg.PipesSubprocessClient()}
+    res = {
+        "pipeline": PipelineResource(profile="tiny", lake_root=s3_lake.root),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+    }
     result = dg.materialize([policy_model], resources=res, raise_on_error=False)
     assert not result.success
     failure = result.failure_data_for_node("policy_model").error.message
-    assert f"a bootstrap model is built into the lake's models/ folder, which workers read from local disk, and this lake is {s3_lake.root}" in failure
+    assert (
+        f"a bootstrap model is built into the lake's models/ folder, which workers read from local disk, and this lake is {s3_lake.root}"
+        in failure
+    )
     assert "use a local lake" in failure and "source: path" in failure
     assert not s3_lake.children("models")  # failed before any worker built something there
