@@ -43,7 +43,7 @@ def test_tiny_instruct_demo_runs_end_to_end_with_math_blocksworld_and_instructio
         search = instance.get_latest_materialization_event(dg.AssetKey("search_trees")).asset_materialization
         policy = instance.get_latest_materialization_event(dg.AssetKey("policy_model")).asset_materialization
     meta = search.metadata
-    shares = [meta[k].value for k in ("tag_closed_share", "eos_ended_share", "cut_off_share")]
+    shares = [meta[k].value for k in ("tag_closed_share", "eos_ended_share", "foreign_tag_share", "cut_off_share")]
     assert abs(sum(shares) - 1.0) < 1e-3
     assert set(meta["no_answer_rate_by_node_type"].value) >= {"sub_task", "thinking", "answer"}
     assert meta["critic_engine"].value["requests"] > 0

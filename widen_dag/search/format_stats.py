@@ -44,14 +44,17 @@ def format_stats(nodes: pl.DataFrame) -> list[dict[str, Any]]:
 
 
 def overall_ends(nodes: pl.DataFrame) -> dict[str, float]:
-    """Shares of generated nodes closed by their tag (or a stop string) vs by end of turn, and cut off."""
+    """Shares of generated nodes closed by their tag (or a stop string), ended by end of turn,
+    ended by another type's closing tag (closed or a dead end, per search.foreign_tag_ends_thought)
+    and cut off by the per-node token limit; they sum to 1."""
     generated = generated_nodes(nodes)
     n = generated.height
     if not n:
-        return {"tag_closed_share": 0.0, "eos_ended_share": 0.0, "cut_off_share": 0.0}
+        return {"tag_closed_share": 0.0, "eos_ended_share": 0.0, "foreign_tag_share": 0.0, "cut_off_share": 0.0}
     ended = generated["ended_by"].fill_null("")
     return {
         "tag_closed_share": round(float(ended.is_in(["tag", "stop_string"]).sum()) / n, 4),
         "eos_ended_share": round(float((ended == "eos").sum()) / n, 4),
-        "cut_off_share": round(float(ended.is_in(["length", "foreign_tag"]).sum()) / n, 4),
+        "foreign_tag_share": round(float((ended == "foreign_tag").sum()) / n, 4),
+        "cut_off_share": round(float((ended == "length").sum()) / n, 4),
     }
