@@ -226,7 +226,12 @@ def test_format_stats_give_no_answer_rate_and_endings_per_node_type():
     assert set(stats) == {"thinking", "answer"}
     assert stats["thinking"]["no_answer_rate"] == 0.5 and stats["thinking"]["tag"] == 0.5 and stats["thinking"]["length"] == 0.5
     assert stats["answer"]["eos"] == 1.0 and stats["answer"]["samples"] == 4 and stats["answer"]["no_answer_rate"] == 0.5
-    assert overall_ends(nodes) == {"tag_closed_share": 0.25, "eos_ended_share": 0.5, "foreign_tag_share": 0.0, "cut_off_share": 0.25}
+    assert overall_ends(nodes) == {
+        "tag_closed_share": 0.25,
+        "eos_ended_share": 0.5,
+        "foreign_tag_share": 0.0,
+        "cut_off_share": 0.25,
+    }
 
 
 def test_eos_closing_and_sibling_merging_can_be_switched_off():
