@@ -18,7 +18,7 @@ def _ctx(backend: FakeBackend, rollouts: int) -> SearchContext:
 
 def test_decode_stops_at_the_first_correct_answer_or_after_n_rollouts(tmp_path):
     backend = FakeBackend(p_correct=0.3)
-    rows, reused = mcts_decode(backend, _ctx(backend, 6), arithmetic_problems(20), TreeStore(Lake(str(tmp_path)), "dec", "k"))
+    rows, reused, _ = mcts_decode(backend, _ctx(backend, 6), arithmetic_problems(20), TreeStore(Lake(str(tmp_path)), "dec", "k"))
     assert reused == 0 and len(rows) == 20
     solved = [r for r in rows if r.solved]
     assert solved and len(solved) < 20  # the coin makes some problems hard within 6 rollouts
@@ -33,9 +33,9 @@ def test_decode_stops_at_the_first_correct_answer_or_after_n_rollouts(tmp_path):
 def test_a_rerun_reuses_the_checkpointed_trees_and_gives_the_same_rows(tmp_path):
     lake = Lake(str(tmp_path))
     backend = FakeBackend(p_correct=0.3)
-    first, _ = mcts_decode(backend, _ctx(backend, 4), arithmetic_problems(8), TreeStore(lake, "dec", "k"))
+    first, _, _ = mcts_decode(backend, _ctx(backend, 4), arithmetic_problems(8), TreeStore(lake, "dec", "k"))
     calls = backend.stats.calls
-    again, reused = mcts_decode(backend, _ctx(backend, 4), arithmetic_problems(8), TreeStore(lake, "dec", "k"))
+    again, reused, _ = mcts_decode(backend, _ctx(backend, 4), arithmetic_problems(8), TreeStore(lake, "dec", "k"))
     assert reused == 8 and backend.stats.calls == calls
     assert again == first
 
@@ -61,8 +61,8 @@ def test_decode_diagnostics_count_how_rollouts_ended_and_which_node_types_the_to
 
     store = TreeStore(Lake(str(tmp_path)), "dec", "k")
     backend = FakeBackend(p_correct=0.2, truncate_every=4)  # a quarter of all thoughts hit the token limit
-    rows, _ = mcts_decode(backend, _ctx(backend, 4), arithmetic_problems(12), store)
-    nodes, _ = store.load()
+    rows, _, nodes = mcts_decode(backend, _ctx(backend, 4), arithmetic_problems(12), store)
+    assert nodes.equals(store.load()[0])  # the nodes of exactly these problems' trees
     sampled = [
         {"problem_id": "a", "cut_off": True, "no_answer": True},
         {"problem_id": "a", "cut_off": False, "no_answer": False},

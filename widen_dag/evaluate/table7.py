@@ -15,7 +15,7 @@ import polars as pl
 
 from widen_dag.evaluate.report import TABLE_ROWS
 from widen_dag.evaluate.stats import pass_at_k
-from widen_dag.search.format_stats import generated_nodes
+from widen_dag.search.format_stats import generated_nodes, overall_ends
 
 DECODE_SCHEMA = {
     "variant": pl.String,
@@ -114,9 +114,7 @@ def decode_diagnostics(nodes: pl.DataFrame, sampled: list[dict]) -> dict:
         "mcts_no_answer_share": share(pl.col("no_answer")),
         "no_answer_ends": {r["end"]: round(r["w"] / n_missing, 4) for r in where.iter_rows(named=True)},
         "mcts_nodes": generated.height,
-        "mcts_cut_off_share": round(float((generated["ended_by"] == "length").sum()) / generated.height, 4)
-        if generated.height
-        else 0.0,
+        "mcts_cut_off_share": overall_ends(nodes)["cut_off_share"],
         "cut_off_by_node_type": {r["node_type"]: round(r["length"], 4) for r in by_type.iter_rows(named=True)},
         "foreign_tag_by_node_type": {r["node_type"]: round(r["foreign_tag"], 4) for r in by_type.iter_rows(named=True)},
         "sampled": n_sampled,

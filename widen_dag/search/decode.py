@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import polars as pl
+
 from widen_dag.domains.base import Problem
 from widen_dag.llm.base import Backend
 from widen_dag.profiles import SearchConfig
@@ -44,16 +46,18 @@ def mcts_decode(
     problems: list[Problem],
     store: TreeStore,
     on_progress: Callable[[SearchStats], None] | None = None,
-) -> tuple[list[DecodeRow], int]:
-    """(one row per problem, trees reused from checkpoints). ``ctx.cfg`` should come from
-    ``decode_config``; the trees of problems already in ``store`` are not searched again."""
+) -> tuple[list[DecodeRow], int, pl.DataFrame]:
+    """(one row per problem, trees reused from checkpoints, the nodes of these problems' trees).
+    ``ctx.cfg`` should come from ``decode_config``; the trees of problems already in ``store``
+    are not searched again."""
     done = store.finished()
     todo = [p for p in problems if tree_id_for(p.problem_id, ctx.seed) not in done]
     LockstepSearch({"policy": backend}, ctx, on_progress=on_progress).run(todo, store.save)
-    _, trees = store.load()
+    nodes, trees = store.load()
     by_problem = {r["problem_id"]: r for r in trees.iter_rows(named=True)}
     rows = []
     for p in problems:
         t = by_problem[p.problem_id]
         rows.append(DecodeRow(p.problem_id, t["rollouts"], t["correct"] > 0, t["nodes"]))
-    return rows, len(problems) - len(todo)
+    ids = [p.problem_id for p in problems]
+    return rows, len(problems) - len(todo), nodes.filter(pl.col("problem_id").is_in(ids))

@@ -84,7 +84,7 @@ def decode_checkpoint(task: _Variant) -> tuple[str, list[pl.DataFrame], int, lis
         for eval_set, problems in task.sets.items():
             t0 = time.perf_counter()
             store = TreeStore(task.lake, f"mcts_decode-{variant}-{eval_set}", key)
-            rows, n_reused = mcts_decode(backend, ctx, problems, store)
+            rows, n_reused, nodes = mcts_decode(backend, ctx, problems, store)
             reused += n_reused
             t1 = time.perf_counter()
             sampled = sample_and_score(
@@ -97,9 +97,7 @@ def decode_checkpoint(task: _Variant) -> tuple[str, list[pl.DataFrame], int, lis
                 seed=profile.seed,
             )
             t2 = time.perf_counter()
-            nodes, _ = store.load()
-            ids = [p.problem_id for p in problems]
-            diagnostics[eval_set] = decode_diagnostics(nodes.filter(pl.col("problem_id").is_in(ids)), sampled)
+            diagnostics[eval_set] = decode_diagnostics(nodes, sampled)
             by_problem: dict[str, list[bool]] = {}
             for r in sampled:
                 by_problem.setdefault(r["problem_id"], []).append(r["correct"])
