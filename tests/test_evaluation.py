@@ -243,6 +243,25 @@ def test_a_response_cut_off_at_the_token_limit_is_a_no_answer_unless_its_answer_
     assert summarize(rows)["cut_off_rate"] == 0.75
 
 
+def test_a_problem_whose_dataset_asks_for_the_fallback_is_read_by_its_last_number_unless_cut_off():
+    from widen_dag.domains.base import Problem
+    from widen_dag.evaluate import sample_and_score
+
+    prose = "Eve has 7 coins, so Eve has 7 + 9 = 16 coins."
+    samples = [(prose, "stop"), (prose, "stop"), (prose, "length")]
+    problems = [
+        Problem("plain", "arithmetic", "Eve has 7 coins. Eve gets 9 more.", "16"),
+        Problem("fallback", "arithmetic", "Eve has 7 coins. Eve gets 9 more.", "16", answer_fallback=True),
+        Problem("fallback-cut", "arithmetic", "Eve has 7 coins. Eve gets 9 more.", "16", answer_fallback=True),
+    ]
+    rows = sample_and_score(_Replay(samples), problems, n=1, temperature=0.0, top_p=1.0, max_tokens=10)
+    assert [(r["answer"], r["correct"], r["no_answer"]) for r in rows] == [
+        (None, False, True),
+        ("16", True, False),
+        (None, False, True),
+    ]
+
+
 @pytest.mark.slow
 def test_checkpoints_evaluated_in_two_processes_score_as_each_checkpoint_does_alone(tmp_path, tiny_checkpoint):
     """Checkpoints side by side in two spawned processes (one thread each, one task per checkpoint

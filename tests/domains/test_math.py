@@ -152,3 +152,60 @@ def test_a_real_instruct_models_own_responses_are_read_as_a_user_would(row):
 def test_free_form_answer_phrases_give_the_number_a_user_would_read(text, expected, gold):
     assert m.extract_answer(text) == expected
     assert m.verify(text, gold).correct
+
+
+_FALLBACK = json.loads((Path(__file__).parent / "fixtures" / "smollm2_responses.json").read_text())["fallback_responses"]
+
+
+@pytest.mark.parametrize("row", _FALLBACK, ids=[f"{r['variant']}-{r['problem_id']}" for r in _FALLBACK])
+def test_a_real_models_prose_answer_is_read_by_its_last_number_only_where_the_dataset_asks(row):
+    """SmolLM2's own evaluation responses that ended in a sentence ("So, Gus has 28 shells.") or a
+    bare answer block ("<answer>1</answer>"): the block is read by default; the sentence only with
+    the dataset's answer_fallback (lm-eval's GSM8K flexible extract); a cut-off response stays a
+    no-answer either way."""
+    text, gold = row["response"], row["gold"]
+    assert m.extract_answer(text) == row["expected_answer"]
+    assert m.extract_answer(text, last_number=True) == row["expected_fallback_answer"]
+    for fallback, expected in ((False, row["expected_answer"]), (True, row["expected_fallback_answer"])):
+        verdict, cut_off = cut_off_verdict(text, row["finish_reason"], m.verify(text, gold, answer_fallback=fallback))
+        assert cut_off == row["expected_cut_off"]
+        assert verdict.no_answer == (cut_off or expected is None)
+        assert verdict.correct == (not verdict.no_answer and m.is_equivalent(expected, gold))
+
+
+def test_the_fixture_covers_prose_block_and_cut_off_readings():
+    kinds = {("<answer>" in r["response"], r["expected_cut_off"]) for r in _FALLBACK}
+    assert kinds == {(False, False), (True, False), (False, True)}
+    assert any(
+        m.verify(r["response"], r["gold"], answer_fallback=True).correct for r in _FALLBACK if "<answer>" not in r["response"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("<answer>28</answer>", "28"),
+        ("<answer>Finn has 2 cards.</answer>", "2"),
+        ("The answer is 5. <answer>6</answer>", "6"),  # the final block beats an earlier statement
+        ("<answer>\\boxed{number}</answer>", None),  # the prompt's placeholder echoed
+        ("<answer>The answer is: \\boxed{ 1 + 1 = 5.</answer>", None),  # a boxed that never closes is malformed
+        ("<answer>28", None),  # an open block with no statement
+    ],
+)
+def test_a_closed_answer_block_with_no_statement_is_the_statement_itself(text, expected):
+    assert m.extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("So, Gus has 28 shells.", "28"),
+        ("The house sold for $160,000.", "160,000"),
+        ("Eve had 4 coins. The answer is 7. Then she counted 9 more.", "7"),  # a statement beats the last number
+        ("<answer>Gus has", None),  # an answer block was begun: its reading, not the fallback, decides
+        ("I cannot solve this.", None),
+    ],
+)
+def test_the_last_number_fallback_reads_only_responses_with_no_answer_block_or_statement(text, expected):
+    assert m.extract_answer(text) == (expected if expected == "7" else None)
+    assert m.extract_answer(text, last_number=True) == expected

@@ -109,3 +109,25 @@ def test_planbench_and_math_sources_stage_without_quarantine(datasets_dir):
     staged, quarantine = stage_problems(raw, ProblemsConfig(), {})
     assert quarantine.height == 0
     assert staged.group_by("domain").len().sort("domain").rows() == [("blocksworld", 500), ("math", 500)]
+
+
+def test_a_datasets_answer_fallback_travels_with_its_staged_problems_to_evaluation(tmp_path):
+    from widen_dag.evaluate import eval_problem_sets
+
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps({"question": f"What is {i}+{i}?", "answer": f"#### {2 * i}"}) for i in range(6)))
+    plain = stage_problems(load_shard(_dataset(path, role="eval"), 0, 0), ProblemsConfig(), {"bad": "eval"})[0]
+    flagged_cfg = _dataset(path, role="eval").model_copy(update={"answer_fallback": True})
+    flagged = stage_problems(load_shard(flagged_cfg, 0, 0), ProblemsConfig(), {"bad": "eval"})[0]
+    # the same problems (ids), but a changed row: evaluation sees the reading, and reruns on a change
+    assert plain["problem_id"].to_list() == flagged["problem_id"].to_list()
+    assert plain["meta"].to_list() != flagged["meta"].to_list()
+    assert {p.answer_fallback for p in eval_problem_sets(plain)["bad"]} == {False}
+    assert {p.answer_fallback for p in eval_problem_sets(flagged)["bad"]} == {True}
+
+
+def test_answer_fallback_on_a_blocksworld_set_is_refused_at_load():
+    with pytest.raises(ValueError, match="answer_fallback has no reading for blocksworld"):
+        DatasetConfig.model_validate(
+            {"name": "bw", "domain": "blocksworld", "answer_fallback": True, "source": {"kind": "planbench", "path": "x.json"}}
+        )

@@ -97,5 +97,5 @@ def normalize_gold(gold: str) -> str:
     return str(value.numerator)
 
 
-def verify(response: str, gold: str, question: str | None = None) -> Verdict:
-    return math_domain.verify(response, gold)
+def verify(response: str, gold: str, question: str | None = None, answer_fallback: bool = False) -> Verdict:
+    return math_domain.verify(response, gold, answer_fallback=answer_fallback)

@@ -27,12 +27,20 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Problem:
-    """A staged problem as search and evaluation see it: its id, domain, question and gold."""
+    """A staged problem as search and evaluation see it: its id, domain, question and gold, and
+    whether its dataset reads a response with no answer block (``answer_fallback``)."""
 
     problem_id: str
     domain: str
     question: str
     gold: str
+    answer_fallback: bool = False
+
+    @classmethod
+    def from_staged(cls, row: dict[str, Any]) -> Problem:
+        """From a ``stg_problems`` row; the loader records ``answer_fallback`` in its meta."""
+        meta = json.loads(row.get("meta") or "{}")
+        return cls(row["problem_id"], row["domain"], row["question"], row["gold"], bool(meta.get("answer_fallback", False)))
 
 
 @dataclass(frozen=True)
@@ -58,8 +66,9 @@ class Domain(Protocol):
         """The gold answer in canonical form; raises ValueError when it does not parse."""
         ...
 
-    def verify(self, response: str, gold: str) -> Verdict:
-        """Score a model response (tagged thoughts or plain text) against the gold answer."""
+    def verify(self, response: str, gold: str, question: str | None = None, answer_fallback: bool = False) -> Verdict:
+        """Score a model response (tagged thoughts or plain text) against the gold answer;
+        ``answer_fallback`` is the dataset's reading of a response with no answer block."""
         ...
 
 

@@ -404,12 +404,13 @@ def normalize_gold(gold: str) -> str:
     return "\n".join(str(a) for a in actions)
 
 
-def verify(response: str, gold: str, question: str | None = None) -> Verdict:
+def verify(response: str, gold: str, question: str | None = None, answer_fallback: bool = False) -> Verdict:
     """Valid plan for the question's instance = correct; the gold plan is only a reference.
 
     No plan found (no action line at all: prose, a refusal, a cut-off before the plan) is a
     no-answer; a plan with a step that does not parse or cannot be applied is wrong, and the
-    detail names the step."""
+    detail names the step. A plan has no fallback reading: ``answer_fallback`` is refused by the
+    profile for blocksworld sets and ignored here."""
     text = plan_text(response or "")
     if text is None:
         return Verdict(False, True, None, "no plan found")

@@ -231,9 +231,11 @@ def score(text: str, constraints: Constraints, prompt: str = "") -> IFScore:
     return IFScore(constraints.instruction_id_list, tuple(strict), tuple(loose))
 
 
-def verify(response: str, gold: str, question: str | None = None) -> Verdict:
+def verify(response: str, gold: str, question: str | None = None, answer_fallback: bool = False) -> Verdict:
+    """``answer_fallback`` (or the gold's own flag, set by the loader): score the whole response
+    when it has no <answer> block."""
     constraints, fallback = parse_gold(gold)
-    text = scored_text(response, fallback)
+    text = scored_text(response, fallback or answer_fallback)
     if text is None:
         return Verdict(False, True, None, "no <answer> block")
     if not text:

@@ -21,7 +21,7 @@ import threading
 from fractions import Fraction
 from typing import Any
 
-from widen_dag.domains.base import FORMAT_INSTRUCTION, RawRecord, Verdict
+from widen_dag.domains.base import FORMAT_INSTRUCTION, RawRecord, Verdict, answer_block_closed
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +79,19 @@ def _clean(candidate: str) -> str:
     return text
 
 
-def extract_answer(text: str) -> str | None:
+def extract_answer(text: str, last_number: bool = False) -> str | None:
     """The predicted answer, read as a user would: in the last <answer> block if the response
     has one (else in the whole text), the LAST of its answer statements wins, whichever form it
     takes: ``\\boxed{}``, GSM8K's '#### N' or 'The answer is ...' ("The answer is 5. No,
-    \\boxed{6}" is 6; a later "The answer is: 18" beats an earlier \\boxed{17}). A phrase is
-    read by ``answer_phrase``. Tags and trailing punctuation never count as part of it. None
-    means no answer (distinct from a wrong one)."""
+    \\boxed{6}" is 6; a later "The answer is: 18" beats an earlier \\boxed{17}). A closed
+    block with no statement in it is the statement itself ('<answer>28</answer>' is 28,
+    '<answer>Finn has 2 cards.</answer>' is 2) unless a statement follows it, or it begins one
+    it never finishes ('<answer>The answer is:</answer>', an unclosed ``\\boxed{``). A phrase
+    is read by ``answer_phrase``. Tags and trailing punctuation never count as part of it.
+
+    With ``last_number`` (a dataset's ``answer_fallback``), a response with no <answer> tag and
+    no statement is read by its last number, as lm-eval's GSM8K "flexible extract" does ("So,
+    Gus has 28 shells." is 28). None means no answer (distinct from a wrong one)."""
     if not isinstance(text, str) or not text.strip():
         return None
     blocks = _ANSWER_BLOCK_RE.findall(text)
@@ -93,7 +99,22 @@ def extract_answer(text: str) -> str | None:
         found = _last_statement(blocks[-1])
         if found:
             return found
-    return _last_statement(text)
+        if answer_block_closed(text) and not _has_marker(blocks[-1]):
+            # No statement in the final block: it is one itself, unless a statement follows it.
+            after = text[text.rfind("</answer>") + len("</answer>") :]
+            found = _last_statement(after) or answer_phrase(blocks[-1])
+            if found:
+                return found
+    found = _last_statement(text)
+    if found or not last_number or "<answer>" in text:
+        return found
+    numbers = _NUMBER_IN_PROSE_RE.findall(_TAG_RE.sub(" ", text))
+    return numbers[-1].strip("$").rstrip(",") if numbers else None
+
+
+def _has_marker(text: str) -> bool:
+    """Whether ``text`` begins an answer statement (``\\boxed{``, '####', 'The answer is'), read or not."""
+    return bool(_BOXED_RE.search(text) or _HASHES_RE.search(text) or _ANSWER_IS_RE.search(text))
 
 
 def _last_statement(text: str) -> str | None:
@@ -296,8 +317,9 @@ def is_equivalent(pred: str, gold: str) -> bool:
     return _POOL.call(pred, gold, VERIFY_DEADLINE_S)
 
 
-def verify(response: str, gold: str, question: str | None = None) -> Verdict:
-    answer = extract_answer(response)
+def verify(response: str, gold: str, question: str | None = None, answer_fallback: bool = False) -> Verdict:
+    """``answer_fallback``: read a response with no answer block or statement by its last number."""
+    answer = extract_answer(response, last_number=answer_fallback)
     if answer is None:
         return Verdict(correct=False, no_answer=True, detail="no answer found")
     ok = is_equivalent(answer, gold)

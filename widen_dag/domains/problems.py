@@ -7,6 +7,7 @@ a reason, so one broken record never stops a run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math as _math
 import os
@@ -297,9 +298,19 @@ def dataset_seed(seed: int, name: str) -> int:
 
 
 def dataset_records(dataset: DatasetConfig, seed: int) -> list[RawRecord]:
-    src = dataset.source
+    """The dataset's rows as raw records. A numeric set with ``answer_fallback`` records it in
+    each row's meta, so the reading travels with the staged problem (and a changed setting is a
+    changed row, hence re-evaluated)."""
     if dataset.domain == "instruction_following":
-        return _instruction_records(dataset, seed)
+        return _instruction_records(dataset, seed)  # its gold carries the flag
+    records = _numeric_or_plan_records(dataset, seed)
+    if not dataset.answer_fallback:
+        return records
+    return [dataclasses.replace(r, meta={**r.meta, "answer_fallback": True}) for r in records]
+
+
+def _numeric_or_plan_records(dataset: DatasetConfig, seed: int) -> list[RawRecord]:
+    src = dataset.source
     if src.kind == "arithmetic":
         problems = arithmetic.generate(src.n_problems, src.steps, src.max_operand, dataset_seed(seed, dataset.name), src.ops)
         return [RawRecord(i, p.question, p.gold, meta={"steps": [s.equation() for s in p.steps]}) for i, p in enumerate(problems)]

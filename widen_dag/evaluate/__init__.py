@@ -66,7 +66,7 @@ def sample_and_score(
     for p, samples in zip(problems, backend.generate(requests), strict=True):
         domain = get_domain(p.domain)
         for k, s in enumerate(samples):
-            v, cut_off = cut_off_verdict(s.text, s.finish_reason, domain.verify(s.text, p.gold, p.question))
+            v, cut_off = cut_off_verdict(s.text, s.finish_reason, domain.verify(s.text, p.gold, p.question, p.answer_fallback))
             rows.append(
                 {
                     "problem_id": p.problem_id,
@@ -115,7 +115,7 @@ def eval_problem_sets(staged: pl.DataFrame, limit: int | None = None) -> dict[st
     out: dict[str, list[Problem]] = {}
     for (source,), group in staged.group_by("source", maintain_order=True):
         rows = group.head(limit) if limit else group
-        out[source] = [Problem(r["problem_id"], r["domain"], r["question"], r["gold"]) for r in rows.iter_rows(named=True)]
+        out[source] = [Problem.from_staged(r) for r in rows.iter_rows(named=True)]
     if not out:
         raise ValueError("no eval-split problems in stg_problems: raise problems.eval_fraction or add an eval dataset")
     return out

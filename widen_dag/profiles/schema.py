@@ -114,10 +114,18 @@ class DatasetConfig(_Strict):
     answer_fallback: bool = Field(
         False,
         description=(
-            "instruction_following only: score the whole response when it has no final <answer> block "
-            "(otherwise it is a no-answer)."
+            "How to read a response with no <answer> block (otherwise a no-answer), for chat models that "
+            "answer in plain prose: instruction_following scores the whole response (IFEval); math and "
+            "arithmetic take its last number when it holds no answer statement (lm-eval's GSM8K flexible "
+            "extract). A response cut off at the token limit stays a no-answer. Not for blocksworld."
         ),
     )
+
+    @model_validator(mode="after")
+    def _fallback_has_a_reading(self) -> DatasetConfig:
+        if self.answer_fallback and self.domain == "blocksworld":
+            raise ValueError(f"dataset {self.name!r}: answer_fallback has no reading for blocksworld plans; remove it")
+        return self
 
 
 class InboxConfig(_Strict):

@@ -53,7 +53,7 @@ def model_fingerprint(path: str) -> str:
 def shard_problems(worker: Worker, shard: str) -> list[Problem]:
     staged = worker.lake.read_table("stg_problems")
     rows = staged.filter((pl.col("shard") == shard) & (pl.col("split") == "train")).sort("problem_id")
-    return [Problem(r["problem_id"], r["domain"], r["question"], r["gold"]) for r in rows.iter_rows(named=True)]
+    return [Problem.from_staged(r) for r in rows.iter_rows(named=True)]
 
 
 def search_shards(worker: Worker, shards: list[str]) -> dict:

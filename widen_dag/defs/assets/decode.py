@@ -12,7 +12,7 @@ from widen_dag.evaluate.table7 import DECODE_SCHEMA
 @dg.asset(
     group_name="evaluation",
     kinds={"vllm", "pytorch", "parquet"},
-    code_version="mcts_decode-v2",
+    code_version="mcts_decode-v3",
     **GPU_POOL,
     deps=["student_base", "distill_checkpoint", "sft_checkpoint", "dpo_checkpoint", "stg_problems"],
     # A crashed worker is retried; finished decode trees are reused from checkpoints.

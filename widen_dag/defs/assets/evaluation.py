@@ -87,7 +87,7 @@ def ablation_checkpoint_versions(pipeline: PipelineResource) -> dict[str, tuple[
 @dg.asset(
     group_name="evaluation",
     kinds={"pytorch", "parquet"},
-    code_version="eval_results-v5",
+    code_version="eval_results-v6",
     **GPU_POOL,
     deps=["student_base", "distill_checkpoint", "sft_checkpoint", "dpo_checkpoint", "stg_problems"],
     retry_policy=dg.RetryPolicy(max_retries=1, delay=10),

@@ -12,7 +12,7 @@ from widen_dag.search.store import NODE_SCHEMA
 @dg.asset(
     group_name="search",
     kinds={"vllm", "pytorch", "parquet"},
-    code_version="search_trees-v2",
+    code_version="search_trees-v3",
     partitions_def=problem_shards,
     backfill_policy=dg.BackfillPolicy.single_run(),
     **GPU_POOL,
