@@ -190,6 +190,8 @@ def test_the_fixture_covers_prose_block_and_cut_off_readings():
         ("<answer>\\boxed{number}</answer>", None),  # the prompt's placeholder echoed
         ("<answer>The answer is: \\boxed{ 1 + 1 = 5.</answer>", None),  # a boxed that never closes is malformed
         ("<answer>28", None),  # an open block with no statement
+        ("<answer>I am not sure.</answer>", None),  # a sentence with no number or math is no answer
+        ("<answer>(C)</answer>", "(C)"),  # one word is
     ],
 )
 def test_a_closed_answer_block_with_no_statement_is_the_statement_itself(text, expected):

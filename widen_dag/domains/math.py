@@ -102,7 +102,7 @@ def extract_answer(text: str, last_number: bool = False) -> str | None:
         if answer_block_closed(text) and not _has_marker(blocks[-1]):
             # No statement in the final block: it is one itself, unless a statement follows it.
             after = text[text.rfind("</answer>") + len("</answer>") :]
-            found = _last_statement(after) or answer_phrase(blocks[-1])
+            found = _last_statement(after) or _bare_answer(blocks[-1])
             if found:
                 return found
     found = _last_statement(text)
@@ -110,6 +110,15 @@ def extract_answer(text: str, last_number: bool = False) -> str | None:
         return found
     numbers = _NUMBER_IN_PROSE_RE.findall(_TAG_RE.sub(" ", text))
     return numbers[-1].strip("$").rstrip(",") if numbers else None
+
+
+def _bare_answer(block: str) -> str | None:
+    """A block's whole content read as the answer: a number, math, or one word ('(C)', 'yes');
+    a sentence with neither ('I am not sure.') is no answer."""
+    phrase = answer_phrase(block)
+    if phrase and (re.search(r"\d", phrase) or _SYMBOLIC_RE.search(phrase) or " " not in phrase):
+        return phrase
+    return None
 
 
 def _has_marker(text: str) -> bool:
