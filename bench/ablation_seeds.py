@@ -39,7 +39,22 @@ from widen_dag.evaluate import report
 from widen_dag.profiles import load_profile, profile_ref
 from widen_dag.storage.lake import Lake
 
-BEGIN, END = "<!-- ablation-seeds:begin -->", "<!-- ablation-seeds:end -->"
+POOLED_CELL = (
+    "n",
+    "samples_per_problem",
+    "accuracy",
+    "accuracy_lo",
+    "accuracy_hi",
+    "no_answer_rate",
+    "no_answer_lo",
+    "no_answer_hi",
+)
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
 PER_SEED = ("accuracy", "accuracy_lo", "accuracy_hi", "no_answer_rate", "greedy_accuracy", "test_at_n", "mean_tokens")
 
 
@@ -94,7 +109,10 @@ def main() -> None:
         help="a lake whose models/ (the bootstrapped base models, e.g. ./lake after `make demo`) every seed copies",
     )
     parser.add_argument("--markdown", action="store_true", help="also print the summary as Markdown (stderr)")
-    parser.add_argument("--readme", type=Path, help="rewrite the summary between the ablation-seeds markers of this file")
+    parser.add_argument("--readme", type=Path, help="rewrite the summary between the --markers of this file")
+    parser.add_argument(
+        "--markers", default="ablation-seeds", help="NAME of the <!-- NAME:begin --> ... <!-- NAME:end --> pair --readme rewrites"
+    )
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")] if "," in args.seeds else list(range(int(args.seeds)))
     if len(seeds) < 2:
@@ -103,7 +121,7 @@ def main() -> None:
     base_models = args.base_models_from.resolve() if args.base_models_from else None
     if base_models is not None and not (base_models / "models").is_dir():
         raise SystemExit(f"--base-models-from: {base_models} has no models/ folder")
-    runs, reports = {}, {}
+    runs, reports, results = {}, {}, {}
     for seed in seeds:
         lake_dir = root / f"seed-{seed}"
         lake = Lake(str(lake_dir))
@@ -118,7 +136,9 @@ def main() -> None:
         else:
             runs[seed] = {"seconds": None, "reused": str(lake_dir)}
         reports[seed] = lake.read_table("ablation_report")
+        results[seed] = lake.read_table("eval_results")
     summary = report.seed_summary(reports)
+    pooled = report.pooled_summary(results)
     per_seed = {
         seed: {f"{r['eval_set']}/{r['variant']}": {k: r.get(k) for k in PER_SEED} for r in reports[seed].iter_rows(named=True)}
         for seed in seeds
@@ -133,17 +153,26 @@ def main() -> None:
         ),
         "runs": runs,
         **summary,
+        # every seed's responses to a problem pooled: intervals over problems on K x the samples
+        "pooled": {
+            "cells": {
+                f"{r['eval_set']}/{r['variant']}": {k: r.get(k) for k in POOLED_CELL} for r in pooled.iter_rows(named=True)
+            },
+            "directions": report.direction_table(pooled),
+        },
         "per_seed": per_seed,
     }
     print(json.dumps(out, indent=1))
+    markdown = report.seed_markdown(summary) + "\n" + report.pooled_markdown(pooled, len(seeds))
     if args.markdown:
-        print(report.seed_markdown(summary), file=sys.stderr)
+        print(markdown, file=sys.stderr)
     if args.readme:
+        begin, end = markers(args.markers)
         text = args.readme.read_text()
-        if BEGIN not in text or END not in text:
-            raise SystemExit(f"{args.readme}: no {BEGIN} ... {END} markers")
-        block = f"{BEGIN}\n<!-- written by bench/ablation_seeds.py; do not edit by hand -->\n{report.seed_markdown(summary)}{END}"
-        args.readme.write_text(re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.DOTALL))
+        if begin not in text or end not in text:
+            raise SystemExit(f"{args.readme}: no {begin} ... {end} markers")
+        block = f"{begin}\n<!-- written by bench/ablation_seeds.py; do not edit by hand -->\n{markdown}{end}"
+        args.readme.write_text(re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, text, flags=re.DOTALL))
 
 
 if __name__ == "__main__":

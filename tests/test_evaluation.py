@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
 
 import polars as pl
 import pytest
@@ -395,3 +396,41 @@ def test_seed_summary_has_a_greedy_column_only_where_the_seeds_decoded_greedily(
         rows = [line for line in lines if line.startswith("| SFT ")]
         assert rows and {r.count("|") for r in rows} == {head.count("|")}
         assert ("25.0 ± 0.0" in rows[0]) is with_greedy
+
+
+def test_pooling_seeds_scores_each_problem_over_every_seeds_samples_and_narrows_the_paired_interval():
+    """Three seeds answer the same 40 problems: the pooled cell is the mean over seeds, each
+    problem's score is its share over all 3 x 2 samples, greedy responses are left out, and the
+    paired SFT - base interval on the pooled scores is narrower than one seed's."""
+    from widen_dag.evaluate.report import pooled_markdown, pooled_summary, summarize_results
+
+    rng = random.Random(3)
+    results = {}
+    for seed in range(3):
+        rows = []
+        for variant, p_correct in (("base", 0.3), ("sft", 0.5)):
+            for i in range(40):
+                for k in range(2):
+                    ok = rng.random() < p_correct
+                    rows.append(
+                        {"variant": variant, "eval_set": "arith", "problem_id": f"p{i}", "sample": k, "correct": ok,
+                         "no_answer": not ok and rng.random() < 0.5, "n_tokens": 10, "reflections": 0, "decoding": "sampled"}
+                    )  # fmt: skip
+                rows.append({**rows[-1], "sample": 0, "decoding": "greedy", "correct": True, "no_answer": False})
+        results[seed] = pl.DataFrame(rows)
+    per_seed = {s: summarize_results(r) for s, r in results.items()}
+    pooled = pooled_summary(results)
+    sft = pooled.filter(pl.col("variant") == "sft").row(0, named=True)
+    assert sft["n"] == 40 and sft["samples_per_problem"] == 6
+    assert sft["accuracy"] == pytest.approx(statistics.fmean(
+        s.filter(pl.col("variant") == "sft")["accuracy"][0] for s in per_seed.values()))  # fmt: skip
+    assert "greedy_accuracy" not in pooled.columns
+    width = sft["acc_diff_vs_prev_hi"] - sft["acc_diff_vs_prev_lo"]
+    seed_widths = [
+        s.filter(pl.col("variant") == "sft")["acc_diff_vs_prev_hi"][0]
+        - s.filter(pl.col("variant") == "sft")["acc_diff_vs_prev_lo"][0]
+        for s in per_seed.values()
+    ]
+    assert width < min(seed_widths)
+    text = pooled_markdown(pooled, 3)
+    assert "| SFT | " in text and "arith (40)" in text and "SFT - base accuracy" in text

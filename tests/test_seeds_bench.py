@@ -38,3 +38,37 @@ def test_a_profile_with_named_models_is_only_extended(tmp_path):
     bench = _bench()
     path = bench.seed_profile(1, tmp_path, "qwen2_5_1_5b_math")
     assert load_profile(str(path)) == load_profile("qwen2_5_1_5b_math")
+
+
+def test_finished_seeds_are_summarized_per_seed_and_pooled_into_the_named_readme_block(tmp_path, monkeypatch, capsys):
+    import json
+    import sys
+
+    import polars as pl
+
+    from widen_dag.evaluate.report import summarize_results
+    from widen_dag.storage.lake import Lake
+
+    bench = _bench()
+    for seed in (0, 1):
+        rows = [
+            {"variant": v, "eval_set": "arith", "problem_id": f"p{i}", "sample": k, "correct": (i + k + seed) % ok == 0,
+             "no_answer": False, "n_tokens": 5, "reflections": 0, "decoding": "sampled"}
+            for v, ok in (("base", 3), ("sft", 2)) for i in range(12) for k in range(2)
+        ]  # fmt: skip
+        lake = Lake(str(tmp_path / f"seed-{seed}"))
+        lake.write_table("eval_results", pl.DataFrame(rows))
+        lake.write_table("ablation_report", summarize_results(pl.DataFrame(rows)))
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "a\n<!-- real:begin -->\nold\n<!-- real:end -->\n<!-- ablation-seeds:begin -->\ntiny\n<!-- ablation-seeds:end -->\n"
+    )
+    argv = ["ablation_seeds.py", "--seeds", "2", "--lake-root", str(tmp_path), "--readme", str(readme), "--markers", "real"]
+    monkeypatch.setattr(sys, "argv", argv)
+    bench.main()  # both seeds hold a report: nothing runs
+    out = json.loads(capsys.readouterr().out)
+    assert out["runs"]["0"]["reused"] and out["pooled"]["cells"]["arith/sft"]["samples_per_problem"] == 4
+    assert {d["claim"] for d in out["pooled"]["directions"]} == {"SFT on the trees beats the student base"}
+    text = readme.read_text()
+    assert "old" not in text and "tiny" in text  # only the named block is rewritten
+    assert "2 seeds pooled per problem" in text and "| SFT | " in text

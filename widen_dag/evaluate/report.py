@@ -361,6 +361,53 @@ def seed_summary(reports: dict[int, pl.DataFrame]) -> dict:
     return {"seeds": sorted(reports), "cells": out_cells, "directions": directions}
 
 
+def pooled_summary(results_by_seed: dict[int, pl.DataFrame]) -> pl.DataFrame:
+    """The ablation over seeds as one ``summarize_results`` table: the seeds answer the same
+    held-out problems, so every seed's sampled responses to a problem are pooled and a
+    problem's score is its mean over seeds and samples. Each cell's interval and each paired
+    difference are then bootstrapped over problems, as in one seed, on K times the samples.
+    The spread between seeds (one trained checkpoint each) is not in these intervals: the
+    per-seed sd and the per-seed verdicts of ``seed_summary`` show it. Greedy responses (one
+    per problem and seed) are left out, and Test@k mixes seeds' checkpoints, so neither is read
+    from this table."""
+    frames = []
+    for seed, results in sorted(results_by_seed.items()):
+        if "decoding" in results.columns:
+            results = results.filter(pl.col("decoding") == "sampled")
+        frames.append(results.with_columns(pl.lit(seed).alias("seed")))
+    if not frames:
+        raise ValueError("no seeds to pool")
+    return summarize_results(pl.concat(frames, how="diagonal_relaxed"))
+
+
+def pooled_markdown(pooled: pl.DataFrame, seeds: int) -> str:
+    """The pooled table (rows by eval set: accuracy / no-answer % with 95% intervals) and each
+    paper direction's pooled paired difference with its verdict."""
+    sets = list(dict.fromkeys(pooled["eval_set"]))
+    cells = {(r["variant"], r["eval_set"]): r for r in pooled.iter_rows(named=True)}
+    head = [f"{s} ({max(r['n'] for (_, s2), r in cells.items() if s2 == s)})" for s in sets]
+    lines = [
+        f"Accuracy / no-answer %, {seeds} seeds pooled per problem (95% intervals over problems):\n",
+        "| row | " + " | ".join(head) + " |",
+        "|---|" + "---|" * len(sets),
+    ]
+    for label, variant in TABLE_ROWS:
+        if not any((variant, s) in cells for s in sets):
+            continue
+        row = []
+        for s in sets:
+            r = cells.get((variant, s))
+            row.append(
+                "–"
+                if r is None
+                else f"{_ci(r, 'accuracy', 'accuracy_lo', 'accuracy_hi')} / {_ci(r, 'no_answer_rate', 'no_answer_lo', 'no_answer_hi')}"
+            )
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    lines += ["", "Paper directions, pooled paired differences:", ""]
+    lines += [f"- {note}" for note in direction_notes(pooled)]
+    return "\n".join(lines) + "\n"
+
+
 def seed_markdown(summary: dict) -> str:
     """The multi-seed summary as Markdown: cells mean ± sd (a greedy column where the seeds
     decoded greedily), then each direction's shares."""
