@@ -17,8 +17,11 @@ lake's (e.g. ./lake after `make demo`): both then measure everything but the boo
 whose lake already holds an ablation_report is reused (--rerun to run it again), so an
 interrupted bench resumes. Prints JSON: per-seed figures (keyed eval_set/variant),
 per cell mean and sd, per direction the share of seeds in which it held (point estimate)
-and in which it was supported (paired 95% interval excluding zero); with --readme, also
-writes that summary as Markdown between the ablation-seeds markers of the README.
+and in which it was supported (paired 95% interval excluding zero), and the seeds pooled
+(``report.pooled_summary``: every seed's responses to a problem scored together, each cell and
+paired difference with its interval over problems on K times the samples); with --readme, also
+writes that summary as Markdown between the <!-- NAME:begin --> / <!-- NAME:end --> markers of
+the file (--markers NAME, default ablation-seeds).
 """
 
 from __future__ import annotations

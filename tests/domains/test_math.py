@@ -192,6 +192,9 @@ def test_the_fixture_covers_prose_block_and_cut_off_readings():
         ("<answer>28", None),  # an open block with no statement
         ("<answer>I am not sure.</answer>", None),  # a sentence with no number or math is no answer
         ("<answer>(C)</answer>", "(C)"),  # one word is
+        # several sentences or lines: the last one answers (not the first number, not a list number)
+        ("<answer>Gus had 14 shells. He found 14 more. So he has 28 shells.</answer>", "28"),
+        ("<answer>\n1. Gus starts with 14.\n2. So he has 28.\n</answer>", "28"),
     ],
 )
 def test_a_closed_answer_block_with_no_statement_is_the_statement_itself(text, expected):
@@ -203,6 +206,10 @@ def test_a_closed_answer_block_with_no_statement_is_the_statement_itself(text, e
     [
         ("So, Gus has 28 shells.", "28"),
         ("The house sold for $160,000.", "160,000"),
+        ("He lost -$5 and \u22123 more, so -8.", "-8"),
+        ("Children aged 5-10.", "10"),  # a range's hyphen is no minus sign
+        ("It weighs .5 kg, so 3.5.", "3.5"),
+        ("So x = \\frac{3}{4}.", None),  # LaTeX: its numbers are parts of an expression
         ("Eve had 4 coins. The answer is 7. Then she counted 9 more.", "7"),  # a statement beats the last number
         ("<answer>Gus has", None),  # an answer block was begun: its reading, not the fallback, decides
         ("I cannot solve this.", None),

@@ -108,14 +108,28 @@ def extract_answer(text: str, last_number: bool = False) -> str | None:
     found = _last_statement(text)
     if found or not last_number or "<answer>" in text:
         return found
-    numbers = _NUMBER_IN_PROSE_RE.findall(_TAG_RE.sub(" ", text))
-    return numbers[-1].strip("$").rstrip(",") if numbers else None
+    return _last_number(_TAG_RE.sub(" ", text))
+
+
+def _last_number(text: str) -> str | None:
+    """The last number of a prose response ('So, Gus has 28 shells.' -> 28; 'ages 5-10' -> 10,
+    a hyphen between numbers is no minus sign); None when the response writes LaTeX, whose
+    numbers are parts of expressions ('\\frac{3}{4}' is not 4)."""
+    text = text.replace("\u2212", "-")  # the Unicode minus sign
+    if _LATEX_RE.search(text):
+        return None
+    numbers = _LAST_NUMBER_RE.findall(text)
+    return numbers[-1].replace("$", "").rstrip(",") if numbers else None
 
 
 def _bare_answer(block: str) -> str | None:
-    """A block's whole content read as the answer: a number, math, or one word ('(C)', 'yes');
-    a sentence with neither ('I am not sure.') is no answer."""
-    phrase = answer_phrase(block)
+    """A block's whole content read as the answer, by its last sentence or line when it holds
+    several ('Gus had 14. So he has 28.' -> 28; a list's '2. So he has 28.' -> 28): a number,
+    math, or one word ('(C)', 'yes'); a sentence with neither ('I am not sure.') is no answer."""
+    segments = [seg for seg in _SEGMENT_SPLIT_RE.split(_TAG_RE.sub(" ", block)) if seg.strip(" .,;:!")]
+    if not segments:
+        return None
+    phrase = answer_phrase(_LIST_MARKER_RE.sub("", segments[-1]))
     if phrase and (re.search(r"\d", phrase) or _SYMBOLIC_RE.search(phrase) or " " not in phrase):
         return phrase
     return None
@@ -164,6 +178,11 @@ _PLACEHOLDER_RE = re.compile(r"^(?:\.{2,}|…|number|answer|your answer|final an
 
 _NUMBER_IN_PROSE_RE = re.compile(r"[-+]?\$?\d[\d,]*(?:\.\d+)?")
 _SYMBOLIC_RE = re.compile(r"[\\^{}_]|\bsqrt\b|\bpi\b")
+# A minus sign only where no word or number precedes it ('5-10' is a range, not -10).
+_LAST_NUMBER_RE = re.compile(r"(?:(?<![\w.])-)?(?<![\w.])\$?(?:\d[\d,]*(?:\.\d+)?|\.\d+)")
+_LATEX_RE = re.compile(r"\\[a-zA-Z]+|\$[^$\n]*[\\^{}][^$\n]*\$")
+_SEGMENT_SPLIT_RE = re.compile(r"\n+|(?<=[.!?])\s+(?=\S)")
+_LIST_MARKER_RE = re.compile(r"^\s*(?:\d+[.)]|[-*])\s+")
 
 
 def answer_phrase(candidate: str) -> str | None:

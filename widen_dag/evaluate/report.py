@@ -369,7 +369,8 @@ def pooled_summary(results_by_seed: dict[int, pl.DataFrame]) -> pl.DataFrame:
     The spread between seeds (one trained checkpoint each) is not in these intervals: the
     per-seed sd and the per-seed verdicts of ``seed_summary`` show it. Greedy responses (one
     per problem and seed) are left out, and Test@k mixes seeds' checkpoints, so neither is read
-    from this table."""
+    from this table. Only the cells every seed evaluated are pooled, so a paired difference
+    always compares means over the same seeds."""
     frames = []
     for seed, results in sorted(results_by_seed.items()):
         if "decoding" in results.columns:
@@ -377,7 +378,12 @@ def pooled_summary(results_by_seed: dict[int, pl.DataFrame]) -> pl.DataFrame:
         frames.append(results.with_columns(pl.lit(seed).alias("seed")))
     if not frames:
         raise ValueError("no seeds to pool")
-    return summarize_results(pl.concat(frames, how="diagonal_relaxed"))
+    every = set.intersection(*({(v, s) for v, s in zip(f["variant"], f["eval_set"], strict=True)} for f in frames))
+    if not every:
+        raise ValueError("no (variant, eval set) cell was evaluated in every seed")
+    pooled = pl.concat(frames, how="diagonal_relaxed")
+    keep = pl.DataFrame(sorted(every), schema={"variant": pl.String, "eval_set": pl.String}, orient="row")
+    return summarize_results(pooled.join(keep, on=["variant", "eval_set"]))
 
 
 def pooled_markdown(pooled: pl.DataFrame, seeds: int) -> str:

@@ -184,6 +184,7 @@ def apply_expansion(tree: Tree, exp: Expansion, results: list[list[Sample]], ctx
             # Cut off by the node's or the path's token budget, or malformed: the path ends as a no-answer.
             child.is_terminal, child.no_answer, child.reward = True, True, 0.0
         elif m["type"] == "answer":
+            # The body is a closed <answer> block: a dataset's answer_fallback never applies to it.
             verdict = domain.verify(m["body"], tree.gold, tree.question)
             child.is_terminal = True
             child.reward = verdict.reward
