@@ -261,7 +261,8 @@ def markdown_table(summary: pl.DataFrame) -> str:
         "no-answer are the mean over each problem's samples at the eval temperature; Δ is a "
         "paired difference on the same problems (points). On instruction-following eval sets a "
         "response is correct when its answer block follows every constraint under IFEval's loose "
-        "rule (loose prompt-level accuracy); no answer block is a no-answer."
+        "rule (loose prompt-level accuracy); no answer block is a no-answer unless the set sets "
+        "answer_fallback (then the whole response is scored; on math sets, its last number)."
     )
 
 
