@@ -146,7 +146,8 @@ def _provenance_lines(provenance: dict[str, Any] | None) -> list[str]:
         return [
             f"  base model from GGUF {where}{provenance.get('gguf_file')}",
             f"    sha256 {provenance.get('gguf_sha256')}, {provenance.get('dtype')}, "
-            f"converter {', '.join(f'{k} {v}' for k, v in (provenance.get('converter') or {}).items())}",
+            # the converter record names itself: {converter: gguf-to-hf-v1, transformers: ..., gguf: ...}
+            f"{', '.join(f'{k} {v}' for k, v in (provenance.get('converter') or {}).items())}",
         ]
     return [f"  base model: {', '.join(f'{k}={v}' for k, v in provenance.items())}"]
 
